@@ -1,0 +1,17 @@
+"""Detection data: VOC loader, synthetic shapes generator, transforms, collate and samplers.
+
+Imports nothing from the project's other packages. ``IS_DETECTION_DATASETS`` lets the engine tell this
+package from the PyPI package that is also called ``datasets``.
+"""
+from .collate import collate_detection
+from .samplers import GroupedBatchSampler
+from .shapes import make_shapes
+from .transforms import DetectionTransform, build_transforms, keep_ratio_size
+from .voc import VOC_CLASSES, VOCDataset, parse_voc_xml, read_image
+
+IS_DETECTION_DATASETS = True
+
+__all__ = [
+    "IS_DETECTION_DATASETS", "VOC_CLASSES", "VOCDataset", "DetectionTransform", "GroupedBatchSampler",
+    "build_transforms", "collate_detection", "keep_ratio_size", "make_shapes", "parse_voc_xml", "read_image",
+]

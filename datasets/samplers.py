@@ -1,0 +1,68 @@
+"""Aspect-ratio grouped, shardable, resumable batch sampler."""
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Sequence
+
+import torch
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of images of one orientation group (landscape-or-square ``w >= h`` vs portrait), so that
+    padding to the batch's largest image wastes little.
+
+    The epoch's order is a function of ``(seed, epoch)`` only; batches are shuffled across groups and
+    dealt out to ``num_replicas`` ranks (batch ``k`` goes to rank ``k % num_replicas``), padding by
+    repetition so every rank gets ``len(self)`` batches. ``set_epoch(epoch, start_batch=k)`` skips the
+    first ``k`` batches of this rank, to resume in the middle of an epoch."""
+
+    def __init__(self, aspect_ratios: Sequence[float], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        self.groups = [0 if r >= 1.0 else 1 for r in aspect_ratios]
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _all_batches(self) -> List[List[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        n = len(self.groups)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        batches: List[List[int]] = []
+        for group in (0, 1):
+            members = [i for i in order if self.groups[i] == group]
+            for s in range(0, len(members), self.batch_size):
+                chunk = members[s: s + self.batch_size]
+                if len(chunk) == self.batch_size or not self.drop_last:
+                    batches.append(chunk)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def _per_rank(self) -> int:
+        total = self._count_batches()
+        return math.ceil(total / self.num_replicas) if total else 0
+
+    def _count_batches(self) -> int:
+        sizes = [self.groups.count(0), self.groups.count(1)]
+        if self.drop_last:
+            return sum(s // self.batch_size for s in sizes)
+        return sum(math.ceil(s / self.batch_size) for s in sizes)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        batches = self._all_batches()
+        per_rank = self._per_rank()
+        if not batches:
+            return
+        padded = batches + batches[: per_rank * self.num_replicas - len(batches)]
+        mine = padded[self.rank:: self.num_replicas]
+        yield from mine[self.start_batch:]
+
+    def __len__(self) -> int:
+        return self._per_rank()

@@ -1,0 +1,161 @@
+"""PASCAL VOC detection data (VOC2007 / VOC2012 devkit layout), also used for the shapes data.
+
+Layout of one set ``root/SUBDIR``::
+
+    JPEGImages/<id>.jpg   Annotations/<id>.xml   ImageSets/Main/<split>.txt
+
+Box convention: VOC XML holds 1-based inclusive pixel indices. We convert them to continuous pixel
+extents, ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``, so that ``x2 - x1`` is the box width
+in pixels. In this frame the devkit's "+1" widths are already built in: evaluating with
+``legacy_coords=False`` gives exactly the devkit's IoUs (see ``detection/evaluation/voc.py``).
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def parse_voc_xml(path: str, class_index: Dict[str, int]) -> dict:
+    """Parse one annotation file into ``{width, height, boxes [M,4], labels [M], difficult [M]}``."""
+    try:
+        tree = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"malformed VOC annotation {path}: {exc}") from exc
+    except FileNotFoundError:
+        raise FileNotFoundError(f"VOC annotation {path} is listed in the split file but does not exist") from None
+    size = tree.find("size")
+    try:
+        width = int(float(size.find("width").text)) if size is not None else 0
+        height = int(float(size.find("height").text)) if size is not None else 0
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed <size> in {path}: {exc}") from exc
+    boxes, labels, difficult = [], [], []
+    for obj in tree.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_index:
+            raise ValueError(f"unknown class '{name}' in {path}; valid classes are {sorted(class_index)}")
+        try:
+            bnd = obj.find("bndbox")
+            xmin, ymin, xmax, ymax = (float(bnd.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed <bndbox> of a '{name}' object in {path}: {exc}") from exc
+        boxes.append([xmin - 1, ymin - 1, xmax, ymax])
+        labels.append(class_index[name])
+        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+    return {
+        "width": width, "height": height,
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "difficult": np.asarray(difficult, dtype=bool),
+    }
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3]; a clear error for missing or undecodable files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {path} does not exist")
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"image {path} is unreadable or corrupt")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class VOCDataset(torch.utils.data.Dataset):
+    """One or several VOC sets concatenated, e.g. ``sets=["VOC2007/trainval", "VOC2012/trainval"]``.
+
+    Each entry of ``sets`` is ``"SUBDIR/split"`` relative to ``root`` (``"split"`` alone when ``root``
+    itself holds the VOC folders). Annotations are parsed once at construction.
+
+    ``__getitem__`` returns ``(image [3, h, w] float32, target)`` with target keys ``boxes`` [M, 4]
+    (transformed image pixels), ``labels`` [M] (0-based), ``difficult`` [M] bool, ``image_id`` (str),
+    ``orig_size`` (H0, W0), ``img_size`` (h, w), ``scale_factor`` [4] = (sx, sy, sx, sy), ``flipped``.
+    """
+
+    def __init__(self, root: str, sets: Sequence[str], classes: Sequence[str] = VOC_CLASSES,
+                 include_difficult: bool = True, transforms=None):
+        if isinstance(sets, str):
+            sets = [sets]
+        self.root, self.sets = root, list(sets)
+        self.classes = tuple(classes)
+        self.include_difficult = include_difficult
+        self.transforms = transforms
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.records: List[dict] = []
+        for spec in self.sets:
+            self.records.extend(self._load_set(spec, index))
+        if not self.records:
+            raise ValueError(f"no images listed in {self.sets} under {root}")
+
+    def _load_set(self, spec: str, index: Dict[str, int]) -> List[dict]:
+        subdir, _, split = spec.rpartition("/")
+        base = os.path.join(self.root, subdir)
+        split_file = os.path.join(base, "ImageSets", "Main", f"{split}.txt")
+        if not os.path.isfile(split_file):
+            raise FileNotFoundError(
+                f"split file {split_file} not found: set '{spec}' expects {base}/JPEGImages, {base}/Annotations "
+                f"and {base}/ImageSets/Main/{split}.txt (the VOC devkit layout)")
+        with open(split_file) as f:
+            ids = [line.split()[0] for line in f if line.strip()]
+        records = []
+        for image_id in ids:
+            ann = parse_voc_xml(os.path.join(base, "Annotations", f"{image_id}.xml"), index)
+            ann["image_id"] = image_id
+            ann["path"] = os.path.join(base, "JPEGImages", f"{image_id}.jpg")
+            if ann["width"] <= 0 or ann["height"] <= 0:  # <size> missing: read the header once
+                h, w = read_image(ann["path"]).shape[:2]
+                ann["width"], ann["height"] = w, h
+            records.append(ann)
+        return records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def aspect_ratios(self) -> List[float]:
+        """Width / height per image, from the annotations (no image decoding)."""
+        return [r["width"] / r["height"] for r in self.records]
+
+    def get_annotation(self, i: int) -> dict:
+        """Untransformed ``boxes`` [M, 4], ``labels`` [M], ``difficult`` [M] (numpy), all boxes included."""
+        r = self.records[i]
+        return {"boxes": r["boxes"], "labels": r["labels"], "difficult": r["difficult"]}
+
+    def check_files(self) -> List[str]:
+        """Paths of listed images that are missing (empty when all exist)."""
+        return [r["path"] for r in self.records if not os.path.isfile(r["path"])]
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        image = read_image(r["path"])
+        keep = np.ones(len(r["labels"]), dtype=bool) if self.include_difficult else ~r["difficult"]
+        boxes, labels, difficult = r["boxes"][keep], r["labels"][keep], r["difficult"][keep]
+        h0, w0 = image.shape[:2]
+        if self.transforms is not None:
+            image, boxes, labels, difficult, meta = self.transforms(image, boxes, labels, difficult)
+        else:
+            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+            meta = {"img_size": (h0, w0), "scale_factor": (1.0, 1.0, 1.0, 1.0), "flipped": False}
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+            "difficult": torch.as_tensor(np.asarray(difficult, dtype=bool)),
+            "image_id": r["image_id"],
+            "orig_size": (h0, w0),
+            "img_size": tuple(meta["img_size"]),
+            "scale_factor": torch.tensor(meta["scale_factor"], dtype=torch.float32),
+            "flipped": bool(meta["flipped"]),
+        }
+        return image, target

@@ -1,0 +1,161 @@
+"""Small functions that turn a validated ``Config`` into the explicit parts of a training run."""
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from detection.schema import Config, DataConfig
+from losses.weighting import ALWA, Fixed, WeightingStrategy
+from models.anchors import AnchorGenerator
+from models.assigner import MaxIoUAssigner
+from models.backbone import BackboneFPN, build_body
+from models.box_coder import DeltaBoxCoder
+from models.retinanet import RetinaHead, RetinaNet
+
+
+def class_names(cfg: Config) -> List[str]:
+    import datasets
+
+    if cfg.data.classes is not None:
+        return list(cfg.data.classes)
+    if cfg.data.shapes is not None:
+        return list(cfg.data.shapes.classes)
+    return list(datasets.VOC_CLASSES)
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    m = cfg.model
+    body = build_body(m.backbone.name, m.backbone.norm, m.backbone.frozen_stages, m.backbone.pretrained)
+    backbone = BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra)
+    anchors = AnchorGenerator(
+        strides=m.anchors.strides, ratios=m.anchors.ratios, octave_base_scale=m.anchors.octave_base_scale,
+        scales_per_octave=m.anchors.scales_per_octave, scales=m.anchors.scales, center_offset=m.anchors.center_offset,
+    )
+    if list(anchors.strides) != list(backbone.strides):
+        raise ValueError(f"model.anchors.strides {anchors.strides} do not match the FPN levels' strides "
+                         f"{backbone.strides} (model.fpn.in_levels / model.fpn.extra)")
+    head = RetinaHead(backbone.out_channels, num_classes, anchors.num_anchors_per_location, m.head.feat_channels,
+                      m.head.num_convs, m.head.prior_prob, m.head.norm)
+    a = m.assigner
+    assigner = MaxIoUAssigner(a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou, a.low_quality_match, a.ignore_iof_thr)
+    return RetinaNet(
+        backbone, head, anchors, assigner, DeltaBoxCoder(m.coder.means, m.coder.stds), reg_loss=m.loss.reg,
+        focal_alpha=m.loss.focal_alpha, focal_gamma=m.loss.focal_gamma, smooth_l1_beta=m.loss.smooth_l1_beta,
+        loss_per_level=m.head.loss_per_level, score_thr=m.test.score_thr, nms_iou=m.test.nms_iou,
+        pre_nms_top_k=m.test.pre_nms_top_k, max_per_img=m.test.max_per_img,
+    )
+
+
+def build_weighting(cfg: Config) -> WeightingStrategy:
+    w = cfg.weighting
+    if w.type == "fixed":
+        return Fixed(w.weights)
+    return ALWA(variant=w.variant, interval=w.interval, cls_keys=w.cls_keys, reg_keys=w.reg_keys,
+                init_weight=w.init_weight, stats=w.stats, sync=w.sync)
+
+
+def prepare_data(data: DataConfig) -> None:
+    """Generate the synthetic shapes data into ``data.root`` if the config asks for it."""
+    if data.shapes is None:
+        return
+    from datasets.shapes import make_shapes
+
+    s = data.shapes
+    make_shapes(data.root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
+                image_size=s.image_size, classes=tuple(s.classes), seed=s.seed)
+
+
+def build_dataset(cfg: Config, train: bool):
+    import datasets
+
+    d = cfg.data
+    transforms = datasets.build_transforms(train=train, min_size=d.min_size, max_size=d.max_size,
+                                           flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std)
+    return datasets.VOCDataset(d.root, d.train_sets if train else d.test_sets, classes=class_names(cfg),
+                               include_difficult=d.train_difficult if train else True, transforms=transforms)
+
+
+def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):
+    import datasets
+
+    d = cfg.data
+    ratios = dataset.aspect_ratios() if d.aspect_ratio_grouping else [1.0] * len(dataset)
+    sampler = datasets.GroupedBatchSampler(ratios, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                                           num_replicas=world_size, rank=rank)
+    if len(sampler) == 0:
+        raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
+                         f"data.batch_size={d.batch_size} per process on {world_size} process(es)")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=_Collate(d.size_divisor),
+        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
+    )
+    return loader, sampler
+
+
+def build_test_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):
+    indices = list(range(rank, len(dataset), world_size))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=cfg.data.test_batch_size, shuffle=False,
+        num_workers=cfg.data.num_workers, collate_fn=_Collate(cfg.data.size_divisor),
+    ), indices
+
+
+class _Collate:
+    """Picklable collate for worker processes."""
+
+    def __init__(self, size_divisor: int):
+        self.size_divisor = size_divisor
+
+    def __call__(self, batch):
+        import datasets
+
+        return datasets.collate_detection(batch, size_divisor=self.size_divisor)
+
+
+def build_optimizer(cfg: Config, model: nn.Module, world_size: int = 1) -> Tuple[torch.optim.Optimizer, float]:
+    o = cfg.optimizer
+    lr = o.lr * (cfg.data.batch_size * world_size / o.base_batch_size if o.scale_lr else 1.0)
+    # biases and norm parameters get no weight decay only under AdamW; SGD follows mmdetection (decay on all)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.type == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay), lr
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr), lr
+
+
+def schedule_length(cfg: Config, iters_per_epoch: int) -> Tuple[int, List[int]]:
+    """Total iterations and the LR step iterations."""
+    t = cfg.train
+    if t.max_iters is not None:
+        return t.max_iters, [int(s) for s in t.lr_steps]
+    return t.epochs * iters_per_epoch, [int(round(s * iters_per_epoch)) for s in t.lr_steps]
+
+
+def build_scheduler(cfg: Config, optimizer, steps: List[int]):
+    t = cfg.train
+
+    def factor(it: int) -> float:
+        f = t.lr_gamma ** sum(it >= s for s in steps)
+        if it < t.warmup_iters:  # linear warmup from warmup_ratio to 1
+            f *= t.warmup_ratio + (1 - t.warmup_ratio) * it / t.warmup_iters
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was requested but CUDA is not available; set device: cpu or auto")
+    return device
+
+
+def default_work_dir(cfg_path: str) -> str:
+    return os.path.join("work_dirs", os.path.splitext(os.path.basename(cfg_path))[0])

@@ -1,0 +1,68 @@
+"""Atomic checkpoint files and random-number-generator state capture."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    A crash at any point leaves either the previous file or the new one, never a truncated file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # our checkpoints hold only tensors, numbers, strings and RNG states (numpy arrays)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"checkpoint {path} has no 'model' entry; is it a checkpoint written by scripts/train.py?")
+    return state
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,55 @@
+"""Thin helpers over torch.distributed for runs launched by torchrun (or a single process)."""
+from __future__ import annotations
+
+import os
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env(device: torch.device) -> tuple[int, int]:
+    """Initialise the process group when torchrun set WORLD_SIZE > 1. Returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each rank takes the GPU of its LOCAL_RANK."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device

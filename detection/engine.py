@@ -1,0 +1,123 @@
+"""Entry points behind scripts/train.py and scripts/eval.py."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from detection import builders
+from detection import dist as dist_utils
+from detection.checkpoint import load_checkpoint, seed_everything, set_rng_state
+from detection.config import load_config, save_config
+from detection.evaluate import evaluate_voc
+from detection.hooks import CheckpointHook, MetricsLogger
+from detection.schema import Config
+from detection.trainer import Trainer
+
+
+def load(cfg_path: str, overrides: Sequence[str] = ()) -> Config:
+    return load_config(Config, cfg_path, overrides)
+
+
+def _setup(cfg: Config):
+    device = dist_utils.local_device(builders.resolve_device(cfg.device))
+    rank, world = dist_utils.init_from_env(device)
+    # each rank gets its own seed so augmentation differs; model init is broadcast by DDP
+    seed_everything(cfg.seed + rank)
+    # tiny optimizer moments late in training become denormal floats, which are many times slower on
+    # CPUs; flushing them to zero changes nothing measurable and keeps the step time flat
+    torch.set_flush_denormal(True)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    return device, rank, world
+
+
+def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, overrides: Sequence[str] = ()) -> Dict:
+    """Train a model from a config file; returns the evaluation metrics (on rank 0; {} elsewhere)."""
+    cfg = load(cfg_path, overrides)
+    work_dir = work_dir or builders.default_work_dir(cfg_path)
+    device, rank, world = _setup(cfg)
+    writer = rank == 0
+    if writer:
+        builders.prepare_data(cfg.data)
+        os.makedirs(work_dir, exist_ok=True)
+        save_config(cfg, os.path.join(work_dir, "config.yaml"))
+    dist_utils.barrier()
+
+    names = builders.class_names(cfg)
+    train_set = builders.build_dataset(cfg, train=True)
+    loader, sampler = builders.build_train_loader(cfg, train_set, rank, world)
+    model = builders.build_model(cfg, len(names)).to(device)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    optimizer, lr = builders.build_optimizer(cfg, model, world)
+    max_iters, steps = builders.schedule_length(cfg, len(sampler))
+    scheduler = builders.build_scheduler(cfg, optimizer, steps)
+    weighting = builders.build_weighting(cfg)
+
+    ckpt_dir = os.path.join(work_dir, "checkpoints")
+    hooks = [MetricsLogger(os.path.join(work_dir, "metrics.jsonl") if writer else None, cfg.train.log_interval,
+                           cfg.train.progress),
+             CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval, extra={"classes": names}, writer=writer)]
+    trainer = Trainer(ddp_model, optimizer, scheduler, weighting, loader, sampler, max_iters, device,
+                      cfg.train.amp, cfg.optimizer.grad_clip, hooks)
+    last = os.path.join(ckpt_dir, "last.pth")
+    if resume and os.path.exists(last):
+        state = load_checkpoint(last)
+        trainer.load_state_dict(state)
+        if "rng" in state and world == 1:
+            set_rng_state(state["rng"])
+        if writer:
+            print(f"resumed from {last} at iteration {trainer.iter}")
+    elif resume and writer:
+        print(f"--resume: no checkpoint at {last}, starting from scratch")
+    if writer:
+        print(f"training {cfg.model.type} ({cfg.model.backbone.name}) for {max_iters} iterations "
+              f"({len(sampler)} per epoch, {world} process(es) x {cfg.data.batch_size} images, lr {lr:g}, "
+              f"weighting {cfg.weighting.type}) in {work_dir}")
+    start = time.perf_counter()
+    trainer.train()
+    train_time = time.perf_counter() - start
+
+    metrics: Dict = {}
+    if cfg.train.eval_after:
+        test_set = builders.build_dataset(cfg, train=False)
+        metrics = evaluate_voc(model, test_set, cfg, device, names, progress=cfg.train.progress)
+        metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights})
+        if writer:
+            with open(os.path.join(work_dir, "eval.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+            print(format_metrics(metrics))
+    return metrics if writer else {}
+
+
+def evaluate(cfg_path: str, ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = ()) -> Dict:
+    cfg = load(cfg_path, overrides)
+    device, rank, _ = _setup(cfg)
+    names = builders.class_names(cfg)
+    state = load_checkpoint(ckpt)
+    if "classes" in state and list(state["classes"]) != names:
+        raise ValueError(f"checkpoint {ckpt} was trained on classes {state['classes']}, the config has {names}")
+    model = builders.build_model(cfg, len(names)).to(device)
+    model.load_state_dict(state["model"])
+    test_set = builders.build_dataset(cfg, train=False)
+    metrics = evaluate_voc(model, test_set, cfg, device, names, progress=cfg.train.progress)
+    metrics["checkpoint"] = os.path.abspath(ckpt)
+    if rank == 0:
+        print(format_metrics(metrics))
+        if out:
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            with open(out, "w") as f:
+                json.dump(metrics, f, indent=2)
+    return metrics
+
+
+def format_metrics(metrics: Dict) -> str:
+    lines = [f"{name:>14s}  AP {ap:.4f}" for name, ap in metrics.get("AP", {}).items()]
+    lines.append(f"VOC mAP@{metrics.get('iou_thr', 0.5)} ({metrics.get('metric')}): {metrics['mAP']:.4f} "
+                 f"on {metrics.get('num_images')} images")
+    return "\n".join(lines)

@@ -1,0 +1,2 @@
+"""Evaluation metrics for object detection (PASCAL VOC mAP)."""
+from .voc import voc_map

@@ -1,0 +1,114 @@
+"""Trainer hooks: metrics logging (metrics.jsonl + tqdm) and periodic atomic checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import torch
+
+from detection import dist as dist_utils
+from detection.checkpoint import rng_state, save_checkpoint
+from detection.trainer import HookBase
+
+
+class MetricsLogger(HookBase):
+    """Averages raw losses, weighted losses and the total over each log interval.
+
+    Sums stay on the device between log points; the host reads them once per interval. A non-finite
+    average stops training with the offending keys named. Every rank takes part in the reduction; only
+    the writer (rank 0) writes ``metrics.jsonl`` and shows the progress bar."""
+
+    def __init__(self, path: Optional[str], interval: int, progress: bool = True):
+        self.path, self.interval, self.progress = path, max(1, interval), progress
+        self._sums: Dict[str, torch.Tensor] = {}
+        self._count = 0
+        self._file = None
+        self._bar = None
+        self._tic = 0.0
+        self._data_time = 0.0
+
+    def before_train(self):
+        if self.path is not None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._file = open(self.path, "a", buffering=1)
+            if self.progress:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=self.trainer.max_iters, initial=self.trainer.iter, desc="train",
+                                 dynamic_ncols=True, mininterval=1.0)
+        self._tic = time.perf_counter()
+
+    def after_step(self):
+        t = self.trainer
+        out = t.last
+        weights = t.weighting
+        entries = {"loss": out.total}
+        for k, v in out.raw.items():
+            entries[k] = v
+            entries["weighted/" + k] = v * weights.weight_of(k)
+        for k, v in entries.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._count += 1
+        self._data_time += t.data_time
+        if self._bar is not None:
+            self._bar.update(1)
+        if t.iter % self.interval == 0 or t.iter >= t.max_iters:
+            self.flush()
+
+    def flush(self):
+        t = self.trainer
+        keys = list(self._sums)
+        means = dist_utils.all_reduce_mean(torch.stack([self._sums[k] for k in keys]) / self._count).tolist()
+        values = dict(zip(keys, means))
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"non-finite loss at iteration {t.iter}: {', '.join(bad)} "
+                                     f"(values {[values[k] for k in bad]}); lower the learning rate or check the data")
+        elapsed = time.perf_counter() - self._tic
+        record = {"iter": t.iter, "epoch": t.epoch, "lr": t.lr, "loss": values.pop("loss")}
+        record.update({k: v for k, v in values.items() if not k.startswith("weighted/")})
+        record["weighted"] = {k[len("weighted/"):]: v for k, v in values.items() if k.startswith("weighted/")}
+        record["weights"] = {k: t.weighting.weight_of(k) for k in record["weighted"]}
+        record["time"] = elapsed / self._count
+        record["data_time"] = self._data_time / self._count
+        record["eta_s"] = record["time"] * (t.max_iters - t.iter)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+        if self._bar is not None:
+            shown = {k: f"{record[k]:.3f}" for k in ["loss"] + [k for k in record["weighted"]][:3]}
+            shown.update({f"w_{k[5:]}": f"{v:.3f}" for k, v in record["weights"].items() if v != 1.0})
+            self._bar.set_postfix(shown, refresh=False)
+        self._sums, self._count, self._data_time = {}, 0, 0.0
+        self._tic = time.perf_counter()
+
+    def after_train(self):
+        if self._bar is not None:
+            self._bar.close()
+        if self._file is not None:
+            self._file.close()
+
+
+class CheckpointHook(HookBase):
+    """Writes ``checkpoints/last.pth`` atomically every ``interval`` iterations and at the end (rank 0)."""
+
+    def __init__(self, folder: str, interval: int, extra: Optional[dict] = None, writer: bool = True):
+        self.folder, self.interval, self.extra, self.writer = folder, max(1, interval), extra or {}, writer
+
+    def save(self):
+        if not self.writer:
+            return
+        state = self.trainer.state_dict()
+        state.update(self.extra)
+        state["rng"] = rng_state()
+        save_checkpoint(state, os.path.join(self.folder, "last.pth"))
+
+    def after_step(self):
+        t = self.trainer
+        if t.iter % self.interval == 0 and t.iter < t.max_iters:
+            self.save()
+
+    def after_train(self):
+        self.save()

@@ -1,0 +1,198 @@
+"""The configuration schema: every key a YAML config may set, with its type and default.
+
+Defaults follow mmdetection's RetinaNet R50-FPN 1x and the ALWA paper's setup (SGD, momentum 0.9,
+weight decay 1e-4, 12 epochs, lr steps at epochs 8 and 11, lr 0.01 for 8 images per step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional
+
+from losses import REGRESSION_LOSSES
+
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"
+    pretrained: Optional[str] = None  # null, "torchvision" (hub cache, never downloaded) or a file path
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    frozen_stages: int = 1  # stem + this many ResNet stages get no gradient
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256
+    in_levels: List[int] = field(default_factory=lambda: [3, 4, 5])
+    extra: Literal["p6p7", "p6p7_p5", "maxpool", "none"] = "p6p7"
+
+
+@dataclass
+class AnchorConfig:
+    strides: List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    octave_base_scale: float = 4.0
+    scales_per_octave: int = 3
+    scales: Optional[List[float]] = None
+    center_offset: float = 0.0
+
+
+@dataclass
+class AssignerConfig:
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.4
+    min_pos_iou: float = 0.0
+    low_quality_match: bool = True
+    ignore_iof_thr: float = -1.0
+
+
+@dataclass
+class CoderConfig:
+    means: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    stds: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class HeadConfig:
+    feat_channels: int = 256
+    num_convs: int = 4
+    prior_prob: float = 0.01
+    norm: Literal["none", "gn"] = "none"
+    loss_per_level: bool = False  # emit loss_cls_p3.. / loss_bbox_p3.. instead of loss_cls / loss_bbox
+
+
+@dataclass
+class LossConfig:
+    reg: str = "l1"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smooth_l1_beta: float = 0.11
+
+    def __post_init__(self):
+        if self.reg not in REGRESSION_LOSSES:
+            raise ValueError(f"reg must be one of {sorted(REGRESSION_LOSSES)}, got '{self.reg}'")
+
+
+@dataclass
+class TestConfig:
+    score_thr: float = 0.05
+    nms_iou: float = 0.5
+    pre_nms_top_k: int = 1000
+    max_per_img: int = 100
+
+
+@dataclass
+class ModelConfig:
+    type: Literal["retinanet"] = "retinanet"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    coder: CoderConfig = field(default_factory=CoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class ShapesConfig:
+    """Synthetic data generated into ``data.root`` when it is missing (the demo and tests)."""
+
+    num_train: int = 1000
+    num_val: int = 100
+    num_test: int = 300
+    image_size: int = 128
+    seed: int = 0
+    classes: List[str] = field(default_factory=lambda: ["circle", "rectangle", "triangle"])
+
+
+@dataclass
+class DataConfig:
+    format: Literal["voc"] = "voc"
+    root: str = "data/VOCdevkit"
+    train_sets: List[str] = field(default_factory=lambda: ["VOC2012/trainval"])
+    test_sets: List[str] = field(default_factory=lambda: ["VOC2007/test"])
+    classes: Optional[List[str]] = None  # null: the 20 VOC classes
+    train_difficult: bool = False  # mmdetection trains without difficult boxes
+    min_size: int = 800
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    size_divisor: int = 32
+    batch_size: int = 2  # images per process
+    test_batch_size: int = 4
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+    shapes: Optional[ShapesConfig] = None
+
+
+@dataclass
+class OptimizerConfig:
+    type: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = None  # max gradient norm
+    base_batch_size: int = 8  # lr is for this many images per step; scaled linearly when scale_lr
+    scale_lr: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: Optional[int] = 12
+    max_iters: Optional[int] = None  # overrides epochs when set
+    lr_steps: List[float] = field(default_factory=lambda: [8, 11])  # epochs, or iterations with max_iters
+    lr_gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    log_interval: int = 50
+    checkpoint_interval: int = 1000  # iterations between checkpoints (and always at the end)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    eval_after: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.epochs is None and self.max_iters is None:
+            raise ValueError("set train.epochs or train.max_iters")
+        if list(self.lr_steps) != sorted(self.lr_steps):
+            raise ValueError(f"lr_steps must be increasing, got {list(self.lr_steps)}")
+
+
+@dataclass
+class WeightingConfig:
+    type: Literal["fixed", "alwa"] = "fixed"
+    weights: Dict[str, float] = field(default_factory=dict)  # fixed: key -> weight
+    variant: int = 2
+    interval: int = 100  # C in the paper
+    cls_keys: List[str] = field(default_factory=lambda: ["loss_cls"])
+    reg_keys: List[str] = field(default_factory=lambda: ["loss_bbox"])
+    init_weight: float = 1.0
+    stats: Literal["weighted", "raw"] = "weighted"
+    sync: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """VOC evaluation. The VOC loader turns 1-based inclusive pixels into continuous extents
+    (x1 = xmin - 1, x2 = xmax), in which the devkit's "+1" widths are already included: with
+    ``legacy_coords: false`` the IoUs equal the devkit's exactly. ``true`` adds another pixel."""
+
+    metric: Literal["11point", "area"] = "11point"
+    iou_thr: float = 0.5
+    legacy_coords: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    seed: int = 0
+    deterministic: bool = False

@@ -1,0 +1,186 @@
+"""Loss-weighting strategies: the one place where raw losses become the total that is backpropagated.
+
+Every strategy is called once per training step with the model's raw loss dict (``{"loss_*": scalar}``)
+and returns the weighted total. Keys outside a strategy's groups keep weight 1. Keys named in the
+configuration must exist in the loss dict: a typo is an error at the first step, never ignored.
+
+``ALWA`` follows the authors' released code (see DESIGN.md, section "Loss weighting"):
+
+* ``λcls`` and ``λreg`` start at ``init_weight``; ``λreg`` never changes.
+* each step appends the detached group values (``λcls·Lcls`` and ``λreg·Lreg`` with ``stats="weighted"``,
+  the raw ``Lcls`` and ``Lreg`` with ``stats="raw"``) to a window kept on the device;
+* when ``interval`` values are in the window: ``CLS = mean + std`` (variant 1) or ``CLS = std``
+  (variant 2), sample std with ddof = 1, likewise ``REG``; if ``CLS > REG`` then
+  ``λcls = 1 - (CLS - REG) / CLS``, else ``λcls`` is kept; the window is emptied. The step that
+  completes a window is weighted with the old ``λ``.
+* with ``sync=True`` under an initialised ``torch.distributed`` process group, the windows of all ranks
+  are gathered at the boundary so every rank computes the same ``λ``.
+
+The per-step work is tensor writes into a preallocated window; the host reads the window only at a
+boundary (one synchronisation every ``interval`` steps).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+class WeightingStrategy:
+    """Base class: ``weights`` maps loss keys to Python floats; unlisted keys have weight 1."""
+
+    def configured_keys(self) -> List[str]:
+        return []
+
+    def check_keys(self, losses: Mapping[str, Tensor]) -> None:
+        missing = [k for k in self.configured_keys() if k not in losses]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} is configured with loss keys {missing} that the model does not "
+                f"produce; the model's losses are {sorted(losses)}"
+            )
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def weight_of(self, key: str) -> float:
+        return self.weights.get(key, 1.0)
+
+    def weighted(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """Each loss times its current weight (no statistics recorded)."""
+        return {k: v * self.weight_of(k) for k, v in losses.items()}
+
+    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
+        self.check_keys(losses)
+        return sum(self.weighted(losses).values())
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Fixed(WeightingStrategy):
+    """Constant weights, e.g. ``Fixed({"loss_cls": 1.0, "loss_bbox": 2.0})``; other keys weigh 1."""
+
+    def __init__(self, weights: Optional[Mapping[str, float]] = None):
+        self._weights = {k: float(v) for k, v in (weights or {}).items()}
+        bad = {k: v for k, v in self._weights.items() if not math.isfinite(v) or v < 0}
+        if bad:
+            raise ValueError(f"fixed loss weights must be finite and non-negative, got {bad}")
+
+    def configured_keys(self) -> List[str]:
+        return list(self._weights)
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        return dict(self._weights)
+
+
+class ALWA(WeightingStrategy):
+    """Adaptive Loss Weight Adjustment (variants 1 and 2), see the module docstring."""
+
+    def __init__(
+        self,
+        variant: int = 2,
+        interval: int = 100,
+        cls_keys: Sequence[str] = ("loss_cls",),
+        reg_keys: Sequence[str] = ("loss_bbox",),
+        init_weight: float = 1.0,
+        stats: str = "weighted",
+        sync: bool = True,
+    ):
+        if variant not in (1, 2):
+            raise ValueError(f"ALWA variant must be 1 or 2, got {variant!r}")
+        if interval < 2:
+            raise ValueError(f"ALWA interval must be >= 2 (a sample std needs two values), got {interval}")
+        if stats not in ("weighted", "raw"):
+            raise ValueError(f"ALWA stats must be 'weighted' or 'raw', got {stats!r}")
+        if not cls_keys or not reg_keys or set(cls_keys) & set(reg_keys):
+            raise ValueError(f"ALWA needs two disjoint, non-empty key groups, got {list(cls_keys)} and {list(reg_keys)}")
+        if not (math.isfinite(init_weight) and init_weight > 0):
+            raise ValueError(f"ALWA init_weight must be positive, got {init_weight}")
+        self.variant, self.interval, self.stats, self.sync = variant, int(interval), stats, sync
+        self.cls_keys, self.reg_keys = list(cls_keys), list(reg_keys)
+        self.lambda_cls = float(init_weight)
+        self.lambda_reg = float(init_weight)
+        self._window: Optional[Tensor] = None  # [interval, 2]: (cls, reg) group values
+        self._count = 0
+        self.num_updates = 0
+
+    def configured_keys(self) -> List[str]:
+        return self.cls_keys + self.reg_keys
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        out = {k: self.lambda_cls for k in self.cls_keys}
+        out.update({k: self.lambda_reg for k in self.reg_keys})
+        return out
+
+    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
+        self.check_keys(losses)
+        total = sum(self.weighted(losses).values())
+        self._record(losses)
+        return total
+
+    def _record(self, losses: Mapping[str, Tensor]) -> None:
+        cls = sum(losses[k].detach().float() for k in self.cls_keys)
+        reg = sum(losses[k].detach().float() for k in self.reg_keys)
+        if self.stats == "weighted":
+            cls, reg = cls * self.lambda_cls, reg * self.lambda_reg
+        if self._window is None:
+            self._window = torch.zeros(self.interval, 2, dtype=torch.float64, device=cls.device)
+        # indexing with a Python int writes on the device without a host round trip
+        self._window[self._count, 0] = cls
+        self._window[self._count, 1] = reg
+        self._count += 1
+        if self._count == self.interval:
+            self._update(self._gather(self._window))
+            self._count = 0
+
+    def _gather(self, window: Tensor) -> Tensor:
+        if not (self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return window
+        parts = [torch.empty_like(window) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, window)
+        return torch.cat(parts)
+
+    def _update(self, window: Tensor) -> None:
+        values = window.double().cpu()  # the one host synchronisation per window
+        std = values.std(dim=0, unbiased=True)
+        stat = std if self.variant == 2 else values.mean(dim=0) + std
+        cls_stat, reg_stat = float(stat[0]), float(stat[1])
+        if cls_stat > reg_stat:
+            self.lambda_cls = 1.0 - (cls_stat - reg_stat) / cls_stat
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        window = self._window[: self._count].cpu().clone() if self._window is not None else torch.zeros(0, 2, dtype=torch.float64)
+        return {"lambda_cls": self.lambda_cls, "lambda_reg": self.lambda_reg, "window": window,
+                "count": self._count, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lambda_cls = float(state["lambda_cls"])
+        self.lambda_reg = float(state["lambda_reg"])
+        self.num_updates = int(state.get("num_updates", 0))
+        window = state["window"]
+        self._count = int(state["count"])
+        if self._count != window.shape[0] or self._count >= self.interval:
+            raise ValueError(f"ALWA state has {window.shape[0]} window values for count {self._count} "
+                             f"and interval {self.interval}")
+        device = self._window.device if self._window is not None else window.device
+        self._window = torch.zeros(self.interval, 2, dtype=torch.float64, device=device)
+        self._window[: self._count] = window.to(device)
+
+
+WEIGHTINGS = {"fixed": Fixed, "alwa": ALWA}
+
+
+def flatten_weights(strategy: WeightingStrategy, keys: Iterable[str]) -> Dict[str, float]:
+    """Weight of every key in ``keys`` (1 for keys the strategy does not list), for logging."""
+    return {k: strategy.weight_of(k) for k in keys}

@@ -1,0 +1,124 @@
+"""Batched max-IoU target assignment.
+
+All images of a batch are assigned in one pass: ground truths are padded to ``[B, G, 4]`` with a
+validity mask, the IoU matrix ``[B, G, A]`` is computed once, and every rule below is a tensor
+operation (no Python loop over anchors, ground truths or images).
+
+Rules (mmdetection's MaxIoUAssigner semantics):
+1. anchors whose best IoU is in ``[0, neg_iou_thr)`` are negatives;
+2. anchors whose best IoU is ``>= pos_iou_thr`` are positives of their best ground truth;
+3. low-quality matches: every ground truth whose best IoU is ``>= min_pos_iou`` (and > 0) also claims all
+   anchors that reach that best IoU (ties included); when an anchor is the best of several ground
+   truths, the one with the highest index wins (as in a sequential loop over ground truths);
+4. anything else is ignored (``-2``).
+Anchors whose IoU-over-foreground with an ignore region (e.g. COCO crowd boxes) is ``>= ignore_iof_thr``
+become ignored unless rule 2 or 3 made them positive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from losses.iou import pairwise_box_iou
+
+NEGATIVE = -1
+IGNORED = -2
+
+
+@dataclass
+class AssignResult:
+    """``gt_index`` [B, A]: >= 0 index of the matched ground truth, -1 negative, -2 ignored.
+    ``max_iou`` [B, A]: best IoU of each anchor over the image's ground truths (0 if none)."""
+
+    gt_index: Tensor
+    max_iou: Tensor
+
+    @property
+    def positive(self) -> Tensor:
+        return self.gt_index >= 0
+
+    @property
+    def negative(self) -> Tensor:
+        return self.gt_index == NEGATIVE
+
+
+def pad_boxes(boxes: List[Tensor], labels: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Pad per-image boxes [M_i, 4] into [B, G, 4] with a validity mask [B, G] (G = max M_i, at least 1)."""
+    b = len(boxes)
+    g = max([int(x.shape[0]) for x in boxes] + [1])
+    device = boxes[0].device if b else torch.device("cpu")
+    counts = torch.tensor([int(x.shape[0]) for x in boxes], device=device)
+    valid = torch.arange(g, device=device)[None, :] < counts[:, None]
+    padded = torch.zeros(b, g, 4, device=device, dtype=torch.float32)
+    padded[valid] = torch.cat([x.float().reshape(-1, 4) for x in boxes]) if b else padded[valid]
+    padded_labels = None
+    if labels is not None:
+        padded_labels = torch.full((b, g), -1, dtype=torch.long, device=device)
+        padded_labels[valid] = torch.cat([x.long().reshape(-1) for x in labels])
+    return padded, valid, padded_labels
+
+
+class MaxIoUAssigner:
+    def __init__(
+        self,
+        pos_iou_thr: float = 0.5,
+        neg_iou_thr: float = 0.4,
+        min_pos_iou: float = 0.0,
+        low_quality_match: bool = True,
+        ignore_iof_thr: float = -1.0,
+    ):
+        if neg_iou_thr > pos_iou_thr:
+            raise ValueError(f"neg_iou_thr {neg_iou_thr} must not exceed pos_iou_thr {pos_iou_thr}")
+        self.pos_iou_thr = pos_iou_thr
+        self.neg_iou_thr = neg_iou_thr
+        self.min_pos_iou = min_pos_iou
+        self.low_quality_match = low_quality_match
+        self.ignore_iof_thr = ignore_iof_thr
+
+    def __call__(
+        self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, ignore_boxes: Optional[Tensor] = None,
+        ignore_valid: Optional[Tensor] = None,
+    ) -> AssignResult:
+        """Assign anchors [A, 4] (shared) or [B, A, 4] to padded ground truths [B, G, 4] with mask [B, G]."""
+        b, g = gt_valid.shape
+        a = anchors.shape[-2]
+        if anchors.dim() == 2:
+            anchors = anchors.unsqueeze(0).expand(b, a, 4)
+        iou = pairwise_box_iou(gt_boxes.float(), anchors.float())  # [B, G, A]
+        # padding gets IoU 0 so that images without ground truth make every anchor a negative
+        iou = iou.masked_fill(~gt_valid[:, :, None], 0.0)
+        if g == 0 or a == 0:
+            return AssignResult(
+                torch.full((b, a), NEGATIVE, dtype=torch.long, device=anchors.device),
+                torch.zeros(b, a, device=anchors.device),
+            )
+        max_iou, argmax = iou.max(dim=1)  # over ground truths: [B, A]
+        gt_index = torch.full_like(argmax, IGNORED)
+        gt_index[max_iou < self.neg_iou_thr] = NEGATIVE
+        pos = max_iou >= self.pos_iou_thr
+        gt_index[pos] = argmax[pos]
+        if self.low_quality_match:
+            gt_max = iou.max(dim=2, keepdim=True).values  # best anchor IoU per ground truth: [B, G, 1]
+            is_best = (iou == gt_max) & (gt_max >= self.min_pos_iou) & (gt_max > 0) & gt_valid[:, :, None]
+            # highest ground-truth index among those for which the anchor is a best match
+            rank = is_best * torch.arange(1, g + 1, device=iou.device)[None, :, None]
+            best_rank, best_gt = rank.max(dim=1)
+            claimed = best_rank > 0
+            gt_index[claimed] = best_gt[claimed]
+        if self.ignore_iof_thr > 0 and ignore_boxes is not None and ignore_boxes.shape[1] > 0:
+            iof = _iof(anchors, ignore_boxes).masked_fill(~ignore_valid[:, :, None], 0.0)
+            ignored = (iof.max(dim=1).values >= self.ignore_iof_thr) & (gt_index < 0)
+            gt_index[ignored] = IGNORED
+        return AssignResult(gt_index, max_iou)
+
+
+def _iof(anchors: Tensor, regions: Tensor) -> Tensor:
+    """Intersection over anchor area: anchors [B, A, 4], regions [B, R, 4] -> [B, R, A]."""
+    lt = torch.maximum(regions[:, :, None, :2], anchors[:, None, :, :2])
+    rb = torch.minimum(regions[:, :, None, 2:], anchors[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = ((anchors[..., 2] - anchors[..., 0]) * (anchors[..., 3] - anchors[..., 1])).clamp(min=1e-6)
+    return inter / area[:, None, :]

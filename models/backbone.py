@@ -1,0 +1,182 @@
+"""torchvision ResNet / MobileNetV3 bodies with torchvision's FeaturePyramidNetwork.
+
+``BackboneFPN(images [B, 3, H, W]) -> list of [B, C, H / s, W / s]`` for the strides in ``.strides``
+(RetinaNet: P3-P7 = strides 8..128; Faster R-CNN: P2-P6 = strides 4..64).
+
+Pretrained weights are never downloaded: ``pretrained`` is ``None`` (random init), a local file, or
+``"torchvision"``, which reads torchvision's own file name from the torch hub cache
+(``$TORCH_HOME/hub/checkpoints``) and fails with the expected path when it is absent.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import List, Optional, Sequence
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+RESNETS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+}
+MOBILENETS = {
+    "mobilenet_v3_large": (torchvision.models.mobilenet_v3_large, torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+    "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small, torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
+}
+NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+
+
+def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Optional[dict]:
+    """Load a state dict from a local path or the torchvision cache; never downloads."""
+    if pretrained is None:
+        return None
+    if pretrained == "torchvision":
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
+        hint = (f"torchvision weights for {name} are expected at {path} (no download is attempted); "
+                f"copy the file there or set model.backbone.pretrained to a local path, or null for random init")
+    else:
+        path = os.path.expanduser(pretrained)
+        hint = f"model.backbone.pretrained points to {path}, which does not exist"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(hint)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or truncated file
+        raise ValueError(f"cannot read pretrained weights {path}: {exc}") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+class ResNetBody(nn.Module):
+    """Stem + layer1..4 of a torchvision ResNet, returning C2..C5 (strides 4, 8, 16, 32)."""
+
+    def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 1, pretrained: Optional[str] = None):
+        super().__init__()
+        if name not in RESNETS:
+            raise ValueError(f"unknown ResNet '{name}', choose from {sorted(RESNETS)}")
+        fn, weights = RESNETS[name]
+        net = fn(weights=None, norm_layer=NORMS[norm])
+        state = resolve_pretrained(name, pretrained, weights)
+        if state is not None:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+            if missing or [k for k in unexpected if not k.startswith("fc.")]:
+                raise ValueError(f"pretrained weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        width = 64 if name in ("resnet18", "resnet34") else 256
+        self.channels = [width, width * 2, width * 4, width * 8]
+        self.strides = [4, 8, 16, 32]
+        # frozen_stages = k freezes the stem and the first k stages (mmdetection's convention)
+        frozen = [self.stem] + list(self.stages[:frozen_stages]) if frozen_stages >= 0 else []
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+class MobileNetBody(nn.Module):
+    """torchvision MobileNetV3 features, returning the last map at strides 4, 8, 16, 32."""
+
+    def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 0, pretrained: Optional[str] = None):
+        super().__init__()
+        if name not in MOBILENETS:
+            raise ValueError(f"unknown MobileNet '{name}', choose from {sorted(MOBILENETS)}")
+        fn, weights = MOBILENETS[name]
+        net = fn(weights=None, norm_layer=NORMS[norm])
+        state = resolve_pretrained(name, pretrained, weights)
+        if state is not None:
+            net.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")}, strict=False)
+        self.features = net.features
+        # find, by a dry run, the last block at each stride
+        with torch.no_grad():
+            x, size, ends = torch.zeros(1, 3, 64, 64), 64, {}
+            for i, block in enumerate(self.features.eval()):
+                x = block(x)
+                ends[size // x.shape[-1]] = (i, x.shape[1])
+        self.features.train()
+        self.strides = [4, 8, 16, 32]
+        self.ends = [ends[s][0] for s in self.strides]
+        self.channels = [ends[s][1] for s in self.strides]
+        for block in self.features[: self.ends[0] + 1] if frozen_stages > 0 else []:
+            for p in block.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        outs = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self.ends:
+                outs.append(x)
+            if i == self.ends[-1]:
+                break
+        return outs
+
+
+class P6P7(ExtraFPNBlock):
+    """RetinaNet's extra levels: P6 = conv3x3/2 of C5 (or P5), P7 = conv3x3/2 of relu(P6)."""
+
+    def __init__(self, in_channels: int, out_channels: int, source: str = "c5"):
+        super().__init__()
+        self.source = source
+        self.p6 = nn.Conv2d(in_channels if source == "c5" else out_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for conv in (self.p6, self.p7):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, p: List[Tensor], c: List[Tensor], names: List[str]):
+        p6 = self.p6(c[-1] if self.source == "c5" else p[-1])
+        p7 = self.p7(F.relu(p6))
+        return p + [p6, p7], names + ["p6", "p7"]
+
+
+class BackboneFPN(nn.Module):
+    """Body + FPN. ``in_levels`` picks the body outputs (2 = C2 ... 5 = C5); ``extra`` adds levels:
+    ``"p6p7"`` (RetinaNet, from C5), ``"p6p7_p5"`` (from P5), ``"maxpool"`` (Faster R-CNN's P6) or ``"none"``."""
+
+    def __init__(self, body: nn.Module, out_channels: int = 256, in_levels: Sequence[int] = (3, 4, 5), extra: str = "p6p7"):
+        super().__init__()
+        self.body = body
+        self.in_levels = list(in_levels)
+        in_channels = [body.channels[lvl - 2] for lvl in self.in_levels]
+        if extra == "p6p7":
+            extra_block, n_extra = P6P7(in_channels[-1], out_channels, "c5"), 2
+        elif extra == "p6p7_p5":
+            extra_block, n_extra = P6P7(in_channels[-1], out_channels, "p5"), 2
+        elif extra == "maxpool":
+            extra_block, n_extra = LastLevelMaxPool(), 1
+        elif extra == "none":
+            extra_block, n_extra = None, 0
+        else:
+            raise ValueError(f"unknown FPN extra levels '{extra}'")
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_block)
+        self.strides = [2 ** lvl for lvl in self.in_levels] + [2 ** (self.in_levels[-1] + k + 1) for k in range(n_extra)]
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> List[Tensor]:
+        feats = self.body(images)
+        selected = OrderedDict((f"c{lvl}", feats[lvl - 2]) for lvl in self.in_levels)
+        return list(self.fpn(selected).values())
+
+
+def build_body(name: str, norm: str, frozen_stages: int, pretrained: Optional[str]) -> nn.Module:
+    if name in RESNETS:
+        return ResNetBody(name, norm, frozen_stages, pretrained)
+    if name in MOBILENETS:
+        return MobileNetBody(name, norm, frozen_stages, pretrained)
+    raise ValueError(f"unknown backbone '{name}', choose from {sorted(RESNETS) + sorted(MOBILENETS)}")

@@ -1,0 +1,91 @@
+"""Batched post-processing for dense detectors: per-level top-k, decoding, batched NMS, per-image cap.
+
+Everything runs on the whole batch at once: top-k is taken per (image, level) with one ``topk`` call
+per level, and NMS runs once over all images with ``image * num_classes + label`` as the group index.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+
+def select_topk_per_level(scores: Tensor, counts: Sequence[int], k: int):
+    """Top-k (anchor, class) pairs per image and level.
+
+    Args:
+        scores: [B, N, C] class probabilities, anchors of all levels concatenated.
+        counts: number of anchors per level (sum = N).
+    Returns:
+        values [B, K], anchor indices [B, K] into N, labels [B, K]; K = sum_l min(k, N_l * C).
+    """
+    b, _, c = scores.shape
+    vals, idxs, labels = [], [], []
+    start = 0
+    for n in counts:
+        level = scores[:, start:start + n, :].reshape(b, n * c)
+        v, i = level.topk(min(k, n * c), dim=1)
+        vals.append(v)
+        idxs.append(torch.div(i, c, rounding_mode="floor") + start)
+        labels.append(i % c)
+        start += n
+    return torch.cat(vals, 1), torch.cat(idxs, 1), torch.cat(labels, 1)
+
+
+def image_metas(targets: Optional[List[Dict]], batch: int, padded_hw, device) -> tuple:
+    """Per-image valid (h, w) [B, 2], scale factors [B, 4] and original (h, w) [B, 2].
+
+    Without targets the whole padded image is valid and coordinates are not rescaled."""
+    if targets is None:
+        hw = torch.tensor(padded_hw, dtype=torch.float32, device=device).expand(batch, 2)
+        return hw, torch.ones(batch, 4, device=device), hw
+    img = torch.tensor([t.get("img_size", padded_hw) for t in targets], dtype=torch.float32, device=device)
+    scale = torch.stack([torch.as_tensor(t.get("scale_factor", [1.0] * 4), dtype=torch.float32) for t in targets]).to(device)
+    orig = torch.tensor([t.get("orig_size", t.get("img_size", padded_hw)) for t in targets], dtype=torch.float32, device=device)
+    return img, scale, orig
+
+
+def nms_per_image(
+    boxes: Tensor, scores: Tensor, labels: Tensor, score_thr: float, iou_thr: float, max_per_img: int,
+    num_classes: int,
+) -> List[Dict[str, Tensor]]:
+    """Class-wise NMS for a batch of candidates and a per-image cap.
+
+    Args:
+        boxes: [B, K, 4]; scores: [B, K]; labels: [B, K] (0-based).
+    Returns:
+        one dict per image with boxes [D, 4], scores [D], labels [D], sorted by descending score.
+    """
+    b, k = scores.shape
+    image = torch.arange(b, device=scores.device)[:, None].expand(b, k)
+    keep = scores > score_thr
+    boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
+    kept = batched_nms(boxes, scores, image * num_classes + labels, iou_thr)  # sorted by score
+    image = image[kept]
+    # stable sort by image keeps descending score within an image; rank inside the image caps it
+    order = torch.sort(image, stable=True).indices
+    kept, image = kept[order], image[order]
+    counts = torch.bincount(image, minlength=b)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(image.numel(), device=image.device) - first[image]
+    capped = rank < max_per_img
+    kept, image = kept[capped], image[capped]
+    sizes = torch.bincount(image, minlength=b).tolist()
+    return [
+        {"boxes": bx, "scores": sc, "labels": lb}
+        for bx, sc, lb in zip(boxes[kept].split(sizes), scores[kept].split(sizes), labels[kept].split(sizes))
+    ]
+
+
+def rescale_to_original(dets: List[Dict[str, Tensor]], scale: Tensor, orig_hw: Tensor) -> List[Dict[str, Tensor]]:
+    """Divide boxes by each image's scale factor [B, 4] and clip to its original (h, w) [B, 2]."""
+    for i, det in enumerate(dets):
+        boxes = det["boxes"] / scale[i]
+        h, w = orig_hw[i, 0], orig_hw[i, 1]
+        boxes = torch.stack(
+            [boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1
+        )
+        det["boxes"] = boxes
+    return dets

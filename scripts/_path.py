@@ -1,0 +1,7 @@
+"""Lets the scripts run from a source checkout without installation: the repo root goes first on sys.path."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)

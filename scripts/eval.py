@@ -1,0 +1,20 @@
+"""Evaluate a checkpoint: python scripts/eval.py --cfg CFG --ckpt CKPT [--out FILE] [--set k=v ...]"""
+import argparse
+
+import _path  # noqa: F401  (source-checkout imports)
+
+from detection import engine
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cfg", required=True, help="YAML config file the checkpoint was trained with")
+    parser.add_argument("--ckpt", required=True, help="checkpoint file, e.g. work_dirs/<name>/checkpoints/last.pth")
+    parser.add_argument("--out", default=None, help="write the metrics as JSON to this file")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    engine.evaluate(args.cfg, args.ckpt, args.out, args.set)
+
+
+if __name__ == "__main__":
+    main()

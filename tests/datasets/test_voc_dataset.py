@@ -1,0 +1,109 @@
+"""VOCDataset on a hand-written VOC tree: exact boxes, difficult handling, concatenation, clear errors."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from datasets import VOC_CLASSES, VOCDataset, build_transforms, collate_detection
+
+
+def write_xml(path, size, objects):
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
+    with open(path, "w") as f:
+        f.write(f"<annotation><size><width>{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>{objs}</annotation>")
+
+
+def make_year(root, year, images, split="trainval"):
+    base = os.path.join(root, year)
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    for image_id, (size, objects) in images.items():
+        cv2.imwrite(os.path.join(base, "JPEGImages", f"{image_id}.jpg"), np.full((*size, 3), 128, np.uint8))
+        write_xml(os.path.join(base, "Annotations", f"{image_id}.xml"), size, objects)
+    with open(os.path.join(base, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+        f.write("\n".join(images) + "\n")
+
+
+@pytest.fixture
+def voc(tmp_path):
+    make_year(tmp_path, "VOC2007", {
+        "a": ((50, 100), [("dog", (11, 21, 40, 50), 0), ("person", (1, 1, 5, 5), 1)]),
+        "b": ((60, 30), []),  # an image without objects is valid
+    })
+    make_year(tmp_path, "VOC2012", {"c": ((40, 40), [("car", (2, 3, 30, 33), 0)])})
+    return tmp_path
+
+
+def test_boxes_labels_difficult_and_concatenation(voc):
+    ds = VOCDataset(str(voc), ["VOC2007/trainval", "VOC2012/trainval"])
+    assert len(ds) == 3 and ds.num_classes == 20
+    a = ds.get_annotation(0)
+    # 1-based inclusive (11, 21, 40, 50) -> continuous extent (10, 20, 40, 50)
+    assert a["boxes"].tolist() == [[10, 20, 40, 50], [0, 0, 5, 5]]
+    assert a["labels"].tolist() == [VOC_CLASSES.index("dog"), VOC_CLASSES.index("person")]
+    assert a["difficult"].tolist() == [False, True]
+    assert ds.get_annotation(1)["boxes"].shape == (0, 4)
+    assert ds.get_annotation(2)["labels"].tolist() == [VOC_CLASSES.index("car")]
+    assert ds.aspect_ratios() == [2.0, 0.5, 1.0]
+    image, target = ds[0]
+    assert image.shape == (3, 50, 100) and target["orig_size"] == (50, 100)
+    assert target["boxes"].tolist() == [[10, 20, 40, 50], [0, 0, 5, 5]]
+
+
+def test_exclude_difficult_for_training(voc):
+    ds = VOCDataset(str(voc), ["VOC2007/trainval"], include_difficult=False)
+    _, target = ds[0]
+    assert target["labels"].tolist() == [VOC_CLASSES.index("dog")]
+    # evaluation annotations keep everything
+    assert len(ds.get_annotation(0)["labels"]) == 2
+
+
+def test_with_transforms_and_collate(voc):
+    ds = VOCDataset(str(voc), ["VOC2007/trainval"], transforms=build_transforms(False, min_size=25, max_size=1000))
+    (img_a, t_a), (img_b, t_b) = ds[0], ds[1]
+    # a: 50x100, scale min(25/50, 1000/100) = 0.5 -> 25x50; b: 60x30 -> scale 25/30 -> 50x25
+    assert img_a.shape == (3, 25, 50) and img_b.shape == (3, 50, 25)
+    assert t_a["boxes"].tolist() == [[5, 10, 20, 25], [0, 0, 2.5, 2.5]]
+    assert t_a["scale_factor"].tolist() == [0.5, 0.5, 0.5, 0.5]
+    images, targets = collate_detection([ds[0], ds[1]], size_divisor=32)
+    assert images.shape == (2, 3, 64, 64) and len(targets) == 2
+
+
+def test_missing_split_file(voc):
+    with pytest.raises(FileNotFoundError, match=r"VOC2007/ImageSets/Main/test.txt"):
+        VOCDataset(str(voc), ["VOC2007/test"])
+
+
+def test_unknown_class_names_file_and_class(voc):
+    write_xml(os.path.join(voc, "VOC2012", "Annotations", "c.xml"), (40, 40), [("cart", (1, 1, 9, 9), 0)])
+    with pytest.raises(ValueError, match=r"unknown class 'cart' in .*c\.xml"):
+        VOCDataset(str(voc), ["VOC2012/trainval"])
+
+
+def test_malformed_xml_names_file(voc):
+    with open(os.path.join(voc, "VOC2012", "Annotations", "c.xml"), "w") as f:
+        f.write("<annotation><object>")
+    with pytest.raises(ValueError, match=r"malformed VOC annotation .*c\.xml"):
+        VOCDataset(str(voc), ["VOC2012/trainval"])
+
+
+def test_bad_bndbox_names_file(voc):
+    write_xml(os.path.join(voc, "VOC2012", "Annotations", "c.xml"), (40, 40), [("car", (1, "x", 9, 9), 0)])
+    with pytest.raises(ValueError, match=r"malformed <bndbox> .*c\.xml"):
+        VOCDataset(str(voc), ["VOC2012/trainval"])
+
+
+def test_corrupt_and_missing_images(voc):
+    ds = VOCDataset(str(voc), ["VOC2012/trainval"])
+    path = os.path.join(voc, "VOC2012", "JPEGImages", "c.jpg")
+    with open(path, "wb") as f:
+        f.write(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=r"c\.jpg is unreadable or corrupt"):
+        ds[0]
+    os.remove(path)
+    assert ds.check_files() == [path]
+    with pytest.raises(FileNotFoundError, match=r"c\.jpg does not exist"):
+        ds[0]

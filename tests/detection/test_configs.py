@@ -1,0 +1,44 @@
+"""Every shipped config loads, validates and builds its model; the paper settings are what the paper says."""
+import glob
+import os
+
+import pytest
+
+from detection import builders, engine
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True) if "_base_" not in p)
+
+
+def test_table2_configs_exist():
+    names = {os.path.basename(p) for p in CONFIGS}
+    for loss in ("l1", "smoothl1", "ciou"):
+        for suffix in ("", "_alwa1", "_alwa2"):
+            assert f"retinanet_r50_voc_{loss}{suffix}.yaml" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
+def test_config_builds(path):
+    cfg = engine.load(path, ["model.backbone.pretrained=null"])
+    model = builders.build_model(cfg, len(builders.class_names(cfg)))
+    assert model.num_classes == len(builders.class_names(cfg))
+    builders.build_weighting(cfg)
+
+
+def test_paper_settings():
+    cfg = engine.load(os.path.join(REPO, "configs", "retinanet_r50_voc_ciou_alwa1.yaml"))
+    assert cfg.model.loss.reg == "ciou" and cfg.model.backbone.name == "resnet50"
+    assert (cfg.train.epochs, cfg.train.lr_steps, cfg.optimizer.lr, cfg.optimizer.base_batch_size) == (12, [8, 11], 0.01, 8)
+    assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
+    w = cfg.weighting
+    assert (w.type, w.variant, w.interval, w.init_weight, w.stats) == ("alwa", 1, 100, 1.0, "weighted")
+    assert cfg.data.train_sets == ["VOC2012/trainval"] and cfg.data.test_sets == ["VOC2007/test"]
+
+
+def test_missing_pretrained_weights_name_the_path(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    cfg = engine.load(os.path.join(REPO, "configs", "retinanet_r50_voc_l1.yaml"))
+    with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth"):
+        builders.build_model(cfg, 20)

@@ -1,0 +1,106 @@
+"""End-to-end: a tiny training run on generated shapes data, its outputs, resume and evaluation."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from detection import engine
+from detection.checkpoint import load_checkpoint
+from detection.config import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TINY = """
+_base_: {base}
+model:
+  backbone: {{name: resnet18, pretrained: null, norm: bn, frozen_stages: -1}}
+  fpn: {{out_channels: 16}}
+  anchors: {{octave_base_scale: 2}}
+  head: {{feat_channels: 16, num_convs: 1, norm: gn}}
+data:
+  root: {root}
+  train_sets: [train]
+  test_sets: [test]
+  shapes: {{num_train: 12, num_val: 2, num_test: 6, image_size: 64, seed: 3}}
+  min_size: 64
+  max_size: 64
+  batch_size: 4
+  test_batch_size: 4
+  num_workers: 0
+optimizer: {{type: adamw, lr: 0.001, base_batch_size: 4}}
+train: {{max_iters: 6, lr_steps: [5], warmup_iters: 2, log_interval: 2, checkpoint_interval: 3, progress: false}}
+weighting: {{type: alwa, variant: 2, interval: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("engine")
+    path = tmp / "tiny.yaml"
+    path.write_text(TINY.format(base=os.path.join(REPO, "configs/_base_/retinanet_r50_fpn.yaml"), root=tmp / "shapes"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("work"))
+    metrics = engine.train(tiny_cfg, work)
+    return work, metrics
+
+
+def test_outputs_written(trained, tiny_cfg):
+    work, metrics = trained
+    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_images"] == 6
+    records = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    assert [r["iter"] for r in records] == [2, 4, 6]
+    for r in records:
+        assert {"iter", "epoch", "lr", "loss", "loss_cls", "loss_bbox", "weighted", "weights"} <= set(r)
+        assert r["loss"] == pytest.approx(sum(r["weighted"].values()), rel=1e-4)
+    # ALWA interval 2: λcls may move after iteration 2; λreg stays 1
+    assert all(r["weights"]["loss_bbox"] == 1.0 for r in records)
+    assert records[0]["weights"]["loss_cls"] == 1.0 or records[0]["iter"] >= 2
+    saved = yaml.safe_load(open(os.path.join(work, "config.yaml")))
+    assert saved["train"]["max_iters"] == 6 and saved["weighting"]["type"] == "alwa"
+    assert engine.load(os.path.join(work, "config.yaml")) == engine.load(tiny_cfg)
+    ckpt = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
+    assert ckpt["iter"] == 6 and ckpt["weighting"]["count"] == 0 and "rng" in ckpt
+    assert ckpt["weighting"]["lambda_cls"] == metrics["weights"]["loss_cls"]
+    assert json.load(open(os.path.join(work, "eval.json")))["mAP"] == metrics["mAP"]
+    assert not glob.glob(os.path.join(work, "checkpoints", ".tmp_*"))
+
+
+def test_eval_script_matches_eval_json(trained, tiny_cfg, tmp_path):
+    work, metrics = trained
+    out = tmp_path / "m.json"
+    again = engine.evaluate(tiny_cfg, os.path.join(work, "checkpoints", "last.pth"), str(out))
+    assert again["mAP"] == pytest.approx(metrics["mAP"], abs=1e-9)
+    assert json.load(open(out))["mAP"] == again["mAP"]
+
+
+def test_resume_continues_from_checkpoint(trained, tiny_cfg, tmp_path):
+    work, _ = trained
+    resumed = str(tmp_path / "resumed")
+    os.makedirs(os.path.join(resumed, "checkpoints"))
+    state = torch.load(os.path.join(work, "checkpoints", "last.pth"), weights_only=False)
+    torch.save(state, os.path.join(resumed, "checkpoints", "last.pth"))
+    engine.train(tiny_cfg, resumed, resume=True, overrides=["train.max_iters=8", "train.eval_after=false"])
+    records = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    assert [r["iter"] for r in records] == [8]  # iterations 7-8 only
+    assert load_checkpoint(os.path.join(resumed, "checkpoints", "last.pth"))["iter"] == 8
+
+
+def test_config_typo_names_key_file_and_suggestion(tiny_cfg, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {tiny_cfg}\ntrain:\n  max_iter: 5\n")
+    with pytest.raises(ConfigError) as err:
+        engine.load(str(bad))
+    msg = str(err.value)
+    assert "train.max_iter" in msg and "bad.yaml" in msg and "train.max_iters" in msg
+
+
+def test_unknown_weighting_key_in_config_fails_at_first_step(tiny_cfg, tmp_path):
+    with pytest.raises(KeyError, match="loss_clss"):
+        engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["weighting.cls_keys=[loss_clss]", "train.max_iters=1"])

@@ -1,0 +1,91 @@
+"""RetinaNet losses on tiny inputs: empty images, per-level split, overfitting a small batch."""
+import pytest
+import torch
+
+from models.anchors import AnchorGenerator
+from models.assigner import MaxIoUAssigner
+from models.backbone import BackboneFPN, build_body
+from models.box_coder import DeltaBoxCoder
+from models.retinanet import RetinaHead, RetinaNet
+
+
+def tiny(reg_loss="l1", per_level=False, seed=0):
+    torch.manual_seed(seed)
+    bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 32, [3, 4, 5], "p6p7")
+    head = RetinaHead(32, 3, 9, 32, 1, norm="gn")
+    return RetinaNet(bb, head, AnchorGenerator(octave_base_scale=2), MaxIoUAssigner(), DeltaBoxCoder(),
+                     reg_loss=reg_loss, loss_per_level=per_level)
+
+
+def target(boxes, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+EMPTY = target([], [])
+ONE = target([[8, 8, 40, 48]], [1])
+
+
+@pytest.mark.parametrize("reg_loss", ["l1", "smooth_l1", "giou", "ciou"])
+def test_all_empty_batch_gives_zero_bbox_loss_and_finite_grads(reg_loss):
+    model = tiny(reg_loss)
+    losses = model(torch.randn(2, 3, 64, 64), [EMPTY, EMPTY])
+    assert set(losses) == {"loss_cls", "loss_bbox"}
+    assert losses["loss_bbox"].item() == 0.0 and torch.isfinite(losses["loss_cls"])
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # every trainable parameter takes part in the graph (DDP needs no unused parameters)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_mixed_batch_normalises_by_positives():
+    model = tiny()
+    x = torch.randn(2, 3, 64, 64)
+    both = model(x, [ONE, EMPTY])
+    assert both["loss_bbox"] > 0 and torch.isfinite(both["loss_cls"])
+
+
+def test_per_level_losses_sum_to_totals():
+    x = torch.randn(2, 3, 64, 64)
+    t = [ONE, target([[30, 2, 62, 20], [0, 0, 10, 10]], [0, 2])]
+    whole = tiny()(x, t)
+    split = tiny(per_level=True)(x, t)
+    assert sorted(split) == sorted([f"loss_{k}_p{l}" for k in ("cls", "bbox") for l in range(3, 8)])
+    assert torch.allclose(sum(v for k, v in split.items() if k.startswith("loss_cls")), whole["loss_cls"], rtol=1e-5)
+    assert torch.allclose(sum(v for k, v in split.items() if k.startswith("loss_bbox")), whole["loss_bbox"], rtol=1e-5)
+
+
+def test_loss_falls_when_overfitting_two_images():
+    model = tiny("giou")
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    t = [ONE, target([[30, 2, 62, 20]], [0])]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first = None
+    for step in range(25):
+        losses = model(x, t)
+        total = sum(losses.values())
+        first = first if first is not None else total.item()
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert total.item() < 0.5 * first
+
+
+def test_eval_output_contract():
+    model = tiny().eval()
+    with torch.no_grad():
+        dets = model(torch.randn(3, 3, 64, 64), [dict(img_size=(64, 64), scale_factor=torch.full((4,), 0.5),
+                                                     orig_size=(128, 128))] * 3)
+    assert len(dets) == 3
+    for d in dets:
+        assert set(d) == {"boxes", "scores", "labels"}
+        assert d["boxes"].shape[1] == 4 and d["boxes"].shape[0] == d["scores"].shape[0] <= 100
+        assert (d["boxes"] <= 128).all() and (d["boxes"] >= 0).all()
+        assert (d["labels"] >= 0).all() and (d["labels"] < 3).all()
+        assert (d["scores"][:-1] >= d["scores"][1:]).all()
+
+
+def test_unknown_regression_loss():
+    with pytest.raises(ValueError, match="unknown regression loss 'iuo'"):
+        tiny("iuo")

@@ -46,18 +46,20 @@ class AssignResult:
 
 
 def pad_boxes(boxes: List[Tensor], labels: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Pad per-image boxes [M_i, 4] into [B, G, 4] with a validity mask [B, G] (G = max M_i, at least 1)."""
-    b = len(boxes)
-    g = max([int(x.shape[0]) for x in boxes] + [1])
-    device = boxes[0].device if b else torch.device("cpu")
-    counts = torch.tensor([int(x.shape[0]) for x in boxes], device=device)
-    valid = torch.arange(g, device=device)[None, :] < counts[:, None]
-    padded = torch.zeros(b, g, 4, device=device, dtype=torch.float32)
-    padded[valid] = torch.cat([x.float().reshape(-1, 4) for x in boxes]) if b else padded[valid]
-    padded_labels = None
-    if labels is not None:
-        padded_labels = torch.full((b, g), -1, dtype=torch.long, device=device)
-        padded_labels[valid] = torch.cat([x.long().reshape(-1) for x in labels])
+    """Pad per-image boxes [M_i, 4] into [B, G, 4] with a validity mask [B, G] (G = max M_i, at least 1).
+
+    Sizes are known on the host, so padding needs no boolean indexing (which would synchronise a GPU)."""
+    counts = [int(x.shape[0]) for x in boxes]
+    g = max(counts + [1])
+    device = boxes[0].device if boxes else torch.device("cpu")
+    padded = torch.zeros(len(boxes), g, 4, device=device, dtype=torch.float32)
+    padded_labels = torch.full((len(boxes), g), -1, dtype=torch.long, device=device) if labels is not None else None
+    for i, n in enumerate(counts):  # one slice copy per image, no per-box work
+        if n:
+            padded[i, :n] = boxes[i].float().reshape(n, 4)
+            if labels is not None:
+                padded_labels[i, :n] = labels[i].long().reshape(n).to(device)
+    valid = torch.arange(g, device=device)[None, :] < torch.tensor(counts, device=device).reshape(-1, 1)
     return padded, valid, padded_labels
 
 
@@ -96,22 +98,20 @@ class MaxIoUAssigner:
                 torch.zeros(b, a, device=anchors.device),
             )
         max_iou, argmax = iou.max(dim=1)  # over ground truths: [B, A]
-        gt_index = torch.full_like(argmax, IGNORED)
-        gt_index[max_iou < self.neg_iou_thr] = NEGATIVE
-        pos = max_iou >= self.pos_iou_thr
-        gt_index[pos] = argmax[pos]
+        # torch.where / masked_fill rather than boolean-index assignment: no host synchronisation on GPU
+        gt_index = torch.full_like(argmax, IGNORED).masked_fill(max_iou < self.neg_iou_thr, NEGATIVE)
+        gt_index = torch.where(max_iou >= self.pos_iou_thr, argmax, gt_index)
         if self.low_quality_match:
             gt_max = iou.max(dim=2, keepdim=True).values  # best anchor IoU per ground truth: [B, G, 1]
             is_best = (iou == gt_max) & (gt_max >= self.min_pos_iou) & (gt_max > 0) & gt_valid[:, :, None]
             # highest ground-truth index among those for which the anchor is a best match
             rank = is_best * torch.arange(1, g + 1, device=iou.device)[None, :, None]
             best_rank, best_gt = rank.max(dim=1)
-            claimed = best_rank > 0
-            gt_index[claimed] = best_gt[claimed]
+            gt_index = torch.where(best_rank > 0, best_gt, gt_index)
         if self.ignore_iof_thr > 0 and ignore_boxes is not None and ignore_boxes.shape[1] > 0:
             iof = _iof(anchors, ignore_boxes).masked_fill(~ignore_valid[:, :, None], 0.0)
             ignored = (iof.max(dim=1).values >= self.ignore_iof_thr) & (gt_index < 0)
-            gt_index[ignored] = IGNORED
+            gt_index = gt_index.masked_fill(ignored, IGNORED)
         return AssignResult(gt_index, max_iou)
 
 

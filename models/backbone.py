@@ -9,6 +9,7 @@ Pretrained weights are never downloaded: ``pretrained`` is ``None`` (random init
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from typing import List, Optional, Sequence
@@ -65,10 +66,14 @@ class ResNetBody(nn.Module):
         net = fn(weights=None, norm_layer=NORMS[norm])
         state = resolve_pretrained(name, pretrained, weights)
         if state is not None:
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatches
+                raise ValueError(f"pretrained weights {pretrained} do not fit {name}: {str(exc)[:300]}") from exc
             missing = [k for k in missing if not k.endswith("num_batches_tracked")]
             if missing or [k for k in unexpected if not k.startswith("fc.")]:
-                raise ValueError(f"pretrained weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise ValueError(f"pretrained weights {pretrained} do not fit {name}: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         width = 64 if name in ("resnet18", "resnet34") else 256
@@ -97,10 +102,15 @@ class MobileNetBody(nn.Module):
         if name not in MOBILENETS:
             raise ValueError(f"unknown MobileNet '{name}', choose from {sorted(MOBILENETS)}")
         fn, weights = MOBILENETS[name]
-        net = fn(weights=None, norm_layer=NORMS[norm])
+        # torchvision trains MobileNetV3 with BatchNorm eps 1e-3; the frozen copy must use the same eps
+        net = fn(weights=None, norm_layer=functools.partial(NORMS[norm], eps=0.001))
         state = resolve_pretrained(name, pretrained, weights)
         if state is not None:
-            net.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")}, strict=False)
+            features = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            try:
+                net.features.load_state_dict({k[len("features."):]: v for k, v in features.items()}, strict=True)
+            except RuntimeError as exc:  # missing, unexpected or mis-shaped keys
+                raise ValueError(f"pretrained weights {pretrained} do not fit {name}: {str(exc)[:300]}") from exc
         self.features = net.features
         # find, by a dry run, the last block at each stride
         with torch.no_grad():

@@ -1,9 +1,11 @@
 """Evaluate a checkpoint: python scripts/eval.py --cfg CFG --ckpt CKPT [--out FILE] [--set k=v ...]"""
 import argparse
+import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection import engine
+from detection.config import ConfigError
 
 
 def main(argv=None):
@@ -13,7 +15,10 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the metrics as JSON to this file")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
-    engine.evaluate(args.cfg, args.ckpt, args.out, args.set)
+    try:
+        engine.evaluate(args.cfg, args.ckpt, args.out, args.set)
+    except (ConfigError, FileNotFoundError) as exc:  # user errors: the message says it all
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

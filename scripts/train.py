@@ -2,10 +2,12 @@
 
 Also runs under torchrun --nproc_per_node=N (one process per GPU, or gloo on CPU)."""
 import argparse
+import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection import engine
+from detection.config import ConfigError
 
 
 def main(argv=None):
@@ -15,7 +17,10 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from <work-dir>/checkpoints/last.pth")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_iters=100")
     args = parser.parse_args(argv)
-    engine.train(args.cfg, args.work_dir, args.resume, args.set)
+    try:
+        engine.train(args.cfg, args.work_dir, args.resume, args.set)
+    except (ConfigError, FileNotFoundError) as exc:  # user errors: the message says it all
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""The command lines: user errors end with one clear line on stderr and a non-zero exit code."""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CFG = os.path.join(REPO, "configs", "retinanet_r50_voc_l1_alwa2.yaml")
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_train_config_typo(tmp_path):
+    out = run(os.path.join(REPO, "scripts", "train.py"), "--cfg", CFG, "--set", "data.batch_sise=4", cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.strip() == "error: unknown key 'data.batch_sise' (from --set); did you mean 'data.batch_size'?"
+
+
+def test_train_missing_voc_data_names_the_layout(tmp_path):
+    out = run(os.path.join(REPO, "scripts", "train.py"), "--cfg", CFG, cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "data/VOCdevkit/VOC2012/ImageSets/Main/trainval.txt not found" in out.stderr
+
+
+def test_eval_missing_checkpoint(tmp_path):
+    out = run(os.path.join(REPO, "scripts", "eval.py"), "--cfg", CFG, "--ckpt", "nope.pth", cwd=tmp_path)
+    assert out.returncode != 0 and out.stderr.strip() == "error: checkpoint nope.pth does not exist"

@@ -26,3 +26,14 @@ def test_train_missing_voc_data_names_the_layout(tmp_path):
 def test_eval_missing_checkpoint(tmp_path):
     out = run(os.path.join(REPO, "scripts", "eval.py"), "--cfg", CFG, "--ckpt", "nope.pth", cwd=tmp_path)
     assert out.returncode != 0 and out.stderr.strip() == "error: checkpoint nope.pth does not exist"
+
+
+def test_foreign_datasets_package_is_reported(tmp_path):
+    fake = tmp_path / "datasets"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("# stands in for the PyPI package of the same name\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    out = subprocess.run([sys.executable, "-c", "import detection"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "not this project's datasets package" in out.stderr and str(fake) in out.stderr

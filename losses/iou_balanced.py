@@ -54,7 +54,7 @@ def _balanced_weight(loss: torch.Tensor, pos: torch.Tensor, u_pow: torch.Tensor)
         den = (loss_pos * u_pos).sum()
         ok = den > 0
         scale = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), den.new_ones(()))
-        weight = torch.where(pos & ok, u_pos * 1.0, torch.ones_like(loss))
+        weight = torch.where(pos & ok, u_pos * scale, torch.ones_like(loss))
     return weight
 
 

@@ -15,18 +15,6 @@ def feed(strategy, seq):
     return [float(strategy(D(**x))) for x in seq]
 
 
-def spy_host_reads(monkeypatch):
-    calls = []
-    for name in ("item", "cpu", "tolist", "__float__", "numpy", "__bool__"):
-        orig = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _orig=orig, _name=name, **k):
-            calls.append(_name)
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    return calls
-
-
 # Window of interval 3 used by several tests:
 #   a [1, 2, 3]: mean 2, squared deviations 1 + 0 + 1 = 2, sample variance 2/2 = 1
 #   b [1, 1, 4]: mean 2, squared deviations 1 + 1 + 4 = 6, sample variance 6/2 = 3
@@ -96,11 +84,11 @@ def test_avw_state_dict_round_trip_mid_window():
 
 @pytest.mark.parametrize("make", [lambda: AVW(["a", "b"], interval=4),
                                   lambda: RLO(["a", "b"], interval=4, seed=3)])
-def test_no_host_sync_between_boundaries(monkeypatch, make):
+def test_no_host_sync_between_boundaries(host_reads, make):
     strategy = make()
     feed(strategy, [dict(a=1 + i, b=2 * i) for i in range(4)])  # a full window before spying
     losses = [D(a=1 + i, b=3 - i) for i in range(3)]
-    calls = spy_host_reads(monkeypatch)
+    calls = host_reads()
     for x in losses:
         strategy(x)  # no float() on the total here: that read would be the test's own
     assert calls == []  # three steps inside the second window: nothing read on the host

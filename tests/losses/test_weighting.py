@@ -118,16 +118,9 @@ def test_alwa_multiple_keys_per_group_and_other_keys_weight_one():
     assert float(alwa(losses[0])) == pytest.approx(2 / 6 + 1 + 10)
 
 
-def test_alwa_no_host_sync_between_boundaries(monkeypatch):
+def test_alwa_no_host_sync_between_boundaries(host_reads):
     alwa = ALWA(variant=2, interval=4)
-    calls = []
-    for name in ("item", "cpu", "tolist", "__float__", "numpy"):
-        orig = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _orig=orig, _name=name, **k):
-            calls.append(_name)
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, spy)
+    calls = host_reads()
     for i in range(3):
         alwa(L(1 + i, 1))
     assert calls == []  # three steps inside a window: nothing read on the host

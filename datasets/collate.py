@@ -12,10 +12,12 @@ def collate_detection(batch: List[Tuple[torch.Tensor, dict]], size_divisor: int 
 
     H and W are the largest h_i and w_i rounded up to a multiple of ``size_divisor``, so that every FPN
     level has an integer size. Padding sits right and below, so box coordinates are unchanged."""
+    if not batch:
+        raise ValueError("collate_detection got an empty batch")
     images = [img for img, _ in batch]
     h = max(img.shape[1] for img in images)
     w = max(img.shape[2] for img in images)
-    if size_divisor > 1:
+    if size_divisor and size_divisor > 1:
         h = int(math.ceil(h / size_divisor) * size_divisor)
         w = int(math.ceil(w / size_divisor) * size_divisor)
     out = images[0].new_full((len(images), images[0].shape[0], h, w), pad_value)

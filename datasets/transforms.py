@@ -22,8 +22,10 @@ def keep_ratio_size(h: int, w: int, min_size: int, max_size: int) -> Tuple[int, 
 
 
 class DetectionTransform:
-    """``(image HxWx3 uint8 RGB, boxes [M,4] x1y1x2y2, labels [M], difficult [M])`` ->
-    ``(image [3,h,w] float32, boxes [M,4] float32, labels, difficult, meta)``.
+    """``(image HxWx3 uint8 RGB, boxes [M,4] x1y1x2y2, labels [M], difficult [M] or None)`` ->
+    ``(image [3,h,w] float32, boxes [M,4] float32, labels [M] int64, difficult [M] bool, meta)``.
+
+    Boxes, labels and difficult flags come back in the input order (``difficult=None`` means all False).
 
     ``meta``: ``img_size`` (h, w), ``scale_factor`` (sx, sy, sx, sy) with original = resized / scale,
     ``flipped``. Boxes are never dropped: a changed box count raises."""
@@ -50,11 +52,12 @@ class DetectionTransform:
                                                 min_visibility=0.0, clip=True))
         return self._pipelines[key]
 
-    def __call__(self, image: np.ndarray, boxes, labels, difficult):
+    def __call__(self, image: np.ndarray, boxes, labels, difficult=None):
         h0, w0 = image.shape[:2]
         h, w = keep_ratio_size(h0, w0, self.min_size, self.max_size)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         n = len(boxes)
+        difficult = np.zeros(n, dtype=bool) if difficult is None else difficult
         # the flip is drawn here (Python's RNG, seeded per DataLoader worker) so that it is known exactly
         flip = self.flip_prob > 0 and random.random() < self.flip_prob
         out = self._pipeline(h, w, flip)(image=image, bboxes=boxes, order=list(range(n)))

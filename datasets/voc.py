@@ -49,6 +49,8 @@ def parse_voc_xml(path: str, class_index: Dict[str, int]) -> dict:
             xmin, ymin, xmax, ymax = (float(bnd.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed <bndbox> of a '{name}' object in {path}: {exc}") from exc
+        if xmax < xmin or ymax < ymin:  # 1-based inclusive: xmax == xmin is a 1-pixel-wide box
+            raise ValueError(f"empty <bndbox> ({xmin}, {ymin}, {xmax}, {ymax}) of a '{name}' object in {path}")
         boxes.append([xmin - 1, ymin - 1, xmax, ymax])
         labels.append(class_index[name])
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
@@ -103,7 +105,8 @@ class VOCDataset(torch.utils.data.Dataset):
         if not os.path.isfile(split_file):
             raise FileNotFoundError(
                 f"split file {split_file} not found: set '{spec}' expects {base}/JPEGImages, {base}/Annotations "
-                f"and {base}/ImageSets/Main/{split}.txt (the VOC devkit layout)")
+                f"and {base}/ImageSets/Main/{split}.txt (the VOC devkit layout)"
+                + ("" if os.path.isdir(self.root) else f"; the root {self.root} itself does not exist"))
         with open(split_file) as f:
             ids = [line.split()[0] for line in f if line.strip()]
         records = []
@@ -143,8 +146,14 @@ class VOCDataset(torch.utils.data.Dataset):
         keep = np.ones(len(r["labels"]), dtype=bool) if self.include_difficult else ~r["difficult"]
         boxes, labels, difficult = r["boxes"][keep], r["labels"][keep], r["difficult"][keep]
         h0, w0 = image.shape[:2]
+        if (w0, h0) != (r["width"], r["height"]):
+            raise ValueError(f"image {r['path']} is {w0}x{h0} (w x h) but its annotation says "
+                             f"{r['width']}x{r['height']}")
         if self.transforms is not None:
-            image, boxes, labels, difficult, meta = self.transforms(image, boxes, labels, difficult)
+            try:
+                image, boxes, labels, difficult, meta = self.transforms(image, boxes, labels, difficult)
+            except ValueError as exc:  # albumentations' box errors do not say which image
+                raise ValueError(f"transforms failed on {r['path']}: {exc}") from exc
         else:
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
             meta = {"img_size": (h0, w0), "scale_factor": (1.0, 1.0, 1.0, 1.0), "flipped": False}

@@ -4,6 +4,7 @@
 """
 import argparse
 import json
+import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
@@ -20,8 +21,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", nargs="+", default=list(SHAPE_KINDS), choices=SHAPE_KINDS)
     a = p.parse_args(argv)
-    summary = make_shapes(a.root, num_train=a.num_train, num_val=a.num_val, num_test=a.num_test,
-                          image_size=a.size, classes=a.classes, seed=a.seed)
+    try:
+        summary = make_shapes(a.root, num_train=a.num_train, num_val=a.num_val, num_test=a.num_test,
+                              image_size=a.size, classes=a.classes, seed=a.seed)
+    except ValueError as exc:  # e.g. the root holds data generated with other parameters
+        sys.exit(f"error: {exc}")
     print(json.dumps(summary, indent=2))
 
 

@@ -112,3 +112,44 @@ def test_difficult_flags_mark_tiny_objects(tmp_path):
     assert flags.any() and not flags.all()
     # difficult when the shorter side is below 10 px (at 128 px); pixel extents can add up to 2 px
     assert (sides[flags] <= 12).all() and (sides[~flags] >= 10).all()
+
+
+def test_empty_test_image_in_both_formats(shapes):
+    root, _ = shapes
+    coco = COCO(os.path.join(root, "annotations", "instances_test.json"))
+    empty = [i for i in coco.getImgIds() if not coco.getAnnIds(imgIds=i)]
+    assert len(empty) == 1
+    stem = os.path.splitext(coco.loadImgs(empty)[0]["file_name"])[0]
+    assert ET.parse(os.path.join(root, "Annotations", f"{stem}.xml")).getroot().findall("object") == []
+    ds = VOCDataset(root, ["test"], classes=("circle", "rectangle", "triangle"))
+    i = [r["image_id"] for r in ds.records].index(stem)
+    assert ds[i][1]["boxes"].shape == (0, 4)
+    assert all(a["iscrowd"] == 0 for a in coco.loadAnns(coco.getAnnIds()))
+
+
+def test_crowd_objects_use_rle_matching_the_polygon(tmp_path):
+    root = str(tmp_path / "crowd")
+    make_shapes(root, num_train=6, num_val=0, num_test=0, image_size=64, seed=3, crowd_fraction=0.5)
+    coco = COCO(os.path.join(root, "annotations", "instances_train.json"))
+    crowd = coco.loadAnns(coco.getAnnIds(iscrowd=True))
+    assert crowd and all(isinstance(a["segmentation"]["counts"], list) for a in crowd)
+    for a in crowd:
+        mask = coco.annToMask(a)
+        ys, xs = np.nonzero(mask)
+        x, y, w, h = a["bbox"]
+        assert mask.sum() == a["area"] > 0
+        assert x - 1 <= xs.min() and xs.max() <= x + w and y - 1 <= ys.min() and ys.max() <= y + h
+        xml = ET.parse(os.path.join(root, "Annotations", coco.loadImgs(a["image_id"])[0]["file_name"][:-4] + ".xml"))
+        # VOC has no crowd flag: crowd objects are marked difficult there
+        boxes = [[int(o.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")] + [o.findtext("difficult")]
+                 for o in xml.getroot().findall("object")]
+        assert [int(np.floor(x)) + 1, int(np.floor(y)) + 1, int(np.ceil(x + w)), int(np.ceil(y + h)), "1"] in boxes
+
+
+def test_interrupted_generation_is_redone(tmp_path):
+    root = str(tmp_path / "partial")
+    params = dict(num_train=3, num_val=1, num_test=1, image_size=32, seed=0)
+    make_shapes(root, **params)
+    os.remove(os.path.join(root, "shapes_meta.json"))  # as if killed before the meta was written
+    assert make_shapes(root, **params)["generated"] is True
+    assert make_shapes(root, **params)["generated"] is False

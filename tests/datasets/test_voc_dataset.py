@@ -107,3 +107,35 @@ def test_corrupt_and_missing_images(voc):
     assert ds.check_files() == [path]
     with pytest.raises(FileNotFoundError, match=r"c\.jpg does not exist"):
         ds[0]
+
+
+def test_missing_root_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/ImageSets/Main/train.txt not found.*the root .*nowhere itself does not exist"):
+        VOCDataset(str(tmp_path / "nowhere"), ["train"])
+
+
+def test_empty_box_names_file(voc):
+    write_xml(os.path.join(voc, "VOC2012", "Annotations", "c.xml"), (40, 40), [("car", (9, 1, 8, 9), 0)])
+    with pytest.raises(ValueError, match=r"empty <bndbox> .*c\.xml"):
+        VOCDataset(str(voc), ["VOC2012/trainval"])
+
+
+def test_image_size_must_match_annotation(voc):
+    write_xml(os.path.join(voc, "VOC2012", "Annotations", "c.xml"), (40, 41), [("car", (2, 3, 30, 33), 0)])
+    ds = VOCDataset(str(voc), ["VOC2012/trainval"])
+    assert ds.aspect_ratios() == [41 / 40]
+    with pytest.raises(ValueError, match=r"c\.jpg is 40x40 .* says 41x40"):
+        ds[0]
+
+
+def test_flat_root_layout_and_size_from_image(tmp_path):
+    # root itself holds the VOC folders (the shapes layout); a missing <size> is read from the image
+    make_year(tmp_path, "", {"z": ((20, 30), [("cat", (3, 4, 10, 12), 0)])}, split="train")
+    with open(os.path.join(tmp_path, "Annotations", "z.xml"), "w") as f:
+        f.write("<annotation><object><name>cat</name><bndbox><xmin>3</xmin><ymin>4</ymin><xmax>10</xmax>"
+                "<ymax>12</ymax></bndbox></object></annotation>")
+    ds = VOCDataset(str(tmp_path), ["train"])
+    assert ds.aspect_ratios() == [1.5]
+    image, target = ds[0]
+    assert target["boxes"].tolist() == [[2, 3, 10, 12]] and target["difficult"].tolist() == [False]
+    assert target["image_id"] == "z" and target["flipped"] is False and target["img_size"] == (20, 30)

@@ -1,46 +1,48 @@
-import random
-
-import numpy as np
+"""Collate padding and the grouped, sharded, resumable batch sampler."""
 import pytest
 import torch
 
-from datasets import GroupedBatchSampler, build_transforms, collate_detection, keep_ratio_size
+from datasets import GroupedBatchSampler, collate_detection
 
 
-def test_keep_ratio_rule_by_hand():
-    # scale = min(min_size / short, max_size / long)
-    assert keep_ratio_size(50, 100, 60, 100) == (50, 100)    # min(60/50, 100/100) = 1
-    assert keep_ratio_size(375, 500, 600, 1000) == (600, 800)  # min(1.6, 2.0) = 1.6
-    assert keep_ratio_size(300, 1000, 600, 1000) == (300, 1000)  # min(2.0, 1.0) = 1
-    assert keep_ratio_size(100, 100, 128, 128) == (128, 128)  # upscaling allowed
+def test_collate_without_divisor_keeps_max_size():
+    a, b = torch.zeros(3, 5, 7), torch.ones(3, 6, 4)
+    for divisor in (0, 1, None):
+        images, _ = collate_detection([(a, {}), (b, {})], size_divisor=divisor)
+        assert images.shape == (2, 3, 6, 7)
+    assert (images[1, :, :6, :4] == 1).all() and (images[1, :, :, 4:] == 0).all()
 
 
-def test_flip_and_normalise():
-    image = np.full((20, 40, 3), (130, 120, 110), np.uint8)
-    boxes = np.array([[2, 3, 12, 13], [30, 0, 40, 20]], np.float32)
-    t = build_transforms(True, min_size=20, max_size=40, flip_prob=1.0, mean=(100, 100, 100), std=(10, 20, 5))
-    img, out, labels, difficult, meta = t(image, boxes, [1, 2], [False, True])
-    assert meta["flipped"] and meta["img_size"] == (20, 40) and meta["scale_factor"] == (1.0, 1.0, 1.0, 1.0)
-    # flip: x1' = W - x2, x2' = W - x1 with W = 40
-    assert out.tolist() == [[28, 3, 38, 13], [0, 0, 10, 20]]
-    assert labels.tolist() == [1, 2] and difficult.tolist() == [False, True]
-    # (130 - 100) / 10 = 3, (120 - 100) / 20 = 1, (110 - 100) / 5 = 2
-    assert torch.allclose(img[:, 5, 5], torch.tensor([3.0, 1.0, 2.0]))
+def test_collate_exact_multiple_is_not_grown():
+    images, _ = collate_detection([(torch.zeros(3, 64, 32), {})], size_divisor=32)
+    assert images.shape == (1, 3, 64, 32)
 
 
-def test_test_time_transform_never_flips_and_scales_boxes():
-    random.seed(0)
-    t = build_transforms(False, min_size=40, max_size=80, flip_prob=0.5)
-    for _ in range(5):
-        img, out, *_, meta = t(np.zeros((20, 30, 3), np.uint8), np.array([[3, 4, 9, 10]], np.float32), [0], [False])
-        assert not meta["flipped"] and img.shape == (3, 40, 60)
-        assert out.tolist() == [[6, 8, 18, 20]]
+def test_collate_empty_batch():
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_detection([])
 
 
-def test_empty_boxes():
-    t = build_transforms(True, min_size=16, max_size=16)
-    img, out, labels, difficult, meta = t(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4)), [], [])
-    assert out.shape == (0, 4) and img.shape == (3, 16, 16)
+def test_unshuffled_sampler_is_ordered_within_groups():
+    ratios = [1.0, 0.5, 2.0, 0.5, 1.0, 0.5, 1.0]  # wide-or-square: 0 2 4 6, tall: 1 3 5
+    s = GroupedBatchSampler(ratios, batch_size=3, shuffle=False)
+    assert list(s) == [[0, 2, 4], [6], [1, 3, 5]]
+
+
+def test_shards_are_disjoint_when_no_padding_is_needed():
+    ratios = [1.0] * 8 + [0.5] * 8
+    parts = [list(GroupedBatchSampler(ratios, 2, seed=4, num_replicas=2, rank=r)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 4  # 8 batches over 2 ranks
+    idx = [sorted(i for b in p for i in b) for p in parts]
+    assert not set(idx[0]) & set(idx[1]) and sorted(idx[0] + idx[1]) == list(range(16))
+
+
+def test_seed_changes_the_order_and_start_batch_past_the_end_is_empty():
+    ratios = [1.0] * 12
+    a, b = GroupedBatchSampler(ratios, 2, seed=0), GroupedBatchSampler(ratios, 2, seed=1)
+    assert list(a) != list(b)
+    a.set_epoch(0, start_batch=6)
+    assert list(a) == [] and len(a) == 6
 
 
 def test_collate_pads_to_divisor():

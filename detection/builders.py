@@ -7,6 +7,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
+import datasets
+from datasets.shapes import make_shapes
 from detection.schema import Config, DataConfig
 from losses.weighting import ALWA, Fixed, WeightingStrategy
 from models.anchors import AnchorGenerator
@@ -17,8 +19,6 @@ from models.retinanet import RetinaHead, RetinaNet
 
 
 def class_names(cfg: Config) -> List[str]:
-    import datasets
-
     if cfg.data.classes is not None:
         return list(cfg.data.classes)
     if cfg.data.shapes is not None:
@@ -61,16 +61,12 @@ def prepare_data(data: DataConfig) -> None:
     """Generate the synthetic shapes data into ``data.root`` if the config asks for it."""
     if data.shapes is None:
         return
-    from datasets.shapes import make_shapes
-
     s = data.shapes
     make_shapes(data.root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
                 image_size=s.image_size, classes=tuple(s.classes), seed=s.seed)
 
 
 def build_dataset(cfg: Config, train: bool):
-    import datasets
-
     d = cfg.data
     transforms = datasets.build_transforms(train=train, min_size=d.min_size, max_size=d.max_size,
                                            flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std)
@@ -79,8 +75,6 @@ def build_dataset(cfg: Config, train: bool):
 
 
 def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):
-    import datasets
-
     d = cfg.data
     ratios = dataset.aspect_ratios() if d.aspect_ratio_grouping else [1.0] * len(dataset)
     sampler = datasets.GroupedBatchSampler(ratios, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
@@ -110,9 +104,7 @@ class _Collate:
         self.size_divisor = size_divisor
 
     def __call__(self, batch):
-        import datasets
-
-        return datasets.collate_detection(batch, size_divisor=self.size_divisor)
+            return datasets.collate_detection(batch, size_divisor=self.size_divisor)
 
 
 def build_optimizer(cfg: Config, model: nn.Module, world_size: int = 1) -> Tuple[torch.optim.Optimizer, float]:

@@ -44,11 +44,9 @@ class MetricsLogger(HookBase):
     def after_step(self):
         t = self.trainer
         out = t.last
-        weights = t.weighting
-        entries = {"loss": out.total}
-        for k, v in out.raw.items():
-            entries[k] = v
-            entries["weighted/" + k] = v * weights.weight_of(k)
+        entries = {"loss": out.total, **out.raw}
+        with torch.no_grad():  # strategies with learned weights return tensors: keep them off the graph
+            entries.update({"weighted/" + k: v for k, v in t.weighting.weighted(out.raw).items()})
         for k, v in entries.items():
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
         self._count += 1

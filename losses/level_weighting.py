@@ -21,13 +21,13 @@ completes, and the step completing a window is still weighted with the old weigh
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .loss_window import LossWindow, normalise_groups
-from .weighting import WeightingStrategy
+from .loss_window import normalise_groups
+from .weighting import WindowedWeighting
 
 
 def group_variances(values: Tensor, groups: List[List[str]], keys: List[str]) -> List[Tensor]:
@@ -62,7 +62,7 @@ def _check_interval(name: str, interval: int) -> int:
     return int(interval)
 
 
-class AVW(WeightingStrategy):
+class AVW(WindowedWeighting):
     """Adaptive Variance Weighting (reconstruction, see the module docstring).
 
     Rule, per group g of n_g keys, at the end of every window of ``interval`` steps:
@@ -90,53 +90,24 @@ class AVW(WeightingStrategy):
                  groups: Optional[Sequence[Sequence[str]]] = None, momentum: float = 0.0,
                  w_min: float = 0.0, w_max: float = math.inf, eps: float = 1e-12, sync: bool = True):
         self.groups = normalise_groups(keys, groups)
-        self.interval = _check_interval("AVW", interval)
+        super().__init__([k for g in self.groups for k in g], _check_interval("AVW", interval), sync)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"AVW momentum must be in [0, 1), got {momentum}")
         if not 0.0 <= w_min <= w_max:
             raise ValueError(f"AVW needs 0 <= w_min <= w_max, got {w_min}, {w_max}")
         self.momentum, self.w_min, self.w_max, self.eps = float(momentum), float(w_min), float(w_max), eps
-        self._keys = [k for g in self.groups for k in g]
-        self._w = {k: 1.0 for k in self._keys}
-        self._window = LossWindow(self._keys, self.interval, sync)
-        self.num_updates = 0
 
-    def configured_keys(self) -> List[str]:
-        return list(self._keys)
-
-    @property
-    def weights(self) -> Dict[str, float]:
-        return dict(self._w)
-
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
-        self.check_keys(losses)
-        total = sum(self.weighted(losses).values())  # weights in force before this step's statistics
-        if self._window.push(losses):
-            self._update(self._window.collect())
-        return total
-
-    def _update(self, values: Tensor) -> None:
+    def _on_window(self, values: Tensor) -> None:
         for g, v in zip(self.groups, group_variances(values, self.groups, self._keys)):
             for k, t in zip(g, variance_weights(v, self.eps)):
                 w = self.momentum * self._w[k] + (1.0 - self.momentum) * t
                 self._w[k] = min(max(w, self.w_min), self.w_max)
-        self.num_updates += 1
-
-    def state_dict(self) -> dict:
-        return {"weights": dict(self._w), "num_updates": self.num_updates, **self._window.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state["weights"]) != set(self._keys):
-            raise ValueError(f"AVW state has keys {sorted(state['weights'])}, configured {sorted(self._keys)}")
-        self._w = {k: float(state["weights"][k]) for k in self._keys}
-        self.num_updates = int(state.get("num_updates", 0))
-        self._window.load_state_dict(state)
 
 
 SCHEMES = ("equal", "avw", "inverse_variance", "small_level")
 
 
-class RLO(WeightingStrategy):
+class RLO(WindowedWeighting):
     """Reinforcement Learning Optimization (reconstruction, see the module docstring): a softmax bandit
     over candidate weighting schemes, with no parameter trained by backpropagation.
 
@@ -164,29 +135,18 @@ class RLO(WeightingStrategy):
                  interval: int = 100, lr: float = 0.1, temperature: float = 1.0, seed: int = 0, *,
                  groups: Optional[Sequence[Sequence[str]]] = None, eps: float = 1e-12, sync: bool = True):
         self.groups = normalise_groups(keys, groups)
-        self.interval = _check_interval("RLO", interval)
+        super().__init__([k for g in self.groups for k in g], _check_interval("RLO", interval), sync)
         unknown = [s for s in schemes if s not in SCHEMES]
         if not schemes or unknown or len(set(schemes)) != len(schemes):
             raise ValueError(f"RLO schemes must be distinct names from {SCHEMES}, got {list(schemes)}")
         if not (lr >= 0 and temperature > 0):
             raise ValueError(f"RLO needs lr >= 0 and temperature > 0, got {lr}, {temperature}")
         self.schemes, self.lr, self.temperature, self.eps = list(schemes), float(lr), float(temperature), eps
-        self._keys = [k for g in self.groups for k in g]
-        self._w = {k: 1.0 for k in self._keys}
-        self._window = LossWindow(self._keys, self.interval, sync)
         self.preferences = torch.zeros(len(self.schemes), dtype=torch.float64)  # host tensor, boundary-only
         self.baseline, self.num_rewards = 0.0, 0
         self.current: Optional[int] = None  # index into schemes of the scheme in force
         self.prev_mean: Optional[float] = None
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.num_updates = 0
-
-    def configured_keys(self) -> List[str]:
-        return list(self._keys)
-
-    @property
-    def weights(self) -> Dict[str, float]:
-        return dict(self._w)
 
     @property
     def current_scheme(self) -> Optional[str]:
@@ -196,13 +156,6 @@ class RLO(WeightingStrategy):
     def policy(self) -> List[float]:
         """``softmax(h / temperature)`` as floats, in the order of ``schemes``."""
         return torch.softmax(self.preferences / self.temperature, dim=0).tolist()
-
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
-        self.check_keys(losses)
-        total = sum(self.weighted(losses).values())
-        if self._window.push(losses):
-            self._boundary(self._window.collect())
-        return total
 
     def reinforce(self, action: int, reward: float) -> None:
         """One REINFORCE step with the running-mean baseline (public so rewards can be scripted)."""
@@ -231,7 +184,7 @@ class RLO(WeightingStrategy):
             return inverse_variance_weights(v, self.eps)
         return small_level_weights(len(v))
 
-    def _boundary(self, values: Tensor) -> None:
+    def _on_window(self, values: Tensor) -> None:
         mean = float(values.sum(dim=1).mean())
         if self.current is not None and self.prev_mean is not None:
             self.reinforce(self.current, (self.prev_mean - mean) / max(self.prev_mean, self.eps))
@@ -239,21 +192,17 @@ class RLO(WeightingStrategy):
         self.current = self._sample()
         for g, v in zip(self.groups, group_variances(values, self.groups, self._keys)):
             self._w.update(zip(g, self._scheme_weights(self.schemes[self.current], v)))
-        self.num_updates += 1
 
     def state_dict(self) -> dict:
-        return {"weights": dict(self._w), "preferences": self.preferences.clone(), "baseline": self.baseline,
+        return {**super().state_dict(), "preferences": self.preferences.clone(), "baseline": self.baseline,
                 "num_rewards": self.num_rewards, "current": self.current, "prev_mean": self.prev_mean,
-                "generator": self.generator.get_state(), "num_updates": self.num_updates,
-                "schemes": list(self.schemes), **self._window.state_dict()}
+                "generator": self.generator.get_state(), "schemes": list(self.schemes)}
 
     def load_state_dict(self, state: dict) -> None:
-        if list(state["schemes"]) != self.schemes or set(state["weights"]) != set(self._keys):
-            raise ValueError("RLO state was saved with other schemes or keys")
-        self._w = {k: float(state["weights"][k]) for k in self._keys}
+        if list(state["schemes"]) != self.schemes:
+            raise ValueError(f"RLO state was saved with schemes {list(state['schemes'])}, configured {self.schemes}")
+        super().load_state_dict(state)
         self.preferences = state["preferences"].clone().to(torch.float64)
         self.baseline, self.num_rewards = float(state["baseline"]), int(state["num_rewards"])
         self.current, self.prev_mean = state["current"], state["prev_mean"]
         self.generator.set_state(state["generator"])
-        self.num_updates = int(state["num_updates"])
-        self._window.load_state_dict(state)

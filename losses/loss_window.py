@@ -1,9 +1,10 @@
-"""A preallocated device window of raw per-key losses, shared by the window-based weighting strategies.
+"""A preallocated device window of per-step loss values, shared by every window-based weighting strategy.
 
-Strategies such as AVW, RLO and DWA only need statistics of the raw losses over ``interval`` steps. Writing
+ALWA (its two group values) and AVW, RLO and DWA (raw per-key losses) only need statistics over
+``interval`` steps. Writing
 each step's values into a preallocated ``[interval, K]`` tensor with a Python-int row index keeps the
 per-step work on the device: nothing is read by the host until the window is full, so the training loop
-is synchronised once per window instead of once per step (same scheme as ``ALWA`` in ``weighting.py``).
+is synchronised once per window instead of once per step.
 """
 from __future__ import annotations
 

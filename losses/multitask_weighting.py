@@ -15,8 +15,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .loss_window import LossWindow, normalise_groups
-from .weighting import WeightingStrategy
+from .loss_window import normalise_groups
+from .weighting import WeightingStrategy, WindowedWeighting
 
 
 class UncertaintyWeighting(WeightingStrategy):
@@ -97,7 +97,7 @@ class UncertaintyWeighting(WeightingStrategy):
                 s.copy_(torch.as_tensor(saved[k]).reshape(()))
 
 
-class DWA(WeightingStrategy):
+class DWA(WindowedWeighting):
     """Dynamic Weight Average: ``w_k(t) = K * exp(r_k(t-1) / T) / sum_i exp(r_i(t-1) / T)``.
 
     ``r_k(t-1) = Lbar_k(t-1) / Lbar_k(t-2)``, where ``Lbar_k(n)`` is the mean raw loss of key k over
@@ -117,48 +117,25 @@ class DWA(WeightingStrategy):
 
     def __init__(self, keys: Sequence[str], interval: int = 100, temperature: float = 2.0,
                  eps: float = 1e-12, sync: bool = True):
-        self.keys = normalise_groups(keys, None)[0]
         if interval < 1:
             raise ValueError(f"DWA interval must be >= 1, got {interval}")
         if not temperature > 0:
             raise ValueError(f"DWA temperature must be positive, got {temperature}")
-        self.interval, self.temperature, self.eps = int(interval), float(temperature), eps
-        self._w = {k: 1.0 for k in self.keys}
-        self._window = LossWindow(self.keys, self.interval, sync)
+        super().__init__(normalise_groups(keys, None)[0], interval, sync)
+        self.temperature, self.eps = float(temperature), eps
         self.prev_means: Optional[List[float]] = None  # Lbar of the last completed window
-        self.num_updates = 0
 
-    def configured_keys(self) -> List[str]:
-        return list(self.keys)
-
-    @property
-    def weights(self) -> Dict[str, float]:
-        return dict(self._w)
-
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
-        self.check_keys(losses)
-        total = sum(self.weighted(losses).values())
-        if self._window.push(losses):
-            self._update(self._window.collect())
-        return total
-
-    def _update(self, values: Tensor) -> None:
+    def _on_window(self, values: Tensor) -> None:
         means = values.mean(dim=0)  # [K]
         if self.prev_means is not None:
             ratios = means / torch.tensor(self.prev_means, dtype=torch.float64).clamp_min(self.eps)
-            w = len(self.keys) * torch.softmax(ratios / self.temperature, dim=0)
-            self._w = dict(zip(self.keys, w.tolist()))
+            w = len(self._keys) * torch.softmax(ratios / self.temperature, dim=0)
+            self._w = dict(zip(self._keys, w.tolist()))
         self.prev_means = means.tolist()
-        self.num_updates += 1
 
     def state_dict(self) -> dict:
-        return {"weights": dict(self._w), "prev_means": self.prev_means, "num_updates": self.num_updates,
-                **self._window.state_dict()}
+        return {**super().state_dict(), "prev_means": self.prev_means}
 
     def load_state_dict(self, state: dict) -> None:
-        if set(state["weights"]) != set(self.keys):
-            raise ValueError(f"DWA state has keys {sorted(state['weights'])}, configured {sorted(self.keys)}")
-        self._w = {k: float(state["weights"][k]) for k in self.keys}
+        super().load_state_dict(state)
         self.prev_means = None if state["prev_means"] is None else [float(x) for x in state["prev_means"]]
-        self.num_updates = int(state.get("num_updates", 0))
-        self._window.load_state_dict(state)

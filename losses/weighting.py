@@ -22,11 +22,11 @@ boundary (one synchronisation every ``interval`` steps).
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
-import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from .loss_window import LossWindow
 
 
 class WeightingStrategy:
@@ -52,7 +52,8 @@ class WeightingStrategy:
 
     def weighted(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """Each loss times its current weight (no statistics recorded)."""
-        return {k: v * self.weight_of(k) for k, v in losses.items()}
+        weights = self.weights  # once per call: it may be built or read from the device
+        return {k: v * weights.get(k, 1.0) for k, v in losses.items()}
 
     def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
         self.check_keys(losses)
@@ -109,8 +110,7 @@ class ALWA(WeightingStrategy):
         self.cls_keys, self.reg_keys = list(cls_keys), list(reg_keys)
         self.lambda_cls = float(init_weight)
         self.lambda_reg = float(init_weight)
-        self._window: Optional[Tensor] = None  # [interval, 2]: (cls, reg) group values
-        self._count = 0
+        self._window = LossWindow(["cls", "reg"], self.interval, sync)  # the two group values per step
         self.num_updates = 0
 
     def configured_keys(self) -> List[str]:
@@ -133,25 +133,11 @@ class ALWA(WeightingStrategy):
         reg = sum(losses[k].detach().float() for k in self.reg_keys)
         if self.stats == "weighted":
             cls, reg = cls * self.lambda_cls, reg * self.lambda_reg
-        if self._window is None:
-            self._window = torch.zeros(self.interval, 2, dtype=torch.float64, device=cls.device)
-        # indexing with a Python int writes on the device without a host round trip
-        self._window[self._count, 0] = cls
-        self._window[self._count, 1] = reg
-        self._count += 1
-        if self._count == self.interval:
-            self._update(self._gather(self._window))
-            self._count = 0
+        if self._window.push({"cls": cls, "reg": reg}):
+            self._update(self._window.collect())
 
-    def _gather(self, window: Tensor) -> Tensor:
-        if not (self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return window
-        parts = [torch.empty_like(window) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, window)
-        return torch.cat(parts)
-
-    def _update(self, window: Tensor) -> None:
-        values = window.double().cpu()  # the one host synchronisation per window
+    def _update(self, values: Tensor) -> None:
+        """``values`` [n, 2]: the window's (cls, reg) group values on the host, all ranks pooled."""
         std = values.std(dim=0, unbiased=True)
         stat = std if self.variant == 2 else values.mean(dim=0) + std
         cls_stat, reg_stat = float(stat[0]), float(stat[1])
@@ -160,27 +146,55 @@ class ALWA(WeightingStrategy):
         self.num_updates += 1
 
     def state_dict(self) -> dict:
-        window = self._window[: self._count].cpu().clone() if self._window is not None else torch.zeros(0, 2, dtype=torch.float64)
-        return {"lambda_cls": self.lambda_cls, "lambda_reg": self.lambda_reg, "window": window,
-                "count": self._count, "num_updates": self.num_updates}
+        return {"lambda_cls": self.lambda_cls, "lambda_reg": self.lambda_reg, "num_updates": self.num_updates,
+                **self._window.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.lambda_cls = float(state["lambda_cls"])
         self.lambda_reg = float(state["lambda_reg"])
         self.num_updates = int(state.get("num_updates", 0))
-        window = state["window"]
-        self._count = int(state["count"])
-        if self._count != window.shape[0] or self._count >= self.interval:
-            raise ValueError(f"ALWA state has {window.shape[0]} window values for count {self._count} "
-                             f"and interval {self.interval}")
-        device = self._window.device if self._window is not None else window.device
-        self._window = torch.zeros(self.interval, 2, dtype=torch.float64, device=device)
-        self._window[: self._count] = window.to(device)
+        self._window.load_state_dict(state)
 
 
-WEIGHTINGS = {"fixed": Fixed, "alwa": ALWA}
+class WindowedWeighting(WeightingStrategy):
+    """Base of strategies whose weights change only when a window of ``interval`` raw losses completes
+    (AVW, RLO, DWA). Each step adds the raw losses of ``keys`` to a device-side ``LossWindow`` and is
+    weighted with the weights in force (so the completing step keeps the old ones); at a boundary the
+    host reads the window once and the subclass's ``_on_window(values [n, K])`` updates ``self._w``.
+    Subclasses extend ``state_dict`` / ``load_state_dict`` with their own fields."""
 
+    def __init__(self, keys: Sequence[str], interval: int, sync: bool):
+        self._keys = list(keys)
+        self.interval = int(interval)
+        self._w = {k: 1.0 for k in self._keys}
+        self._window = LossWindow(self._keys, self.interval, sync)
+        self.num_updates = 0
 
-def flatten_weights(strategy: WeightingStrategy, keys: Iterable[str]) -> Dict[str, float]:
-    """Weight of every key in ``keys`` (1 for keys the strategy does not list), for logging."""
-    return {k: strategy.weight_of(k) for k in keys}
+    def configured_keys(self) -> List[str]:
+        return list(self._keys)
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        return dict(self._w)
+
+    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
+        self.check_keys(losses)
+        total = sum(self.weighted(losses).values())
+        if self._window.push(losses):
+            self._on_window(self._window.collect())
+            self.num_updates += 1
+        return total
+
+    def _on_window(self, values: Tensor) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"weights": dict(self._w), "num_updates": self.num_updates, **self._window.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["weights"]) != set(self._keys):
+            raise ValueError(f"{type(self).__name__} state has keys {sorted(state['weights'])}, "
+                             f"configured {sorted(self._keys)}")
+        self._w = {k: float(state["weights"][k]) for k in self._keys}
+        self.num_updates = int(state.get("num_updates", 0))
+        self._window.load_state_dict(state)

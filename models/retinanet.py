@@ -117,7 +117,6 @@ class RetinaNet(nn.Module):
 
     def losses(self, cls: Tensor, reg: Tensor, anchors: Tensor, counts: List[int], targets: List[Dict]) -> Dict[str, Tensor]:
         gt_boxes, gt_valid, gt_labels = pad_boxes([t["boxes"].to(anchors) for t in targets], [t["labels"] for t in targets])
-        gt_labels = gt_labels.to(anchors.device)
         ignore = ignore_valid = None
         if any("ignore_boxes" in t for t in targets):
             ignore, ignore_valid, _ = pad_boxes([t.get("ignore_boxes", anchors.new_zeros(0, 4)).to(anchors) for t in targets])

@@ -126,3 +126,27 @@ def test_non_finite_loss_stops_with_the_key(tmp_path):
     trainer = make_trainer(3, Fixed(), [Poison(), logger])
     with pytest.raises(FloatingPointError, match="iteration 1: .*loss_bbox"):
         trainer.train()
+
+
+def test_metrics_logger_reads_the_host_only_at_log_points(tmp_path, host_reads):
+    from types import SimpleNamespace
+
+    from detection.trainer import StepOutput
+    from losses.multitask_weighting import UncertaintyWeighting
+
+    # learned weights live on the device: reading them per step would synchronise a GPU every step
+    weighting = UncertaintyWeighting(["loss_cls", "loss_bbox"])
+    logger = MetricsLogger(str(tmp_path / "m.jsonl"), interval=3, progress=False)
+    logger.trainer = SimpleNamespace(max_iters=6, iter=0, epoch=0, lr=0.1, data_time=0.0, weighting=weighting)
+    logger.before_train()
+    raw = {"loss_cls": torch.tensor(2.0), "loss_bbox": torch.tensor(1.0)}
+    calls = host_reads()
+    for it in (1, 2):
+        logger.trainer.iter = it
+        logger.trainer.last = StepOutput(raw, weighting(raw).detach())
+        logger.after_step()
+    assert calls == []
+    logger.trainer.iter = 3
+    logger.after_step()
+    assert calls  # the log point reads once
+    logger.after_train()

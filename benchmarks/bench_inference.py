@@ -29,18 +29,22 @@ def main():
     parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
     parser.add_argument("--score-thr", type=float, default=0.0, help="score threshold of both models")
     parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")
+    parser.add_argument("--channels-last", choices=["off", "ours", "both"], default="off",
+                        help="NHWC memory format for our model and input ('both': torchvision's weights too)")
     args = parser.parse_args()
     device = setup(args)
     hw, images, _, _ = random_batch(args, device, with_targets=False)
     metas = [{"img_size": hw, "orig_size": hw, "scale_factor": torch.ones(4)} for _ in range(args.batch)]
     dtype = torch.bfloat16 if args.amp == "bf16" else None
     print(f"{describe(device, args)}; backbone {args.backbone}-FPN, images {args.batch} x 3 x {hw[0]} x {hw[1]}, "
-          f"score threshold {args.score_thr}, {args.reps} reps after {args.warmup} warmup, interleaved\n")
+          f"score threshold {args.score_thr}, {args.reps} reps after {args.warmup} warmup, interleaved; "
+          f"channels_last {args.channels_last}\n")
+    images_ours = images.contiguous(memory_format=torch.channels_last) if args.channels_last != "off" else images
 
-    def infer(model, targets, counts):
+    def infer(model, targets, counts, inputs):
         def run():
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                dets = model(images, targets)
+                dets = model(inputs, targets)
             counts.append([len(d["scores"]) for d in dets])
             return [{k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for k, v in d.items()} for d in dets]
         return run
@@ -49,10 +53,15 @@ def main():
     for kind in args.models:
         cfg, ours, _, _ = build_ours(kind, args, device, [f"model.test.score_thr={args.score_thr}"])
         tv = build_torchvision(kind, cfg, args, hw, device)
+        if args.channels_last != "off":
+            ours = ours.to(memory_format=torch.channels_last)
+        if args.channels_last == "both":
+            tv = tv.to(memory_format=torch.channels_last)
         ours.eval()
         tv.eval()
         counts = {"ours": [], "torchvision": []}
-        fns = {"ours": infer(ours, metas, counts["ours"]), "torchvision": infer(tv, None, counts["torchvision"])}
+        fns = {"ours": infer(ours, metas, counts["ours"], images_ours),
+               "torchvision": infer(tv, None, counts["torchvision"], images)}
         times = interleaved(fns, args.reps, args.warmup, device)
         for name in times:
             rows.append([kind, name, *timing_cells(times[name]), f"{args.batch / summary(times[name])['median']:.2f}",

@@ -47,6 +47,8 @@ DIFFERENCES = {
                 "sizes (same sizes, ratios and centres otherwise)"),
         ("train", "torchvision validates the targets of every image (a host read each)"),
         ("all", "weight init of heads and FPN extras differs (no effect on the work done)"),
+        ("all", "ours folds each frozen BatchNorm into the convolution before it (models.backbone.FoldedConv2d, "
+                "same result up to rounding); torchvision applies FrozenBatchNorm2d as a separate multiply-add"),
     ],
     "retinanet": [
         ("train", "torchvision computes the losses per image in a Python loop; ours for the batch at once"),
@@ -151,13 +153,19 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4,
                         help="SGD learning rate of both (no effect on the work; small keeps random-weight steps finite)")
     parser.add_argument("--mfu", action="store_true", help="FLOPs per image and MFU vs a measured bf16 matmul peak")
+    parser.add_argument("--channels-last", choices=["off", "ours", "both"], default="off",
+                        help="NHWC memory format for our model and its input batch (train.channels_last), and with "
+                             "'both' for torchvision's weights too (its internally batched input stays NCHW; "
+                             "the first convolution switches the activations to NHWC)")
     args = parser.parse_args()
     device = setup(args)
     hw, images, targets, _ = random_batch(args, device)
     check = not args.no_check_finite
     print(f"{describe(device, args)}; backbone {args.backbone}-FPN, images {args.batch} x 3 x {hw[0]} x {hw[1]}, "
           f"{args.num_classes} classes, boxes/image {[len(t['labels']) for t in targets]}, "
-          f"{args.reps} reps after {args.warmup} warmup, interleaved; non-finite guard {'on' if check else 'off'}\n")
+          f"{args.reps} reps after {args.warmup} warmup, interleaved; non-finite guard {'on' if check else 'off'}; "
+          f"channels_last {args.channels_last}\n")
+    images_ours = images.contiguous(memory_format=torch.channels_last) if args.channels_last != "off" else images
     peak = None
     if args.mfu:  # CPU: a smaller matmul, so the peak takes seconds (MFU on CPU is indicative only)
         peak = bf16_matmul_peak(device) if device.type == "cuda" else bf16_matmul_peak(device, n=2048, reps=3)
@@ -168,6 +176,10 @@ def main():
         for group in opt_ours.param_groups:
             group["lr"] = lr
         tv = build_torchvision(kind, cfg, args, hw, device)
+        if args.channels_last != "off":
+            ours = ours.to(memory_format=torch.channels_last)
+        if args.channels_last == "both":
+            tv = tv.to(memory_format=torch.channels_last)
         opt_tv = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=lr,
                                  momentum=cfg.optimizer.momentum, weight_decay=cfg.optimizer.weight_decay)
         n_ours = sum(p.numel() for p in ours.parameters() if p.requires_grad)
@@ -177,7 +189,8 @@ def main():
 
         def make_step(name, model, opt, tgts):
             def step():
-                out = train_step(model, images, tgts, fixed, opt, amp=args.amp, check_finite=check)
+                out = train_step(model, images_ours if name == "ours" else images, tgts, fixed, opt, amp=args.amp,
+                                 check_finite=check)
                 skipped[(kind, name)] += bool(out.skipped)
             return step
 

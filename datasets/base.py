@@ -42,8 +42,24 @@ class DetectionRecords(torch.utils.data.Dataset):
     def summary(self) -> str:
         """What was repaired or skipped (``report``), one line per non-zero counter, under a header."""
         boxes = sum(len(r["labels"]) for r in self.records)
+        subset = getattr(self, "subset_note", "")
         return self.report.summary(f"{self.FORMAT} data {'+'.join(self.sets)} under {self.root}: "
-                                   f"{len(self.records)} images, {boxes} boxes")
+                                   f"{len(self.records)} images, {boxes} boxes{subset}")
+
+    def keep_fraction(self, fraction: float, seed: int = 0) -> None:
+        """Keep a random ``fraction`` of the images (at least one), in their listed order. The choice depends
+        only on the listing and ``seed``, so runs that differ in their training seed train on the same
+        subset. The summary line says how many were kept."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        total = len(self.records)
+        keep = max(1, round(total * fraction))
+        if keep == total:
+            return
+        g = torch.Generator().manual_seed(seed)
+        chosen = sorted(torch.randperm(total, generator=g)[:keep].tolist())
+        self.records = [self.records[i] for i in chosen]
+        self.subset_note = f" (a fixed random {keep} of {total}: data.train_fraction={fraction:g})"
 
     def __len__(self) -> int:
         return len(self.records)

@@ -161,10 +161,14 @@ def build_dataset(cfg: Config, train: bool):
         classes = d.classes if d.classes is not None else (d.shapes.classes if d.shapes is not None else None)
         # ground-truth masks are only decoded when a mask branch trains on them
         with_masks = train and cfg.model.type == "mask_rcnn"
-        return datasets.COCODataset(d.root, sets, image_dir=d.coco_image_dir, classes=classes,
-                                    with_masks=with_masks, transforms=transforms)
-    return datasets.VOCDataset(d.root, sets, classes=class_names(cfg),
-                               include_difficult=d.train_difficult if train else True, transforms=transforms)
+        dataset = datasets.COCODataset(d.root, sets, image_dir=d.coco_image_dir, classes=classes,
+                                       with_masks=with_masks, transforms=transforms)
+    else:
+        dataset = datasets.VOCDataset(d.root, sets, classes=class_names(cfg),
+                                      include_difficult=d.train_difficult if train else True, transforms=transforms)
+    if train and d.train_fraction < 1:
+        dataset.keep_fraction(d.train_fraction)
+    return dataset
 
 
 def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):

@@ -1,15 +1,27 @@
-"""Run several loss-balancing schemes on one config (same seed, same data) and tabulate them.
+"""Run loss-balancing schemes on one config (same data) and tabulate them, optionally as a grid.
 
 A scheme is a name and a list of ``--set`` overrides applied on top of the config; ``PRESETS`` holds the
 schemes of the seed papers for RetinaNet-style configs (loss keys ``loss_cls`` / ``loss_bbox``; per-level
 schemes switch on ``model.head.loss_per_level``). Custom schemes are given as ``name:key=value,key=value``.
-Finished runs (``eval.json`` present) are skipped, interrupted ones resume from their checkpoint.
+
+A grid adds *variants* (rows, e.g. the regression loss: ``VARIANT_PRESETS`` or ``name:key=value,...``) and
+*seeds* (``seed=S`` per run; the data stay the same, the initialisation, batch order and augmentation
+change). Work dirs are ``<root>[/<variant>]/<scheme>[/seed<S>]``: the variant and seed levels exist only when
+variants / seeds are given, so a plain comparison keeps ``<root>/<scheme>``. Finished runs (``eval.json``
+present) are skipped, interrupted ones resume from their checkpoint. With ``jobs > 1`` several runs train
+at once as ``scripts/train.py`` subprocesses (each with ``threads`` CPU threads, output in
+``<work dir>/train.log``): on a small CPU, two one-thread runs get more done than one two-thread run.
 """
 from __future__ import annotations
 
 import csv
 import os
-from typing import Dict, List, Sequence, Tuple
+import shlex
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detection.plots import markdown_table, metric_columns, plot_runs, summary_rows
 
@@ -28,50 +40,210 @@ PRESETS: Dict[str, List[str]] = {
     "dwa": ["weighting.type=dwa"],
 }
 
+# RetinaNet's regression loss (Table 2's rows); two-stage configs set model.rpn.reg_loss / model.roi_head.reg_loss
+VARIANT_PRESETS: Dict[str, List[str]] = {
+    "l1": ["model.loss.reg=l1"],
+    "smoothl1": ["model.loss.reg=smooth_l1"],
+    "iou": ["model.loss.reg=iou"],
+    "giou": ["model.loss.reg=giou"],
+    "diou": ["model.loss.reg=diou"],
+    "ciou": ["model.loss.reg=ciou"],
+}
 
-def parse_scheme(spec: str) -> Tuple[str, List[str]]:
+
+def parse_scheme(spec: str, presets: Dict[str, List[str]] = PRESETS, what: str = "scheme") -> Tuple[str, List[str]]:
     """``alwa1`` (a preset) or ``name:key=value,key=value`` (custom overrides)."""
     if ":" in spec:
         name, _, rest = spec.partition(":")
         overrides = [s for s in rest.split(",") if s]
         bad = [s for s in overrides if "=" not in s]
         if not name or bad:
-            raise ValueError(f"scheme '{spec}': expected NAME:key=value,key=value")
+            raise ValueError(f"{what} '{spec}': expected NAME:key=value,key=value")
         return name, overrides
-    if spec not in PRESETS:
-        raise ValueError(f"unknown scheme '{spec}'; presets are {sorted(PRESETS)}, or give NAME:key=value,...")
-    return spec, list(PRESETS[spec])
+    if spec not in presets:
+        raise ValueError(f"unknown {what} '{spec}'; presets are {sorted(presets)}, or give NAME:key=value,...")
+    return spec, list(presets[spec])
+
+
+@dataclass(frozen=True)
+class GridRun:
+    variant: Optional[str]
+    scheme: str
+    seed: Optional[int]
+    work_dir: str
+    overrides: Tuple[str, ...]  # common, then variant, then scheme, then seed
+
+    @property
+    def label(self) -> str:
+        parts = [self.variant, self.scheme, None if self.seed is None else f"seed{self.seed}"]
+        return "/".join(p for p in parts if p is not None)
+
+
+def plan_grid(schemes: Sequence[str], work_root: str, variants: Sequence[str] = (), seeds: Sequence[int] = (),
+              overrides: Sequence[str] = ()) -> List[GridRun]:
+    """Every (variant, scheme, seed) run in row-major order, with its work dir and overrides."""
+    parsed = [parse_scheme(s) for s in schemes]
+    rows = [parse_scheme(v, VARIANT_PRESETS, "variant") for v in variants] or [(None, [])]
+    for what, names in (("scheme", [n for n, _ in parsed]), ("variant", [n for n, _ in rows]), ("seed", list(seeds))):
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what} names must be distinct, got {names}")
+    runs = []
+    for variant, v_over in rows:
+        for scheme, s_over in parsed:
+            for seed in list(seeds) or [None]:
+                parts = [work_root] + ([variant] if variant else []) + [scheme]
+                parts += [f"seed{seed}"] if seed is not None else []
+                extra = [f"seed={seed}"] if seed is not None else []
+                runs.append(GridRun(variant, scheme, seed, os.path.join(*parts),
+                                    tuple(list(overrides) + v_over + s_over + extra)))
+    return runs
+
+
+def is_finished(run: GridRun) -> bool:
+    return os.path.isfile(os.path.join(run.work_dir, "eval.json"))
+
+
+def execution_order(runs: Sequence[GridRun]) -> List[GridRun]:
+    """Seed by seed (row-major within a seed), so that a grid stopped part way has every cell at the same
+    number of seeds."""
+    order = {s: i for i, s in enumerate(dict.fromkeys(r.seed for r in runs))}
+    return sorted(runs, key=lambda r: order[r.seed])
+
+
+def _prepare_data(cfg_path: str, runs: Sequence[GridRun]) -> None:
+    """Generate the synthetic data (if any) once per data root before runs start in parallel: two processes
+    generating into the same folder at once would race."""
+    from detection import builders, engine
+
+    seen = set()
+    for r in runs:
+        data = engine.load(cfg_path, list(r.overrides)).data
+        if data.root not in seen:
+            seen.add(data.root)
+            builders.prepare_data(data)
+
+
+def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Optional[int]) -> List[str]:
+    """Train ``runs`` with at most ``jobs`` subprocesses at a time; returns the labels of failed runs."""
+    from detection.reproduce import train_command
+
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    pending, active, failed = list(runs), [], []
+    while pending or active:
+        while pending and len(active) < jobs:
+            r = pending.pop(0)
+            os.makedirs(r.work_dir, exist_ok=True)
+            cmd = train_command(cfg_path, r.work_dir, 0, list(r.overrides) + ["train.progress=false"])
+            log = open(os.path.join(r.work_dir, "train.log"), "a")
+            print(f"[compare] {r.label}: started ({shlex.join(cmd)}; log in {log.name})", flush=True)
+            active.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        time.sleep(2)
+        for item in list(active):
+            r, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                active.remove(item)
+                ok = proc.returncode == 0
+                print(f"[compare] {r.label}: {'finished' if ok else f'FAILED (exit {proc.returncode}), see {log.name}'}",
+                      flush=True)
+                if not ok:
+                    failed.append(r.label)
+    return failed
+
+
+def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Sequence[str] = (),
+             seeds: Sequence[int] = (), overrides: Sequence[str] = (), window: int = 100,
+             plot_keys: Sequence[str] = ("loss_cls", "loss_bbox"), jobs: int = 1,
+             threads: Optional[int] = None) -> str:
+    """Train every unfinished run of the grid, then write ``compare.md`` (per-run table, and with variants or
+    seeds the grid of mean ± sd and the paired differences to the first scheme), ``compare.csv`` and the loss
+    plots (``losses.png``, or ``losses_<variant>.png``; the first seed's runs). Returns the Markdown."""
+    from detection import engine
+
+    runs = plan_grid(schemes, work_root, variants, seeds, overrides)
+    todo = execution_order([r for r in runs if not is_finished(r)])
+    for r in runs:
+        if is_finished(r):
+            print(f"[compare] {r.label}: finished, skipped")
+    if jobs > 1 and todo:
+        _prepare_data(cfg_path, todo)
+        failed = _run_parallel(cfg_path, todo, jobs, threads)
+        if failed:
+            raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume")
+    else:
+        for r in todo:
+            print(f"[compare] {r.label}: {' '.join(r.overrides) or '(config as is)'}")
+            engine.train(cfg_path, r.work_dir, resume=True, overrides=list(r.overrides))
+    return write_report(cfg_path, runs, work_root, overrides, window, plot_keys)
 
 
 def run_comparison(cfg_path: str, schemes: Sequence[str], work_root: str, overrides: Sequence[str] = (),
                    window: int = 100, plot_keys: Sequence[str] = ("loss_cls", "loss_bbox")) -> str:
-    """Train every scheme (skipping finished runs), then write ``compare.md``, ``compare.csv`` and
-    ``losses.png`` (raw / weighted losses and λ of all runs) into ``work_root``; returns the Markdown."""
-    from detection import engine
+    """One run per scheme (no variants, no seeds): ``<work_root>/<scheme>``."""
+    return run_grid(cfg_path, schemes, work_root, overrides=overrides, window=window, plot_keys=plot_keys)
 
-    parsed = [parse_scheme(s) for s in schemes]
-    names = [n for n, _ in parsed]
-    if len(set(names)) != len(names):
-        raise ValueError(f"scheme names must be distinct, got {names}")
-    dirs = []
-    for name, extra in parsed:
-        work = os.path.join(work_root, name)
-        dirs.append(work)
-        if os.path.isfile(os.path.join(work, "eval.json")):
-            print(f"[compare] {name}: finished, skipped")
-            continue
-        print(f"[compare] {name}: {' '.join(extra) or '(config as is)'}")
-        engine.train(cfg_path, work, resume=True, overrides=list(overrides) + extra)
-    rows = summary_rows(dirs, names)
-    table = markdown_table(rows)
+
+def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrides: Sequence[str] = (),
+                 window: int = 100, plot_keys: Sequence[str] = ("loss_cls", "loss_bbox")) -> str:
+    rows = summary_rows([r.work_dir for r in runs], [r.label for r in runs])
+    text = f"config: `{cfg_path}`, overrides: `{' '.join(overrides) or '-'}`\n\n"
+    if any(r.seed is not None or r.variant is not None for r in runs):
+        metric = metric_columns(rows)[0]
+        text += f"{metric}, mean ± sample standard deviation over seeds (n runs):\n\n{grid_markdown(runs, rows, metric)}\n\n"
+        schemes = list(dict.fromkeys(r.scheme for r in runs))
+        if len(schemes) > 1:
+            text += (f"Difference to `{schemes[0]}` in {metric}, paired by seed (same seed = same initialisation "
+                     f"and data order), mean ± sd (n pairs):\n\n{grid_markdown(runs, rows, metric, paired=True)}\n\n")
+        text += "Every run:\n\n"
+    text += markdown_table(rows) + "\n"
     with open(os.path.join(work_root, "compare.md"), "w") as f:
-        f.write(f"config: `{cfg_path}`, overrides: `{' '.join(overrides) or '-'}`\n\n{table}\n")
+        f.write(text)
     with open(os.path.join(work_root, "compare.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         metrics = metric_columns(rows)
-        writer.writerow(["run"] + metrics + ["train_time_s"])
-        for r in rows:
-            writer.writerow([r["run"]] + [r.get(m, "") for m in metrics] + [r.get("train_time_s", "")])
-    plot_runs(dirs, os.path.join(work_root, "losses.png"), keys=plot_keys, window=window, labels=names,
-              title=f"{os.path.basename(cfg_path)}: {', '.join(names)}")
-    return table
+        writer.writerow(["variant", "scheme", "seed"] + metrics + ["train_time_s"])
+        for run, r in zip(runs, rows):
+            writer.writerow([run.variant or "", run.scheme, "" if run.seed is None else run.seed]
+                            + [r.get(m, "") for m in metrics] + [r.get("train_time_s", "")])
+    first_seed = runs[0].seed
+    for variant in dict.fromkeys(r.variant for r in runs):
+        chosen = [r for r in runs if r.variant == variant and r.seed == first_seed]
+        out = os.path.join(work_root, "losses.png" if variant is None else f"losses_{variant}.png")
+        title = f"{os.path.basename(cfg_path)}{f' [{variant}]' if variant else ''}: {', '.join(r.scheme for r in chosen)}"
+        plot_runs([r.work_dir for r in chosen], out, keys=plot_keys, window=window,
+                  labels=[r.scheme for r in chosen], title=title)
+    return text
+
+
+def mean_sd(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def grid_markdown(runs: Sequence[GridRun], rows: Sequence[Dict], metric: str, paired: bool = False,
+                  digits: int = 4) -> str:
+    """Variants as rows, schemes as columns; each cell is mean ± sd (n) of ``metric`` over seeds, or with
+    ``paired`` of (scheme - first scheme) over the seeds both finished."""
+    value = {(run.variant, run.scheme, run.seed): r[metric] for run, r in zip(runs, rows) if metric in r}
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    schemes = list(dict.fromkeys(r.scheme for r in runs))
+    seeds = list(dict.fromkeys(r.seed for r in runs))
+    lines = ["| | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    for v in variants:
+        cells = []
+        for s in schemes:
+            if paired:
+                vals = [value[(v, s, k)] - value[(v, schemes[0], k)] for k in seeds
+                        if (v, s, k) in value and (v, schemes[0], k) in value]
+            else:
+                vals = [value[(v, s, k)] for k in seeds if (v, s, k) in value]
+            if not vals or (paired and s == schemes[0]):
+                cells.append("-")
+                continue
+            m, sd = mean_sd(vals)
+            sign = "+" if paired else ""
+            cells.append(f"{m:{sign}.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" ({len(vals)})")
+        lines.append(f"| {v or 'all'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -131,7 +131,11 @@ def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] 
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
-    axes[2].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if len(axes[2].lines) < 16 else 2)
+    if axes[2].lines:
+        axes[2].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if len(axes[2].lines) < 16 else 2)
+    else:
+        axes[2].text(0.5, 0.5, "every λ stayed at its initial value", ha="center", va="center", fontsize=8,
+                     transform=axes[2].transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -39,9 +39,12 @@ class Run:
     paper: Optional[float]
 
 
-def default_work_root(scale: float = 1.0) -> str:
+def default_work_root(scale: float = 1.0, data_fraction: Optional[float] = None) -> str:
     """Scaled (quick) runs get their own root: a finished quick run must never be taken for a full one."""
-    return DEFAULT_WORK_ROOT if scale == 1.0 else f"{DEFAULT_WORK_ROOT}_scale{scale:g}"
+    root = DEFAULT_WORK_ROOT if scale == 1.0 else f"{DEFAULT_WORK_ROOT}_scale{scale:g}"
+    if data_fraction is not None and data_fraction != scale:
+        root += f"_data{data_fraction:g}"
+    return root
 
 
 def run_status(work_dir: str) -> str:
@@ -87,8 +90,8 @@ def scale_overrides(train, scale: float) -> List[str]:
     The length is scaled (``max_iters``, else ``epochs``; at least 1) and the LR steps and the warmup by the
     same *effective* ratio, so the schedule keeps its shape: 12 epochs, steps at 8 and 11, scale 0.5 ->
     6 epochs, steps at 4 and 5.5. Epochs stay whole (the trainer counts whole epochs), so the shortest
-    epoch-based pass is one epoch; give ``--set train.max_iters=N`` for shorter ones. The data are not
-    reduced: the config schema has no key to subsample the training set."""
+    epoch-based pass is one epoch; give ``--set train.max_iters=N`` for shorter ones. The data are
+    reduced separately (:func:`run_overrides`, ``data.train_fraction``)."""
     if not 0 < scale <= 1:
         raise ValueError(f"--scale must be in (0, 1], got {scale}")
     if scale == 1:
@@ -125,13 +128,20 @@ def train_command(cfg: str, work_dir: str, gpus: int, overrides: Sequence[str] =
     return cmd + (["--set", *overrides] if overrides else [])
 
 
-def run_overrides(run: Run, data_root: Optional[str], scale: float, overrides: Sequence[str]) -> List[str]:
-    """data.root, then the user's overrides, then the schedule scaling computed on top of both."""
+def run_overrides(run: Run, data_root: Optional[str], scale: float, overrides: Sequence[str],
+                  data_fraction: Optional[float] = None) -> List[str]:
+    """data.root, then the user's overrides, then the schedule scaling computed on top of both, then the
+    fraction of the training images (``data_fraction``, by default ``scale``) as ``data.train_fraction``."""
     out = ([f"data.root={_yaml_value(data_root)}"] if data_root else []) + list(overrides)
     if scale != 1:
         from detection import engine
 
         out += scale_overrides(engine.load(run.cfg, out).train, scale)
+    fraction = scale if data_fraction is None else data_fraction
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--data-fraction must be in (0, 1], got {fraction}")
+    if fraction != 1:
+        out.append(f"data.train_fraction={fraction:g}")
     return out
 
 
@@ -140,7 +150,8 @@ def run_overrides(run: Run, data_root: Optional[str], scale: float, overrides: S
 def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None, data_root: Optional[str] = None,
               scale: float = 1.0, overrides: Sequence[str] = (), dry_run: bool = False,
               config_dir: str = CONFIG_DIR, runner: Callable[[List[str]], int] = subprocess.call,
-              out: Callable[[str], None] = print, available_gpus: Optional[int] = None) -> int:
+              out: Callable[[str], None] = print, available_gpus: Optional[int] = None,
+              data_fraction: Optional[float] = None) -> int:
     """List (``dry_run``) or train, one after another, the runs of the given tables that are not finished.
     Stops at the first failing run and returns its exit code (0 when all ran); rerunning resumes."""
     spec = load_spec()
@@ -160,14 +171,14 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
             out(f"  {status:<8s}  {r.cfg}  ->  {r.work_dir}")
             if dry_run and status != "finished":
                 out("            $ " + shlex.join(train_command(r.cfg, r.work_dir, nproc,
-                                                               run_overrides(r, data_root, scale, overrides))))
+                                                               run_overrides(r, data_root, scale, overrides, data_fraction))))
     if dry_run:
         return 0
     done = set()
     for r in runs:
         if r.name in done or run_status(r.work_dir) == "finished":
             continue
-        cmd = train_command(r.cfg, r.work_dir, nproc, run_overrides(r, data_root, scale, overrides))
+        cmd = train_command(r.cfg, r.work_dir, nproc, run_overrides(r, data_root, scale, overrides, data_fraction))
         out(f"[reproduce] Table {r.table} {r.row} / {r.col}: {shlex.join(cmd)}")
         code = runner(cmd)
         if code != 0:

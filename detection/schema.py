@@ -212,7 +212,14 @@ class DataConfig:
     test_batch_size: int = 4
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
+    # < 1: train on a fixed random subset of that fraction of the training images (quick passes, --scale);
+    # the subset depends on the image list only, not on the run's seed
+    train_fraction: float = 1.0
     shapes: Optional[ShapesConfig] = None
+
+    def __post_init__(self):
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"data.train_fraction must be in (0, 1], got {self.train_fraction}")
 
 
 @dataclass
@@ -241,7 +248,7 @@ class TrainConfig:
     eval_after: bool = True
     progress: bool = True
     sync_bn: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP on GPUs
-    channels_last: bool = False  # NHWC memory format for the model and the images (faster convs on GPUs)
+    channels_last: bool = False  # NHWC model and images: faster convs on GPUs and oneDNN CPUs (docs/benchmarks.md)
     check_finite: bool = True  # skip steps with non-finite losses or gradients (one host read per step)
     max_bad_steps: int = 5  # stop (after a checkpoint) after this many consecutive skipped steps
 

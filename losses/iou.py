@@ -206,5 +206,20 @@ def pairwise_box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> tor
             f"expected boxes of shape [..., N, 4] and [..., M, 4], got "
             f"{tuple(a.shape)} and {tuple(b.shape)}"
         )
-    # [..., N, 1, 4] against [..., 1, M, 4] reuses the aligned geometry.
-    return box_iou_aligned(a.unsqueeze(-2), b.unsqueeze(-3), eps)
+    with _no_autocast(a.device):
+        a, b = _at_least_float32(a), _at_least_float32(b)
+        # one coordinate at a time ([..., N, 1] against [..., 1, M]): every intermediate is a contiguous
+        # [..., N, M] array instead of an interleaved [..., N, M, 2] one, and without autograd the
+        # intermediates are reused in place; this is the hot part of anchor assignment (A x G per image)
+        ax1, ay1, ax2, ay2 = (a[..., i, None] for i in range(4))
+        bx1, by1, bx2, by2 = (b[..., None, :, i] for i in range(4))
+        area_a = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)
+        area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0) * \
+                (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+            return inter / (area_a + area_b - inter).clamp(min=eps)
+        inter = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
+        inter.mul_(torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0))
+        union = (area_a + area_b).sub_(inter).clamp_(min=eps)
+        return inter.div_(union)

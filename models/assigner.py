@@ -91,7 +91,7 @@ class MaxIoUAssigner:
             anchors = anchors.unsqueeze(0).expand(b, a, 4)
         iou = pairwise_box_iou(gt_boxes.float(), anchors.float())  # [B, G, A]
         # padding gets IoU 0 so that images without ground truth make every anchor a negative
-        iou = iou.masked_fill(~gt_valid[:, :, None], 0.0)
+        iou.masked_fill_(~gt_valid[:, :, None], 0.0)
         if g == 0 or a == 0:
             return AssignResult(
                 torch.full((b, a), NEGATIVE, dtype=torch.long, device=anchors.device),
@@ -103,11 +103,14 @@ class MaxIoUAssigner:
         gt_index = torch.where(max_iou >= self.pos_iou_thr, argmax, gt_index)
         if self.low_quality_match:
             gt_max = iou.max(dim=2, keepdim=True).values  # best anchor IoU per ground truth: [B, G, 1]
-            is_best = (iou == gt_max) & (gt_max >= self.min_pos_iou) & (gt_max > 0) & gt_valid[:, :, None]
-            # highest ground-truth index among those for which the anchor is a best match
-            rank = is_best * torch.arange(1, g + 1, device=iou.device)[None, :, None]
-            best_rank, best_gt = rank.max(dim=1)
-            gt_index = torch.where(best_rank > 0, best_gt, gt_index)
+            # ground truths that may not claim anchors compare against 2 (no IoU reaches it): one [B, G, A]
+            # pass gives every (ground truth, anchor) best match
+            usable = (gt_max >= self.min_pos_iou) & (gt_max > 0) & gt_valid[:, :, None]
+            is_best = iou == torch.where(usable, gt_max, torch.full_like(gt_max, 2.0))
+            # highest ground-truth index among those for which the anchor is a best match: the first
+            # maximum along the flipped axis (max returns the first index of ties), on one-byte values
+            any_best, last = is_best.flip(1).view(torch.uint8).max(dim=1)
+            gt_index = torch.where(any_best.bool(), (g - 1) - last, gt_index)
         if self.ignore_iof_thr > 0 and ignore_boxes is not None and ignore_boxes.shape[1] > 0:
             iof = _iof(anchors, ignore_boxes).masked_fill(~ignore_valid[:, :, None], 0.0)
             ignored = (iof.max(dim=1).values >= self.ignore_iof_thr) & (gt_index < 0)

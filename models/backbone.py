@@ -55,6 +55,54 @@ def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Op
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+class FoldedConv2d(nn.Conv2d):
+    """A convolution followed by a frozen BatchNorm, computed as one convolution with the scaled weight
+    ``W * s`` and the bias ``b * s + t`` (``s``, ``t``: the frozen BN's scale and shift). Equal to the two
+    modules in sequence up to float rounding; it saves the BN's two passes over the activation in the
+    forward and one in the backward, and the weight scaling (a few million multiplies) is redone every call
+    so that loaded or edited BN buffers always take effect. Made by :func:`fold_frozen_bn`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.__dict__["_folded_bn"]  # kept out of _modules: the BN stays where the state dict has it
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        shift = bn.bias - bn.running_mean * scale
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
+
+
+class _FoldedAway(FrozenBatchNorm2d):
+    """A frozen BN whose affine map a :class:`FoldedConv2d` applies: the identity here, buffers kept."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _conv_bn_pairs(net: nn.Module):
+    """(conv, bn) pairs of a torchvision ResNet: the stem, conv<i>/bn<i> of every block, the downsample."""
+    yield net.conv1, net.bn1
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in layer:
+            i = 1
+            while hasattr(block, f"conv{i}"):
+                yield getattr(block, f"conv{i}"), getattr(block, f"bn{i}")
+                i += 1
+            if block.downsample is not None:
+                yield block.downsample[0], block.downsample[1]
+
+
+def fold_frozen_bn(net: nn.Module) -> int:
+    """Fold every FrozenBatchNorm2d of a torchvision ResNet into the convolution before it, in place
+    (classes swapped, parameters, buffers and state-dict keys unchanged); returns the number folded."""
+    folded = 0
+    for conv, bn in _conv_bn_pairs(net):
+        if type(bn) is FrozenBatchNorm2d and type(conv) is nn.Conv2d:
+            conv.__class__ = FoldedConv2d
+            conv.__dict__["_folded_bn"] = bn
+            bn.__class__ = _FoldedAway
+            folded += 1
+    return folded
+
+
 class ResNetBody(nn.Module):
     """Stem + layer1..4 of a torchvision ResNet, returning C2..C5 (strides 4, 8, 16, 32)."""
 
@@ -74,6 +122,8 @@ class ResNetBody(nn.Module):
             if missing or [k for k in unexpected if not k.startswith("fc.")]:
                 raise ValueError(f"pretrained weights {pretrained} do not fit {name}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
+        if norm == "frozen_bn":
+            fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         width = 64 if name in ("resnet18", "resnet34") else 256

@@ -1,18 +1,26 @@
-"""Train several loss-balancing schemes on one config (same seed and data) and print one table.
+"""Train several loss-balancing schemes on one config (same data) and print one table.
 
     python scripts/compare.py --cfg configs/demo/retinanet_shapes_alwa2.yaml \\
         --schemes fixed alwa1 alwa2 avw rlo iou_balanced --work-root work_dirs/compare
 
+A grid, e.g. Table 2's layout with three seeds per cell, two runs at a time with one thread each:
+
+    python scripts/compare.py --cfg configs/demo/retinanet_shapes_alwa2.yaml --schemes fixed alwa1 alwa2 \\
+        --variants l1 smoothl1 ciou --seeds 0 1 2 --jobs 2 --threads 1 --work-root work_dirs/mini_table2
+
 Schemes are presets (fixed, alwa1, alwa2, alwa2_raw, avw, rlo, iou_balanced, uncertainty, dwa) or
-NAME:key=value,key=value. Writes <work-root>/<scheme>/ (a normal work dir each), compare.md, compare.csv
-and losses.png; finished runs are skipped and interrupted ones resumed when the command is repeated.
+NAME:key=value,key=value; variants (rows) are presets (l1, smoothl1, iou, giou, diou, ciou: RetinaNet's
+model.loss.reg) or NAME:key=value,.... Writes <work-root>[/<variant>]/<scheme>[/seed<S>]/ (a normal work
+dir each), compare.md (with variants or seeds: mean ± sd per cell and paired differences to the first
+scheme), compare.csv and the loss plots; finished runs are skipped and interrupted ones resumed when the
+command is repeated.
 """
 import argparse
 import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection.compare import PRESETS, run_comparison
+from detection.compare import PRESETS, VARIANT_PRESETS, run_grid
 from detection.config import ConfigError
 
 
@@ -21,13 +29,19 @@ def main(argv=None):
     parser.add_argument("--cfg", required=True, help="YAML config file shared by all runs")
     parser.add_argument("--schemes", nargs="+", default=["fixed", "alwa1", "alwa2"],
                         help=f"presets {sorted(PRESETS)} or NAME:key=value,...")
-    parser.add_argument("--work-root", default="work_dirs/compare", help="one sub-folder per scheme")
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help=f"rows of a grid: presets {sorted(VARIANT_PRESETS)} or NAME:key=value,...")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[], help="one run per seed (sets seed=S)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses when > 1)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per run with --jobs > 1")
+    parser.add_argument("--work-root", default="work_dirs/compare", help="one sub-folder per run")
     parser.add_argument("--window", type=int, default=100, help="iterations per point in the loss plot")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     args = parser.parse_args(argv)
     try:
-        table = run_comparison(args.cfg, args.schemes, args.work_root, args.set, args.window)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        table = run_grid(args.cfg, args.schemes, args.work_root, args.variants, args.seeds, args.set, args.window,
+                         jobs=args.jobs, threads=args.threads)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         sys.exit(f"error: {exc}")
     print(table)
 

@@ -7,8 +7,10 @@
 Cells come from configs/tables.yaml; run <name> trains configs/<name>.yaml into <work-root>/<name>/ with
 `torchrun --nproc_per_node=K scripts/train.py ... --resume` (K = --gpus, default: every visible GPU; plain
 python with one GPU or none). Finished runs (eval.json) are skipped, so the command can be repeated.
---scale F shortens every schedule to the fraction F (epochs or max_iters, LR steps and warmup alike; the
-data are not subsampled) for a quick pass, in its own default work root."""
+--scale F shortens every schedule to the fraction F (epochs or max_iters, LR steps and warmup alike) and
+trains on a fixed random fraction F of the training images (data.train_fraction; --data-fraction D sets
+that part alone, 1 keeps all images) for a quick pass, in its own default work root. With an epoch-based
+schedule both cuts multiply: --scale 0.25 runs 3 of 12 epochs over a quarter of the images."""
 import argparse
 import sys
 
@@ -29,18 +31,21 @@ def main(argv=None):
                              f"or {reproduce.DEFAULT_WORK_ROOT}_scale<F> with --scale)")
     parser.add_argument("--out-dir", default=None, help="--collect: where table<N>.md/.csv go (default: work root)")
     parser.add_argument("--data-root", default=None, help="overrides data.root of every run")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each schedule, for a quick pass")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of each schedule and of the training images, for a quick pass")
+    parser.add_argument("--data-fraction", type=float, default=None,
+                        help="fraction of the training images (default: --scale)")
     parser.add_argument("--gpus", type=int, default=None, help="processes (GPUs) per run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     args = parser.parse_args(argv)
-    work_root = args.work_root or reproduce.default_work_root(args.scale)
+    work_root = args.work_root or reproduce.default_work_root(args.scale, args.data_fraction)
     try:
         numbers = reproduce.parse_tables(args.table)
         if args.collect:
             print(reproduce.collect(numbers, work_root, args.out_dir))
             return
         code = reproduce.reproduce(numbers, work_root, args.gpus, args.data_root, args.scale, args.set,
-                                   dry_run=args.dry_run)
+                                   dry_run=args.dry_run, data_fraction=args.data_fraction)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     if code == 0 and not args.dry_run:

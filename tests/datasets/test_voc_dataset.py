@@ -133,3 +133,26 @@ def test_flat_root_layout_and_size_from_image(tmp_path):
     image, target = ds[0]
     assert target["boxes"].tolist() == [[2, 3, 10, 12]] and target["difficult"].tolist() == [False]
     assert target["image_id"] == "z" and target["flipped"] is False and target["img_size"] == (20, 30)
+
+
+def test_keep_fraction_is_a_fixed_ordered_subset(tmp_path):
+    make_year(tmp_path, "VOC2007", {f"{i:03d}": ((20, 20), [("dog", (1, 1, 9, 9), 0)]) for i in range(20)})
+    full = VOCDataset(str(tmp_path), ["VOC2007/trainval"])
+    ids = [r["path"] for r in full.records]
+    a, b = VOCDataset(str(tmp_path), ["VOC2007/trainval"]), VOCDataset(str(tmp_path), ["VOC2007/trainval"])
+    a.keep_fraction(0.25)
+    b.keep_fraction(0.25)
+    kept = [r["path"] for r in a.records]
+    assert len(a) == 5 and kept == [r["path"] for r in b.records]  # same subset every time
+    assert kept == sorted(kept, key=ids.index) and set(kept) < set(ids)  # listed order, a real subset
+    assert "a fixed random 5 of 20: data.train_fraction=0.25" in a.summary() and "5 images" in a.summary()
+    c = VOCDataset(str(tmp_path), ["VOC2007/trainval"])
+    c.keep_fraction(0.25, seed=1)
+    assert [r["path"] for r in c.records] != kept
+    tiny = VOCDataset(str(tmp_path), ["VOC2007/trainval"])
+    tiny.keep_fraction(0.001)  # never empty
+    assert len(tiny) == 1
+    full.keep_fraction(1.0)
+    assert len(full) == 20 and "fixed random" not in full.summary()
+    with pytest.raises(ValueError, match="fraction"):
+        full.keep_fraction(0.0)

@@ -104,3 +104,16 @@ def test_config_typo_names_key_file_and_suggestion(tiny_cfg, tmp_path):
 def test_unknown_weighting_key_in_config_fails_at_first_step(tiny_cfg, tmp_path):
     with pytest.raises(KeyError, match="loss_clss"):
         engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["weighting.cls_keys=[loss_clss]", "train.max_iters=1"])
+
+
+def test_train_fraction_subsets_training_images_only(tiny_cfg):
+    from detection import builders
+
+    cfg = engine.load(tiny_cfg, ["data.train_fraction=0.5"])
+    builders.prepare_data(cfg.data)
+    train = builders.build_dataset(cfg, train=True)
+    other_seed = builders.build_dataset(engine.load(tiny_cfg, ["data.train_fraction=0.5", "seed=9"]), train=True)
+    assert len(train) == 6 and [r["path"] for r in train.records] == [r["path"] for r in other_seed.records]
+    assert len(builders.build_dataset(cfg, train=False)) == 6  # the test set is never cut
+    with pytest.raises(ConfigError, match="train_fraction"):
+        engine.load(tiny_cfg, ["data.train_fraction=1.5"])

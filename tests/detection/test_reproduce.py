@@ -104,8 +104,15 @@ def test_run_overrides_scale_the_schedule_after_the_users_overrides(tmp_path):
     run = reproduce.plan([3], str(tmp_path))[0]
     assert reproduce.run_overrides(run, "/data/my voc", 0.1, ["train.max_iters=1000", "train.lr_steps=[800,950]"]) == [
         "data.root=/data/my voc", "train.max_iters=1000", "train.lr_steps=[800,950]",
-        "train.max_iters=100", "train.lr_steps=[80,95]", "train.warmup_iters=50"]
+        "train.max_iters=100", "train.lr_steps=[80,95]", "train.warmup_iters=50", "data.train_fraction=0.1"]
     assert reproduce.run_overrides(run, "123", 1.0, []) == ['data.root="123"']  # stays a string for YAML
+    # the data part alone, or the schedule alone
+    assert reproduce.run_overrides(run, None, 1.0, [], data_fraction=0.25) == ["data.train_fraction=0.25"]
+    assert "data.train_fraction" not in " ".join(reproduce.run_overrides(run, None, 0.5, [], data_fraction=1.0))
+    with pytest.raises(ValueError, match="--data-fraction"):
+        reproduce.run_overrides(run, None, 1.0, [], data_fraction=0.0)
+    assert reproduce.default_work_root(0.5, 1.0).endswith("reproduce_scale0.5_data1")
+    assert reproduce.default_work_root(0.5, 0.5).endswith("reproduce_scale0.5")
 
 
 def test_reproduce_skips_finished_resumes_partial_and_trains_shared_cells_once(tmp_path):

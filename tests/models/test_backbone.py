@@ -72,3 +72,43 @@ def test_mobilenet_pretrained_strict(tmp_path):
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), small)
     with pytest.raises(ValueError, match="do not fit mobilenet_v3_large"):
         build_body("mobilenet_v3_large", "frozen_bn", 0, str(small))
+
+
+@pytest.mark.parametrize("name, expected", [("resnet18", 20), ("resnet50", 53)])
+def test_frozen_bn_folding_equals_conv_then_bn(name, expected, tmp_path):
+    """The folded body computes what torchvision's conv + FrozenBatchNorm2d compute (outputs and weight
+    gradients), with the same state-dict keys, so pretrained files and checkpoints load unchanged."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from models.backbone import FoldedConv2d, fold_frozen_bn
+
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, name)(norm_layer=FrozenBatchNorm2d)
+    for m in ref.modules():  # BN statistics far from the identity, so that a missed fold shows
+        if isinstance(m, FrozenBatchNorm2d):
+            for buf in (m.weight, m.bias, m.running_mean):
+                buf.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "w.pth"
+    torch.save(ref.state_dict(), path)
+    body = build_body(name, "frozen_bn", -1, str(path))  # every stage trainable: gradients compared below
+    assert sum(isinstance(m, FoldedConv2d) for m in body.modules()) == expected
+    assert fold_frozen_bn(torchvision.models.resnet18()) == 0  # plain BatchNorm2d is left alone
+    keys = {k for k in ref.state_dict() if not k.startswith("fc.")}
+    assert {k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.") for k in body.state_dict()} == \
+        {k.replace("layer1.", "stages.0.").replace("layer2.", "stages.1.").replace("layer3.", "stages.2.")
+         .replace("layer4.", "stages.3.") for k in keys}
+    x = torch.randn(2, 3, 64, 64)
+    got = body(x)[-1]
+    feats = torch.nn.Sequential(*list(ref.children())[:-2])
+    want = feats(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    got.square().mean().backward()
+    want.square().mean().backward()
+    torch.testing.assert_close(body.stages[3][-1].conv1.weight.grad, ref.layer4[-1].conv1.weight.grad,
+                               rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(body.stem[0].weight.grad, ref.conv1.weight.grad, rtol=1e-3, atol=1e-6)
+    # a BN buffer changed after folding (e.g. loading a checkpoint) takes effect on the next call
+    body.stages[3][-1].bn1.running_var.mul_(4.0)
+    ref.layer4[-1].bn1.running_var.mul_(4.0)
+    torch.testing.assert_close(body(x)[-1], feats(x), rtol=1e-4, atol=1e-4)

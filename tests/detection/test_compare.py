@@ -1,0 +1,114 @@
+"""The comparison grid: run layout and overrides, the mean ± sd / paired-difference tables, and a tiny
+grid trained as two parallel subprocesses."""
+import json
+import os
+
+import pytest
+
+from detection.compare import GridRun, execution_order, grid_markdown, mean_sd, plan_grid, run_grid
+
+
+def test_plain_comparison_keeps_one_folder_per_scheme():
+    runs = plan_grid(["fixed", "alwa1"], "root", overrides=["train.max_iters=5"])
+    assert [r.work_dir for r in runs] == [os.path.join("root", "fixed"), os.path.join("root", "alwa1")]
+    assert runs[1].overrides == ("train.max_iters=5", "weighting.type=alwa", "weighting.variant=1")
+    assert [r.label for r in runs] == ["fixed", "alwa1"]
+
+
+def test_grid_layout_and_override_order():
+    runs = plan_grid(["fixed", "x:weighting.type=alwa"], "root", variants=["l1", "ciou"], seeds=[0, 7],
+                     overrides=["a=1"])
+    assert len(runs) == 2 * 2 * 2
+    assert [r.label for r in runs[:4]] == ["l1/fixed/seed0", "l1/fixed/seed7", "l1/x/seed0", "l1/x/seed7"]
+    last = runs[-1]
+    assert last.work_dir == os.path.join("root", "ciou", "x", "seed7")
+    # common, then the variant, then the scheme, then the seed: later keys win in the config loader
+    assert last.overrides == ("a=1", "model.loss.reg=ciou", "weighting.type=alwa", "seed=7")
+    # trained seed by seed: a grid stopped part way has every cell at the same number of seeds
+    assert [r.label for r in execution_order(runs)][:4] == ["l1/fixed/seed0", "l1/x/seed0", "ciou/fixed/seed0", "ciou/x/seed0"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schemes=["fixed", "fixed"]), "scheme names must be distinct"),
+    (dict(schemes=["fixed"], seeds=[1, 1]), "seed names must be distinct"),
+    (dict(schemes=["fixed"], variants=["l2"]), "unknown variant 'l2'"),
+    (dict(schemes=["fixed"], variants=["v:model.loss.reg"]), "variant 'v:model.loss.reg': expected"),
+])
+def test_grid_input_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan_grid(work_root="root", **kwargs)
+
+
+def _fake(values):
+    """values: {(variant, scheme, seed): mAP or None (unfinished)} -> runs, summary rows."""
+    runs, rows = [], []
+    for (v, s, k), m in values.items():
+        runs.append(GridRun(v, s, k, "unused", ()))
+        rows.append({"run": f"{v}/{s}/{k}"} if m is None else {"run": f"{v}/{s}/{k}", "mAP": m})
+    return runs, rows
+
+
+def test_mean_sd_by_hand():
+    assert mean_sd([0.5]) == (0.5, None)
+    m, sd = mean_sd([0.80, 0.82, 0.84])
+    assert m == pytest.approx(0.82) and sd == pytest.approx(0.02)
+
+
+def test_grid_table_mean_sd_and_paired_differences():
+    runs, rows = _fake({("l1", "fixed", 0): 0.80, ("l1", "fixed", 1): 0.82,
+                        ("l1", "alwa1", 0): 0.81, ("l1", "alwa1", 1): 0.85,
+                        ("ciou", "fixed", 0): 0.70, ("ciou", "fixed", 1): None,
+                        ("ciou", "alwa1", 0): 0.66, ("ciou", "alwa1", 1): 0.68})
+    table = grid_markdown(runs, rows, "mAP").splitlines()
+    assert table[0] == "| | fixed | alwa1 |"
+    # sd of (0.80, 0.82) = 0.01414; of (0.81, 0.85) = 0.02828; an unfinished run leaves n = 1 and no sd
+    assert table[2] == "| l1 | 0.8100 ± 0.0141 (2) | 0.8300 ± 0.0283 (2) |"
+    assert table[3] == "| ciou | 0.7000 (1) | 0.6700 ± 0.0141 (2) |"
+    paired = grid_markdown(runs, rows, "mAP", paired=True).splitlines()
+    # differences per seed: +0.01, +0.03 -> +0.02 ± 0.0141; ciou pairs only seed 0: 0.66 - 0.70
+    assert paired[2] == "| l1 | - | +0.0200 ± 0.0141 (2) |"
+    assert paired[3] == "| ciou | - | -0.0400 (1) |"
+
+
+TINY = """
+_base_: {base}
+model:
+  backbone: {{name: resnet18, pretrained: null, norm: bn, frozen_stages: -1}}
+  fpn: {{out_channels: 8}}
+  anchors: {{octave_base_scale: 2}}
+  head: {{feat_channels: 8, num_convs: 1, norm: gn}}
+data:
+  root: {root}
+  train_sets: [train]
+  test_sets: [test]
+  shapes: {{num_train: 8, num_val: 2, num_test: 4, image_size: 64, seed: 5}}
+  min_size: 64
+  max_size: 64
+  batch_size: 4
+  test_batch_size: 4
+  num_workers: 0
+optimizer: {{type: adamw, lr: 0.001, base_batch_size: 4}}
+train: {{max_iters: 2, lr_steps: [], warmup_iters: 0, log_interval: 1, checkpoint_interval: 2, progress: false}}
+weighting: {{type: fixed}}
+"""
+
+
+def test_parallel_grid_trains_each_cell_once(tmp_path, capsys):
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.format(base=os.path.join(repo, "configs/_base_/retinanet_r50_fpn.yaml"), root=tmp_path / "shapes"))
+    root = str(tmp_path / "grid")
+    text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], jobs=2, threads=1)
+    for variant in ("l1", "giou"):
+        work = os.path.join(root, variant, "fixed", "seed3")
+        with open(os.path.join(work, "eval.json")) as f:
+            assert json.load(f)["iter"] == 2
+        saved = open(os.path.join(work, "config.yaml")).read()
+        assert f"reg: {variant}" in saved and "seed: 3" in saved
+        assert os.path.isfile(os.path.join(root, f"losses_{variant}.png"))
+    assert "| l1 |" in text and "| giou |" in text and "(1)" in text
+    assert open(os.path.join(root, "compare.csv")).readline().strip() == "variant,scheme,seed,mAP,train_time_s"
+    capsys.readouterr()
+    run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], jobs=2)  # all finished: no training
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 2 and "started" not in out

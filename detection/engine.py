@@ -32,6 +32,9 @@ def setup(cfg: Config):
     torch.set_flush_denormal(True)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
+    # cuDNN autotuning pays off only when input shapes repeat (fixed-size inputs); with aspect-ratio grouped
+    # batches of varying size it re-tunes on every new shape, hence off by default (as detectron2)
+    torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark and not cfg.deterministic)
     return device, rank, world
 
 

@@ -249,6 +249,7 @@ class TrainConfig:
     progress: bool = True
     sync_bn: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP on GPUs
     channels_last: bool = False  # NHWC model and images: faster convs on GPUs and oneDNN CPUs (docs/benchmarks.md)
+    cudnn_benchmark: bool = False  # cuDNN autotuning: for inputs of few distinct sizes (ignored when deterministic)
     check_finite: bool = True  # skip steps with non-finite losses or gradients (one host read per step)
     max_bad_steps: int = 5  # stop (after a checkpoint) after this many consecutive skipped steps
 

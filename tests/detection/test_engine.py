@@ -117,3 +117,15 @@ def test_train_fraction_subsets_training_images_only(tiny_cfg):
     assert len(builders.build_dataset(cfg, train=False)) == 6  # the test set is never cut
     with pytest.raises(ConfigError, match="train_fraction"):
         engine.load(tiny_cfg, ["data.train_fraction=1.5"])
+
+
+def test_cudnn_benchmark_follows_config_and_yields_to_deterministic(tiny_cfg):
+    before = torch.backends.cudnn.benchmark
+    try:
+        engine.setup(engine.load(tiny_cfg, ["train.cudnn_benchmark=true", "device=cpu"]))
+        assert torch.backends.cudnn.benchmark is True
+        engine.setup(engine.load(tiny_cfg, ["train.cudnn_benchmark=true", "deterministic=true", "device=cpu"]))
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = before

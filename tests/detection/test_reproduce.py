@@ -185,3 +185,15 @@ def test_cli_collect_and_table_errors(tmp_path, capsys, monkeypatch):
 def test_configs_are_read_from_the_config_dir():
     assert reproduce.plan([6], "w")[0].cfg.endswith(os.path.join("configs", "maskrcnn_r50_coco_l1.yaml"))
     assert os.path.samefile(os.path.dirname(reproduce.plan([6], "w")[0].cfg), CONFIG_DIR)
+
+
+def test_cli_scale_cuts_schedule_and_data_in_the_printed_commands(tmp_path, capsys, monkeypatch):
+    main = _script_main(monkeypatch)
+    with pytest.raises(SystemExit):
+        main(["--table", "3", "--dry-run", "--scale", "0.5", "--work-root", str(tmp_path)])
+    cmds = [line for line in capsys.readouterr().out.splitlines() if "$" in line]
+    assert len(cmds) == 9 and all("train.epochs=6" in c and "data.train_fraction=0.5" in c for c in cmds)
+    with pytest.raises(SystemExit):
+        main(["--table", "3", "--dry-run", "--scale", "0.5", "--data-fraction", "1", "--work-root", str(tmp_path)])
+    cmds = [line for line in capsys.readouterr().out.splitlines() if "$" in line]
+    assert all("train.epochs=6" in c and "train_fraction" not in c for c in cmds)

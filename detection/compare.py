@@ -156,13 +156,20 @@ def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Op
 def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Sequence[str] = (),
              seeds: Sequence[int] = (), overrides: Sequence[str] = (), window: int = 100,
              plot_keys: Sequence[str] = ("loss_cls", "loss_bbox"), jobs: int = 1,
-             threads: Optional[int] = None) -> str:
+             threads: Optional[int] = None, report_only: bool = False) -> str:
     """Train every unfinished run of the grid, then write ``compare.md`` (per-run table, and with variants or
     seeds the grid of mean ± sd and the paired differences to the first scheme), ``compare.csv`` and the loss
-    plots (``losses.png``, or ``losses_<variant>.png``; the first seed's runs). Returns the Markdown."""
+    plots (``losses.png``, or ``losses_<variant>.png``; the first seed's runs). Returns the Markdown.
+    ``report_only``: train nothing and report the runs finished so far (an error when there are none)."""
     from detection import engine
 
     runs = plan_grid(schemes, work_root, variants, seeds, overrides)
+    if report_only:
+        done = [r for r in runs if is_finished(r)]
+        if not done:
+            raise FileNotFoundError(f"no finished run (eval.json) under {work_root}")
+        print(f"[compare] report of {len(done)} finished run(s) of {len(runs)}")
+        return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
     todo = execution_order([r for r in runs if not is_finished(r)])
     for r in runs:
         if is_finished(r):
@@ -210,6 +217,8 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
     first_seed = runs[0].seed
     for variant in dict.fromkeys(r.variant for r in runs):
         chosen = [r for r in runs if r.variant == variant and r.seed == first_seed]
+        if not chosen:
+            continue
         out = os.path.join(work_root, "losses.png" if variant is None else f"losses_{variant}.png")
         title = f"{os.path.basename(cfg_path)}{f' [{variant}]' if variant else ''}: {', '.join(r.scheme for r in chosen)}"
         plot_runs([r.work_dir for r in chosen], out, keys=plot_keys, window=window,

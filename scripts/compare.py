@@ -35,12 +35,14 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses when > 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per run with --jobs > 1")
     parser.add_argument("--work-root", default="work_dirs/compare", help="one sub-folder per run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; write compare.md / .csv / plots from the runs finished so far")
     parser.add_argument("--window", type=int, default=100, help="iterations per point in the loss plot")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     args = parser.parse_args(argv)
     try:
         table = run_grid(args.cfg, args.schemes, args.work_root, args.variants, args.seeds, args.set, args.window,
-                         jobs=args.jobs, threads=args.threads)
+                         jobs=args.jobs, threads=args.threads, report_only=args.report_only)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         sys.exit(f"error: {exc}")
     print(table)

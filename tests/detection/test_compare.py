@@ -112,3 +112,10 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys):
     run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], jobs=2)  # all finished: no training
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 2 and "started" not in out
+    # a grid that is only part done: the report covers the finished runs, nothing is trained
+    text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3, 4], report_only=True)
+    assert "report of 2 finished run(s) of 4" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(root, "l1", "fixed", "seed4"))
+    assert "| l1 | " in text and " (1) |" in text
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        run_grid(str(cfg), ["fixed"], str(tmp_path / "empty"), seeds=[1], report_only=True)

@@ -42,6 +42,28 @@ def add_model_args(parser: argparse.ArgumentParser, num_classes: int = 20) -> ar
     return parser
 
 
+def add_channels_last_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--channels-last`` of the scripts that time our model against torchvision's."""
+    parser.add_argument("--channels-last", choices=["off", "ours", "both"], default="off",
+                        help="NHWC memory format for our model and its input batch (train.channels_last), and with "
+                             "'both' for torchvision's weights too (its internally batched input stays NCHW; "
+                             "the first convolution switches the activations to NHWC)")
+    return parser
+
+
+def to_channels_last(args, ours, tv):
+    """``(ours, tv)`` in the memory format ``--channels-last`` asks for."""
+    if args.channels_last != "off":
+        ours = ours.to(memory_format=torch.channels_last)
+    if args.channels_last == "both":
+        tv = tv.to(memory_format=torch.channels_last)
+    return ours, tv
+
+
+def images_for_ours(args, images):
+    return images.contiguous(memory_format=torch.channels_last) if args.channels_last != "off" else images
+
+
 def random_batch(args, device, with_targets: bool = True):
     """``(hw, images, targets, generator)`` from the common options: the same inputs for every variant of a
     run; the generator continues the stream for any further random data."""

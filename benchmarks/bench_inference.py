@@ -17,8 +17,8 @@ import argparse
 
 import torch
 
-from _common import (TIMING_HEADERS, add_common_args, add_model_args, describe, interleaved, print_table, random_batch,
-                     ratio, setup, summary, timing_cells)
+from _common import (TIMING_HEADERS, add_channels_last_arg, add_common_args, add_model_args, describe, images_for_ours,
+                     interleaved, print_table, random_batch, ratio, setup, summary, timing_cells, to_channels_last)
 from bench_train_step import build_ours, build_torchvision, print_differences
 
 
@@ -26,11 +26,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2)
     add_model_args(parser)
+    add_channels_last_arg(parser)
     parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
     parser.add_argument("--score-thr", type=float, default=0.0, help="score threshold of both models")
     parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")
-    parser.add_argument("--channels-last", choices=["off", "ours", "both"], default="off",
-                        help="NHWC memory format for our model and input ('both': torchvision's weights too)")
     args = parser.parse_args()
     device = setup(args)
     hw, images, _, _ = random_batch(args, device, with_targets=False)
@@ -39,7 +38,7 @@ def main():
     print(f"{describe(device, args)}; backbone {args.backbone}-FPN, images {args.batch} x 3 x {hw[0]} x {hw[1]}, "
           f"score threshold {args.score_thr}, {args.reps} reps after {args.warmup} warmup, interleaved; "
           f"channels_last {args.channels_last}\n")
-    images_ours = images.contiguous(memory_format=torch.channels_last) if args.channels_last != "off" else images
+    images_ours = images_for_ours(args, images)
 
     def infer(model, targets, counts, inputs):
         def run():
@@ -53,10 +52,7 @@ def main():
     for kind in args.models:
         cfg, ours, _, _ = build_ours(kind, args, device, [f"model.test.score_thr={args.score_thr}"])
         tv = build_torchvision(kind, cfg, args, hw, device)
-        if args.channels_last != "off":
-            ours = ours.to(memory_format=torch.channels_last)
-        if args.channels_last == "both":
-            tv = tv.to(memory_format=torch.channels_last)
+        ours, tv = to_channels_last(args, ours, tv)
         ours.eval()
         tv.eval()
         counts = {"ours": [], "torchvision": []}

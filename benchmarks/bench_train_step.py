@@ -22,8 +22,9 @@ import os
 import torch
 from torch import nn
 
-from _common import (ROOT, TIMING_HEADERS, add_common_args, add_model_args, bf16_matmul_peak, count_flops, describe,
-                     interleaved, print_table, random_batch, ratio, setup, summary, timing_cells)
+from _common import (ROOT, TIMING_HEADERS, add_channels_last_arg, add_common_args, add_model_args, bf16_matmul_peak,
+                     count_flops, describe, images_for_ours, interleaved, print_table, random_batch, ratio, setup,
+                     summary, timing_cells, to_channels_last)
 from detection import builders, engine
 from detection.trainer import train_step
 from losses.weighting import Fixed
@@ -146,6 +147,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2)
     add_model_args(parser)
+    add_channels_last_arg(parser)
     parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
     parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")
     parser.add_argument("--no-check-finite", action="store_true",
@@ -153,10 +155,6 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4,
                         help="SGD learning rate of both (no effect on the work; small keeps random-weight steps finite)")
     parser.add_argument("--mfu", action="store_true", help="FLOPs per image and MFU vs a measured bf16 matmul peak")
-    parser.add_argument("--channels-last", choices=["off", "ours", "both"], default="off",
-                        help="NHWC memory format for our model and its input batch (train.channels_last), and with "
-                             "'both' for torchvision's weights too (its internally batched input stays NCHW; "
-                             "the first convolution switches the activations to NHWC)")
     args = parser.parse_args()
     device = setup(args)
     hw, images, targets, _ = random_batch(args, device)
@@ -165,7 +163,7 @@ def main():
           f"{args.num_classes} classes, boxes/image {[len(t['labels']) for t in targets]}, "
           f"{args.reps} reps after {args.warmup} warmup, interleaved; non-finite guard {'on' if check else 'off'}; "
           f"channels_last {args.channels_last}\n")
-    images_ours = images.contiguous(memory_format=torch.channels_last) if args.channels_last != "off" else images
+    images_ours = images_for_ours(args, images)
     peak = None
     if args.mfu:  # CPU: a smaller matmul, so the peak takes seconds (MFU on CPU is indicative only)
         peak = bf16_matmul_peak(device) if device.type == "cuda" else bf16_matmul_peak(device, n=2048, reps=3)
@@ -176,10 +174,7 @@ def main():
         for group in opt_ours.param_groups:
             group["lr"] = lr
         tv = build_torchvision(kind, cfg, args, hw, device)
-        if args.channels_last != "off":
-            ours = ours.to(memory_format=torch.channels_last)
-        if args.channels_last == "both":
-            tv = tv.to(memory_format=torch.channels_last)
+        ours, tv = to_channels_last(args, ours, tv)
         opt_tv = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=lr,
                                  momentum=cfg.optimizer.momentum, weight_decay=cfg.optimizer.weight_decay)
         n_ours = sum(p.numel() for p in ours.parameters() if p.requires_grad)

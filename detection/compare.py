@@ -164,16 +164,15 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
     from detection import engine
 
     runs = plan_grid(schemes, work_root, variants, seeds, overrides)
+    done = [r for r in runs if is_finished(r)]
     if report_only:
-        done = [r for r in runs if is_finished(r)]
         if not done:
             raise FileNotFoundError(f"no finished run (eval.json) under {work_root}")
         print(f"[compare] report of {len(done)} finished run(s) of {len(runs)}")
         return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
-    todo = execution_order([r for r in runs if not is_finished(r)])
-    for r in runs:
-        if is_finished(r):
-            print(f"[compare] {r.label}: finished, skipped")
+    for r in done:
+        print(f"[compare] {r.label}: finished, skipped")
+    todo = execution_order([r for r in runs if r not in done])
     if jobs > 1 and todo:
         _prepare_data(cfg_path, todo)
         failed = _run_parallel(cfg_path, todo, jobs, threads)
@@ -184,12 +183,6 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
             print(f"[compare] {r.label}: {' '.join(r.overrides) or '(config as is)'}")
             engine.train(cfg_path, r.work_dir, resume=True, overrides=list(r.overrides))
     return write_report(cfg_path, runs, work_root, overrides, window, plot_keys)
-
-
-def run_comparison(cfg_path: str, schemes: Sequence[str], work_root: str, overrides: Sequence[str] = (),
-                   window: int = 100, plot_keys: Sequence[str] = ("loss_cls", "loss_bbox")) -> str:
-    """One run per scheme (no variants, no seeds): ``<work_root>/<scheme>``."""
-    return run_grid(cfg_path, schemes, work_root, overrides=overrides, window=window, plot_keys=plot_keys)
 
 
 def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrides: Sequence[str] = (),

@@ -70,35 +70,13 @@ def test_grid_table_mean_sd_and_paired_differences():
     assert paired[3] == "| ciou | - | -0.0400 (1) |"
 
 
-TINY = """
-_base_: {base}
-model:
-  backbone: {{name: resnet18, pretrained: null, norm: bn, frozen_stages: -1}}
-  fpn: {{out_channels: 8}}
-  anchors: {{octave_base_scale: 2}}
-  head: {{feat_channels: 8, num_convs: 1, norm: gn}}
-data:
-  root: {root}
-  train_sets: [train]
-  test_sets: [test]
-  shapes: {{num_train: 8, num_val: 2, num_test: 4, image_size: 64, seed: 5}}
-  min_size: 64
-  max_size: 64
-  batch_size: 4
-  test_batch_size: 4
-  num_workers: 0
-optimizer: {{type: adamw, lr: 0.001, base_batch_size: 4}}
-train: {{max_iters: 2, lr_steps: [], warmup_iters: 0, log_interval: 1, checkpoint_interval: 2, progress: false}}
-weighting: {{type: fixed}}
-"""
 
 
-def test_parallel_grid_trains_each_cell_once(tmp_path, capsys):
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY.format(base=os.path.join(repo, "configs/_base_/retinanet_r50_fpn.yaml"), root=tmp_path / "shapes"))
+def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retinanet):
+    cfg = write_tiny_retinanet(tmp_path)
     root = str(tmp_path / "grid")
-    text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], jobs=2, threads=1)
+    short = ["train.max_iters=2", "data.shapes.seed=5"]  # "seed: 3" below is then the run's seed only
+    text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], overrides=short, jobs=2, threads=1)
     for variant in ("l1", "giou"):
         work = os.path.join(root, variant, "fixed", "seed3")
         with open(os.path.join(work, "eval.json")) as f:
@@ -109,11 +87,11 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys):
     assert "| l1 |" in text and "| giou |" in text and "(1)" in text
     assert open(os.path.join(root, "compare.csv")).readline().strip() == "variant,scheme,seed,mAP,train_time_s"
     capsys.readouterr()
-    run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], jobs=2)  # all finished: no training
+    run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], overrides=short, jobs=2)  # all finished
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 2 and "started" not in out
     # a grid that is only part done: the report covers the finished runs, nothing is trained
-    text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3, 4], report_only=True)
+    text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3, 4], overrides=short, report_only=True)
     assert "report of 2 finished run(s) of 4" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(root, "l1", "fixed", "seed4"))
     assert "| l1 | " in text and " (1) |" in text

@@ -11,37 +11,12 @@ from detection import engine
 from detection.checkpoint import load_checkpoint
 from detection.config import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TINY = """
-_base_: {base}
-model:
-  backbone: {{name: resnet18, pretrained: null, norm: bn, frozen_stages: -1}}
-  fpn: {{out_channels: 16}}
-  anchors: {{octave_base_scale: 2}}
-  head: {{feat_channels: 16, num_convs: 1, norm: gn}}
-data:
-  root: {root}
-  train_sets: [train]
-  test_sets: [test]
-  shapes: {{num_train: 12, num_val: 2, num_test: 6, image_size: 64, seed: 3}}
-  min_size: 64
-  max_size: 64
-  batch_size: 4
-  test_batch_size: 4
-  num_workers: 0
-optimizer: {{type: adamw, lr: 0.001, base_batch_size: 4}}
-train: {{max_iters: 6, lr_steps: [5], warmup_iters: 2, log_interval: 2, checkpoint_interval: 3, progress: false}}
-weighting: {{type: alwa, variant: 2, interval: 2}}
-"""
 
 
 @pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("engine")
-    path = tmp / "tiny.yaml"
-    path.write_text(TINY.format(base=os.path.join(REPO, "configs/_base_/retinanet_r50_fpn.yaml"), root=tmp / "shapes"))
-    return str(path)
+def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
+    return write_tiny_retinanet(tmp_path_factory.mktemp("engine"))
 
 
 @pytest.fixture(scope="module")

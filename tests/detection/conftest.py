@@ -1,0 +1,41 @@
+"""A tiny RetinaNet config on generated shapes data, shared by the end-to-end engine tests."""
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TINY_RETINANET = """
+_base_: {base}
+model:
+  backbone: {{name: resnet18, pretrained: null, norm: bn, frozen_stages: -1}}
+  fpn: {{out_channels: 16}}
+  anchors: {{octave_base_scale: 2}}
+  head: {{feat_channels: 16, num_convs: 1, norm: gn}}
+data:
+  root: {root}
+  train_sets: [train]
+  test_sets: [test]
+  shapes: {{num_train: 12, num_val: 2, num_test: 6, image_size: 64, seed: 3}}
+  min_size: 64
+  max_size: 64
+  batch_size: 4
+  test_batch_size: 4
+  num_workers: 0
+optimizer: {{type: adamw, lr: 0.001, base_batch_size: 4}}
+train: {{max_iters: 6, lr_steps: [5], warmup_iters: 2, log_interval: 2, checkpoint_interval: 3, progress: false}}
+weighting: {{type: alwa, variant: 2, interval: 2}}
+"""
+
+
+@pytest.fixture(scope="session")
+def write_tiny_retinanet():
+    """``write(directory) -> path`` of ``directory/tiny.yaml``, its shapes data under ``directory/shapes``
+    (generated on first use): 12 training and 6 test images of 64 px, 6 iterations, ALWA_2 with C = 2."""
+    def write(directory) -> str:
+        path = os.path.join(str(directory), "tiny.yaml")
+        with open(path, "w") as f:
+            f.write(TINY_RETINANET.format(base=os.path.join(REPO, "configs/_base_/retinanet_r50_fpn.yaml"),
+                                          root=os.path.join(str(directory), "shapes")))
+        return path
+    return write

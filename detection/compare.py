@@ -103,11 +103,17 @@ def is_finished(run: GridRun) -> bool:
     return os.path.isfile(os.path.join(run.work_dir, "eval.json"))
 
 
-def execution_order(runs: Sequence[GridRun]) -> List[GridRun]:
-    """Seed by seed (row-major within a seed), so that a grid stopped part way has every cell at the same
-    number of seeds."""
-    order = {s: i for i, s in enumerate(dict.fromkeys(r.seed for r in runs))}
-    return sorted(runs, key=lambda r: order[r.seed])
+def pending_runs(runs: Sequence[GridRun], seeds: Sequence[Optional[int]] = ()) -> List[GridRun]:
+    """The unfinished runs of a grid planned with ``seeds``, in :func:`execution_order`."""
+    return execution_order([r for r in runs if not is_finished(r)], seeds)
+
+
+def execution_order(runs: Sequence[GridRun], seeds: Sequence[Optional[int]] = ()) -> List[GridRun]:
+    """Seed by seed in the order of ``seeds`` (default: order of first appearance), row-major within a seed, so
+    that a grid stopped part way has every cell at the same number of seeds. Pass the grid's seeds when ``runs``
+    is what is left of a resumed grid: the seed of its first leftover run need not be the first seed."""
+    rank = {s: i for i, s in enumerate(list(seeds) or list(dict.fromkeys(r.seed for r in runs)))}
+    return sorted(runs, key=lambda r: rank[r.seed])
 
 
 def _prepare_data(cfg_path: str, runs: Sequence[GridRun]) -> None:
@@ -172,7 +178,7 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
         return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
     for r in done:
         print(f"[compare] {r.label}: finished, skipped")
-    todo = execution_order([r for r in runs if r not in done])
+    todo = pending_runs(runs, list(seeds) or [None])
     if jobs > 1 and todo:
         _prepare_data(cfg_path, todo)
         failed = _run_parallel(cfg_path, todo, jobs, threads)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from detection.compare import GridRun, execution_order, grid_markdown, mean_sd, plan_grid, run_grid
+from detection.compare import GridRun, execution_order, grid_markdown, mean_sd, pending_runs, plan_grid, run_grid
 
 
 def test_plain_comparison_keeps_one_folder_per_scheme():
@@ -26,6 +26,17 @@ def test_grid_layout_and_override_order():
     assert last.overrides == ("a=1", "model.loss.reg=ciou", "weighting.type=alwa", "seed=7")
     # trained seed by seed: a grid stopped part way has every cell at the same number of seeds
     assert [r.label for r in execution_order(runs)][:4] == ["l1/fixed/seed0", "l1/x/seed0", "ciou/fixed/seed0", "ciou/x/seed0"]
+
+
+def test_resumed_grid_finishes_the_first_seed_first(tmp_path):
+    runs = plan_grid(["fixed", "x:weighting.type=alwa"], str(tmp_path), variants=["l1", "ciou"], seeds=[0, 7])
+    for r in runs:
+        if r.variant == "l1" and r.seed == 0:  # the first row's seed-0 runs finished before the stop
+            os.makedirs(r.work_dir)
+            open(os.path.join(r.work_dir, "eval.json"), "w").close()
+    # the leftover list starts with a seed-7 run; seed 0's other row must still come first
+    assert [r.label for r in pending_runs(runs, [0, 7])] == [
+        "ciou/fixed/seed0", "ciou/x/seed0", "l1/fixed/seed7", "l1/x/seed7", "ciou/fixed/seed7", "ciou/x/seed7"]
 
 
 @pytest.mark.parametrize("kwargs, match", [

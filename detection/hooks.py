@@ -14,6 +14,34 @@ from detection.checkpoint import rng_state, save_checkpoint
 from detection.trainer import HookBase
 
 
+def keep_records_upto(path: str, last_iter: int) -> int:
+    """Rewrite the JSON-lines log ``path`` (atomically) with only its records of iterations <= ``last_iter``:
+    the state a run starting at ``last_iter`` continues from. Later records (a run killed after its last
+    checkpoint, or an earlier run of the same work dir when starting from scratch) and unreadable lines
+    (a line cut off by a kill) would otherwise mix with the new run's. Returns how many lines were removed."""
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                ok = int(json.loads(line)["iter"]) <= last_iter
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricsLogger(HookBase):
     """Averages raw losses, weighted losses and the total over each log interval, with their standard
     deviation over the interval's steps (``std``, ``weighted_std``: the spread the paper's Figures 3 and 6
@@ -38,6 +66,10 @@ class MetricsLogger(HookBase):
     def before_train(self):
         if self.path is not None:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            dropped = keep_records_upto(self.path, self.trainer.iter)
+            if dropped:
+                print(f"{self.path}: {dropped} record(s) after iteration {self.trainer.iter} (from an earlier or "
+                      f"interrupted run of this work dir) removed", flush=True)
             self._file = open(self.path, "a", buffering=1)
             if self.progress:
                 from tqdm import tqdm

@@ -115,6 +115,25 @@ def test_metrics_logger_records(tmp_path):
         assert abs(r["loss"] - sum(r["weighted"].values())) < 1e-5
 
 
+def test_metrics_log_continues_from_the_resumed_iteration(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "m.jsonl"
+    first = make_trainer(4, ALWA(interval=2), [MetricsLogger(str(path), interval=2, progress=False)])
+    first.train()
+    with open(path, "a") as f:  # what a run killed after its checkpoint at 4 leaves: iteration 6, a cut line
+        f.write(json.dumps({"iter": 6, "loss": -1.0}) + "\n" + '{"iter": 8, "lo')
+    resumed = make_trainer(6, ALWA(interval=2), [MetricsLogger(str(path), interval=2, progress=False)])
+    resumed.load_state_dict(first.state_dict())
+    resumed.train()
+    rows = [json.loads(line) for line in open(path)]
+    assert [r["iter"] for r in rows] == [2, 4, 6] and rows[2]["loss"] > 0
+    assert "2 record(s) after iteration 4" in capsys.readouterr().out
+    # starting from scratch in the same work dir begins a new log
+    make_trainer(2, Fixed(), [MetricsLogger(str(path), interval=1, progress=False)]).train()
+    assert [json.loads(line)["iter"] for line in open(path)] == [1, 2]
+
+
 def test_non_finite_loss_stops_with_the_key(tmp_path):
     import pytest
 

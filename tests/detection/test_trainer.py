@@ -1,4 +1,5 @@
 """The trainer on a tiny in-memory overfit set: the loss falls, hooks fire in order, state round-trips."""
+import pytest
 import torch
 
 from detection.hooks import MetricsLogger
@@ -32,7 +33,7 @@ class Loader:
         return iter(self.batches[self.sampler.start:])
 
 
-def make_trainer(max_iters, weighting, hooks=()):
+def make_trainer(max_iters, weighting, hooks=(), amp="off"):
     torch.manual_seed(0)
     bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 16, [3, 4, 5], "p6p7")
     model = RetinaNet(bb, RetinaHead(16, 2, 9, 16, 1, norm="gn"), AnchorGenerator(octave_base_scale=2),
@@ -45,7 +46,7 @@ def make_trainer(max_iters, weighting, hooks=()):
     loader = Loader([(images, targets), (images.flip(-1), targets)], sampler)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    return Trainer(model, opt, sched, weighting, loader, sampler, max_iters, torch.device("cpu"), hooks=list(hooks))
+    return Trainer(model, opt, sched, weighting, loader, sampler, max_iters, torch.device("cpu"), amp=amp, hooks=list(hooks))
 
 
 class Recorder(HookBase):
@@ -132,6 +133,28 @@ def test_metrics_log_continues_from_the_resumed_iteration(tmp_path, capsys):
     # starting from scratch in the same work dir begins a new log
     make_trainer(2, Fixed(), [MetricsLogger(str(path), interval=1, progress=False)]).train()
     assert [json.loads(line)["iter"] for line in open(path)] == [1, 2]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes_its_scaler(amp):
+    trainer = make_trainer(3, ALWA(interval=2), amp=amp)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    seen = []
+    trainer.model.head.cls_out.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    trainer.train()
+    # the convolutions ran in autocast: every call of the head's last conv (5 levels x 3 steps)
+    assert len(seen) == 15 and set(seen) == {{"bf16": torch.bfloat16, "fp16": torch.float16}[amp]}
+    assert torch.isfinite(trainer.last.total) and trainer.last.total.dtype == torch.float32
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert trainer.bad_steps == 0
+    state = trainer.state_dict()
+    assert ("scaler" in state) == (amp == "fp16")  # fp16 alone needs loss scaling
+    if amp == "fp16":
+        trainer.scaler.update(new_scale=1024.0)
+        other = make_trainer(3, ALWA(interval=2), amp=amp)
+        other.load_state_dict(trainer.state_dict())
+        assert other.scaler.get_scale() == 1024.0
 
 
 def test_non_finite_loss_stops_with_the_key(tmp_path):

@@ -21,7 +21,7 @@ def keep_records_upto(path: str, last_iter: int) -> int:
     (a line cut off by a kill) would otherwise mix with the new run's. Returns how many lines were removed."""
     if not os.path.isfile(path):
         return 0
-    kept, dropped = [], 0
+    kept, dropped, unterminated = [], 0, False
     with open(path) as f:
         for line in f:
             if not line.strip():
@@ -30,11 +30,14 @@ def keep_records_upto(path: str, last_iter: int) -> int:
                 ok = int(json.loads(line)["iter"]) <= last_iter
             except (ValueError, KeyError, TypeError):
                 ok = False
-            if ok:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
+            if not ok:
                 dropped += 1
-    if dropped:
+            elif line.endswith("\n"):
+                kept.append(line)
+            else:  # a kill between a record and its newline: the next record must not be glued onto it
+                kept.append(line + "\n")
+                unterminated = True
+    if dropped or unterminated:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)

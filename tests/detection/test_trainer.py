@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from detection.hooks import MetricsLogger
+from detection.hooks import MetricsLogger, keep_records_upto
 from detection.trainer import HookBase, Trainer
 from losses.weighting import ALWA, Fixed
 from models.anchors import AnchorGenerator
@@ -130,6 +130,10 @@ def test_metrics_log_continues_from_the_resumed_iteration(tmp_path, capsys):
     rows = [json.loads(line) for line in open(path)]
     assert [r["iter"] for r in rows] == [2, 4, 6] and rows[2]["loss"] > 0
     assert "2 record(s) after iteration 4" in capsys.readouterr().out
+    with open(path, "w") as f:  # a whole record whose newline was never written is kept, and terminated
+        f.write(json.dumps({"iter": 2, "loss": 1.0}))
+    assert keep_records_upto(str(path), 2) == 0
+    assert open(path).read() == json.dumps({"iter": 2, "loss": 1.0}) + "\n"
     # starting from scratch in the same work dir begins a new log
     make_trainer(2, Fixed(), [MetricsLogger(str(path), interval=1, progress=False)]).train()
     assert [json.loads(line)["iter"] for line in open(path)] == [1, 2]

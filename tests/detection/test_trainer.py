@@ -33,13 +33,13 @@ class Loader:
         return iter(self.batches[self.sampler.start:])
 
 
-def make_trainer(max_iters, weighting, hooks=(), amp="off"):
+def make_trainer(max_iters, weighting, hooks=(), amp="off", size=64):
     torch.manual_seed(0)
     bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 16, [3, 4, 5], "p6p7")
     model = RetinaNet(bb, RetinaHead(16, 2, 9, 16, 1, norm="gn"), AnchorGenerator(octave_base_scale=2),
                       MaxIoUAssigner(), DeltaBoxCoder())
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(2, 3, 64, 64, generator=g)
+    images = torch.randn(2, 3, size, size, generator=g)
     targets = [{"boxes": torch.tensor([[8.0, 8, 40, 48]]), "labels": torch.tensor([1])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]  # one empty image
     sampler = ListSampler(2)
@@ -141,7 +141,10 @@ def test_metrics_log_continues_from_the_resumed_iteration(tmp_path, capsys):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_resumes_its_scaler(amp):
-    trainer = make_trainer(3, ALWA(interval=2), amp=amp)
+    # 128 px, not 64: at 64 px P7 is computed from a 1 x 1 map, and oneDNN's bf16 weight gradient of a
+    # stride-2 3 x 3 conv on a 1 x 1 input is non-finite in about 1 call in 10 (torch 2.15, CPU; measured in
+    # isolation). The trainer's guard skips such steps and counts them, which this test would misread.
+    trainer = make_trainer(3, ALWA(interval=2), amp=amp, size=128)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     seen = []
     trainer.model.head.cls_out.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
@@ -156,7 +159,7 @@ def test_mixed_precision_trains_and_resumes_its_scaler(amp):
     assert ("scaler" in state) == (amp == "fp16")  # fp16 alone needs loss scaling
     if amp == "fp16":
         trainer.scaler.update(new_scale=1024.0)
-        other = make_trainer(3, ALWA(interval=2), amp=amp)
+        other = make_trainer(3, ALWA(interval=2), amp=amp, size=128)
         other.load_state_dict(trainer.state_dict())
         assert other.scaler.get_scale() == 1024.0
 

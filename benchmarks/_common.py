@@ -51,6 +51,16 @@ def add_channels_last_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def add_detector_comparison_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of the scripts that time our RetinaNet / Faster R-CNN against torchvision's."""
+    add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2)
+    add_model_args(parser)
+    add_channels_last_arg(parser)
+    parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
+    parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")
+    return parser
+
+
 def to_channels_last(args, ours, tv):
     """``(ours, tv)`` in the memory format ``--channels-last`` asks for."""
     if args.channels_last != "off":

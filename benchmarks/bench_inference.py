@@ -17,19 +17,15 @@ import argparse
 
 import torch
 
-from _common import (TIMING_HEADERS, add_channels_last_arg, add_common_args, add_model_args, describe, images_for_ours,
+from _common import (TIMING_HEADERS, add_detector_comparison_args, describe, images_for_ours,
                      interleaved, print_table, random_batch, ratio, setup, summary, timing_cells, to_channels_last)
 from bench_train_step import build_ours, build_torchvision, print_differences
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2)
-    add_model_args(parser)
-    add_channels_last_arg(parser)
-    parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
+    add_detector_comparison_args(parser)
     parser.add_argument("--score-thr", type=float, default=0.0, help="score threshold of both models")
-    parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")
     args = parser.parse_args()
     device = setup(args)
     hw, images, _, _ = random_batch(args, device, with_targets=False)

@@ -22,7 +22,7 @@ import os
 import torch
 from torch import nn
 
-from _common import (ROOT, TIMING_HEADERS, add_channels_last_arg, add_common_args, add_model_args, bf16_matmul_peak,
+from _common import (ROOT, TIMING_HEADERS, add_detector_comparison_args, bf16_matmul_peak,
                      count_flops, describe, images_for_ours, interleaved, print_table, random_batch, ratio, setup,
                      summary, timing_cells, to_channels_last)
 from detection import builders, engine
@@ -145,11 +145,7 @@ def tv_targets(kind, targets):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2)
-    add_model_args(parser)
-    add_channels_last_arg(parser)
-    parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
-    parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")
+    add_detector_comparison_args(parser)
     parser.add_argument("--no-check-finite", action="store_true",
                         help="skip train_step's non-finite guard (one host read of a few flags per step)")
     parser.add_argument("--lr", type=float, default=1e-4,

@@ -170,7 +170,8 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
     from detection import engine
 
     runs = plan_grid(schemes, work_root, variants, seeds, overrides)
-    done = [r for r in runs if is_finished(r)]
+    todo = pending_runs(runs, list(seeds) or [None])
+    done = [r for r in runs if r not in todo]
     if report_only:
         if not done:
             raise FileNotFoundError(f"no finished run (eval.json) under {work_root}")
@@ -178,7 +179,6 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
         return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
     for r in done:
         print(f"[compare] {r.label}: finished, skipped")
-    todo = pending_runs(runs, list(seeds) or [None])
     if jobs > 1 and todo:
         _prepare_data(cfg_path, todo)
         failed = _run_parallel(cfg_path, todo, jobs, threads)

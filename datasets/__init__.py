@@ -6,7 +6,7 @@ package from the PyPI package that is also called ``datasets``.
 from .coco import COCO_CLASSES, COCODataset, ann_to_mask, load_coco_json
 from .collate import collate_detection
 from .report import DataError, DataReport
-from .samplers import GroupedBatchSampler, SeededAugmentation
+from .samplers import GroupedBatchSampler, RepeatDataset, SeededAugmentation
 from .shapes import make_shapes
 from .transforms import DetectionTransform, build_transforms, keep_ratio_size
 from .base import DetectionRecords, read_image
@@ -15,6 +15,6 @@ from .voc import VOC_CLASSES, VOCDataset, parse_voc_xml
 IS_DETECTION_DATASETS = True
 
 __all__ = [
-    "IS_DETECTION_DATASETS", "DataError", "DetectionRecords", "DataReport", "COCO_CLASSES", "VOC_CLASSES", "VOCDataset", "COCODataset", "DetectionTransform", "GroupedBatchSampler", "SeededAugmentation",
+    "IS_DETECTION_DATASETS", "DataError", "DetectionRecords", "DataReport", "COCO_CLASSES", "VOC_CLASSES", "VOCDataset", "COCODataset", "DetectionTransform", "GroupedBatchSampler", "RepeatDataset", "SeededAugmentation",
     "ann_to_mask", "build_transforms", "load_coco_json", "collate_detection", "keep_ratio_size", "make_shapes", "parse_voc_xml", "read_image",
 ]

@@ -105,3 +105,37 @@ class SeededAugmentation(torch.utils.data.Dataset):
             return self.dataset[index]
         finally:
             random.setstate(state)
+
+
+class RepeatDataset(torch.utils.data.Dataset):
+    """``times`` passes over ``dataset`` per epoch (mmdetection's ``RepeatDataset``; the ALWA configs train
+    VOC2012 trainval x 3, so their 12 "epochs" are 36 passes and the LR steps fall after passes 24 and 33).
+
+    Item ``i`` is ``dataset[i % len(dataset)]``, so the sampler shuffles all ``times * N`` entries together
+    and, with ``augment_seeds``, every repeat of an image draws its own augmentation (the seed depends on
+    ``i``, not on ``i % N``). ``aspect_ratios()`` is repeated to match; ``records`` and other attributes are
+    the wrapped dataset's (one entry per image, for data checks)."""
+
+    def __init__(self, dataset, times: int):
+        if int(times) != times or times < 1:
+            raise ValueError(f"repeat times must be a positive integer, got {times}")
+        self.dataset, self.times = dataset, int(times)
+
+    def __len__(self) -> int:
+        return self.times * len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (e.g. while unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+    def aspect_ratios(self) -> List[float]:
+        return list(self.dataset.aspect_ratios()) * self.times
+
+    def summary(self) -> str:
+        head, _, rest = self.dataset.summary().partition("\n")
+        line = f"{head}; repeated {self.times}x per epoch ({len(self)} samples, data.repeat)"
+        return line + ("\n" + rest if rest else "")

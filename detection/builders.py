@@ -54,7 +54,7 @@ def _check_strides(key: str, strides, backbone: BackboneFPN) -> None:
 def build_backbone(cfg: Config) -> BackboneFPN:
     m = cfg.model
     body = build_body(m.backbone.name, m.backbone.norm, m.backbone.frozen_stages, m.backbone.pretrained)
-    return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra)
+    return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra, m.fpn.p7_relu)
 
 
 def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
@@ -69,7 +69,8 @@ def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
         focal_alpha=m.loss.focal_alpha, focal_gamma=m.loss.focal_gamma, smooth_l1_beta=m.loss.smooth_l1_beta,
         loss_per_level=m.head.loss_per_level, iou_balanced_eta=m.loss.iou_balanced_eta,
         iou_balanced_lambda=m.loss.iou_balanced_lambda, score_thr=m.test.score_thr, nms_iou=m.test.nms_iou,
-        pre_nms_top_k=m.test.pre_nms_top_k, max_per_img=m.test.max_per_img,
+        pre_nms_top_k=m.test.pre_nms_top_k, max_per_img=m.test.max_per_img, pre_nms_rank=m.test.pre_nms_rank,
+        reg_weight=m.loss.reg_weight, iou_balanced_norm=m.loss.iou_balanced_norm,
     )
 
 
@@ -83,7 +84,8 @@ def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
     return RegionProposalNetwork(
         head, anchors, _assigner(r.assigner), RandomSampler(r.sampler.num, r.sampler.pos_fraction, r.sampler.neg_pos_ub),
         DeltaBoxCoder(r.coder.means, r.coder.stds), r.reg_loss, r.smooth_l1_beta, *proposals,
-        iou_balanced_eta=r.iou_balanced_eta, iou_balanced_lambda=r.iou_balanced_lambda)
+        iou_balanced_eta=r.iou_balanced_eta, iou_balanced_lambda=r.iou_balanced_lambda,
+        reg_loss_weight=r.reg_loss_weight, iou_balanced_norm=r.iou_balanced_norm)
 
 
 def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoIHeads:
@@ -100,7 +102,8 @@ def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoI
     return RoIHeads(
         extractor, box_head, _assigner(h.assigner), RandomSampler(h.sampler.num, h.sampler.pos_fraction, h.sampler.neg_pos_ub),
         DeltaBoxCoder(h.coder.means, h.coder.stds), h.reg_loss, h.smooth_l1_beta, h.add_gt_as_proposals,
-        m.test.score_thr, m.test.nms_iou, m.test.max_per_img, mask_branch, h.iou_balanced_eta, h.iou_balanced_lambda)
+        m.test.score_thr, m.test.nms_iou, m.test.max_per_img, mask_branch, h.iou_balanced_eta, h.iou_balanced_lambda,
+        h.reg_loss_weight)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -166,8 +169,10 @@ def build_dataset(cfg: Config, train: bool):
     else:
         dataset = datasets.VOCDataset(d.root, sets, classes=class_names(cfg),
                                       include_difficult=d.train_difficult if train else True, transforms=transforms)
-    if train and d.train_fraction < 1:
+    if train and d.train_fraction < 1:  # the subset first: a repeated epoch repeats the kept images
         dataset.keep_fraction(d.train_fraction)
+    if train and d.repeat > 1:
+        dataset = datasets.RepeatDataset(dataset, d.repeat)
     return dataset
 
 
@@ -182,6 +187,7 @@ def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1)
     loader = torch.utils.data.DataLoader(
         datasets.SeededAugmentation(dataset), batch_sampler=sampler, num_workers=d.num_workers, collate_fn=_Collate(d.size_divisor),
         pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed * 1000 + rank),
     )
     return loader, sampler
 

@@ -23,7 +23,9 @@ def _check_reg_loss(key: str, name: str) -> None:
 class BackboneConfig:
     name: str = "resnet50"
     pretrained: Optional[str] = None  # null, "torchvision" (hub cache, never downloaded) or a file path
-    norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    # frozen_bn: BN statistics and affine frozen (torchvision detection); bn_frozen_stats: statistics frozen,
+    # affine trained (mmdetection's requires_grad=True + norm_eval=True: the ALWA paper's configs); bn: plain BN
+    norm: Literal["frozen_bn", "bn_frozen_stats", "bn"] = "frozen_bn"
     frozen_stages: int = 1  # stem + this many ResNet stages get no gradient
 
 
@@ -32,6 +34,7 @@ class FPNConfig:
     out_channels: int = 256
     in_levels: List[int] = field(default_factory=lambda: [3, 4, 5])
     extra: Literal["p6p7", "p6p7_p5", "maxpool", "none"] = "p6p7"
+    p7_relu: bool = True  # P7 = conv(relu(P6)) (torchvision); false: conv(P6) (mmdetection 2.x, the ALWA configs)
 
 
 @dataclass
@@ -71,13 +74,16 @@ class HeadConfig:
 @dataclass
 class LossConfig:
     reg: str = "l1"
+    reg_weight: float = 1.0  # constant factor of the box loss (mmdetection's loss_weight)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     smooth_l1_beta: float = 0.11
     # IoU-balanced losses (Wu et al.; RetinaNet): eta weights positives' focal loss by IoU^eta (sum kept),
-    # lambda scales each positive's regression loss by IoU^lambda; null switches either off
+    # lambda scales each positive's regression loss by IoU^lambda; null switches either off. The sum is kept
+    # per FPN level (the authors' released code) or over the whole batch
     iou_balanced_eta: Optional[float] = None
     iou_balanced_lambda: Optional[float] = None
+    iou_balanced_norm: Literal["level", "batch"] = "level"
 
     def __post_init__(self):
         _check_reg_loss("model.loss.reg", self.reg)
@@ -89,6 +95,9 @@ class TestConfig:
     nms_iou: float = 0.5
     pre_nms_top_k: int = 1000
     max_per_img: int = 100
+    # RetinaNet: per level, the top pre_nms_top_k (anchor, class) pairs, or the top anchors by their best class
+    # score with all their classes (mmdetection 2.x's nms_pre, the ALWA configs)
+    pre_nms_rank: Literal["pairs", "anchors"] = "pairs"
 
 
 @dataclass
@@ -120,11 +129,13 @@ class RPNConfig:
     coder: CoderConfig = field(default_factory=CoderConfig)
     feat_channels: int = 256
     reg_loss: str = "l1"
+    reg_loss_weight: float = 1.0  # constant factor of the box loss (mmdetection's loss_weight)
     smooth_l1_beta: float = 1.0 / 9.0
     train_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(2000, 1000, 0.7, 0.0))
     test_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(1000, 1000, 0.7, 0.0))
     iou_balanced_eta: Optional[float] = None  # IoU-balanced objectness BCE (Wu et al.); null: off
     iou_balanced_lambda: Optional[float] = None  # IoU-balanced regression weight IoU^lambda; null: off
+    iou_balanced_norm: Literal["level", "batch"] = "level"  # where the objectness sum is kept
 
     def __post_init__(self):
         _check_reg_loss("model.rpn.reg_loss", self.reg_loss)
@@ -144,6 +155,7 @@ class RoIHeadConfig:
     add_gt_as_proposals: bool = True
     coder: CoderConfig = field(default_factory=lambda: CoderConfig(stds=[0.1, 0.1, 0.2, 0.2]))
     reg_loss: str = "l1"
+    reg_loss_weight: float = 1.0  # constant factor of the box loss (the ALWA configs: 1.1 with SmoothL1)
     smooth_l1_beta: float = 1.0
     iou_balanced_eta: Optional[float] = None  # IoU-balanced softmax CE (Wu et al.); null: off
     iou_balanced_lambda: Optional[float] = None  # IoU-balanced regression weight IoU^lambda; null: off
@@ -215,11 +227,16 @@ class DataConfig:
     # < 1: train on a fixed random subset of that fraction of the training images (quick passes, --scale);
     # the subset depends on the image list only, not on the run's seed
     train_fraction: float = 1.0
+    # passes over the training images per epoch (mmdetection's RepeatDataset; the ALWA VOC configs use 3):
+    # epochs, lr_steps in epochs and the epoch-based schedule count repeated epochs
+    repeat: int = 1
     shapes: Optional[ShapesConfig] = None
 
     def __post_init__(self):
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.repeat < 1:
+            raise ValueError(f"data.repeat must be a positive integer, got {self.repeat}")
 
 
 @dataclass

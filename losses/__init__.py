@@ -10,7 +10,8 @@ Box convention everywhere: absolute corners ``(x1, y1, x2, y2)``.
   ``*_per_box`` variants, which **sum the 4 coordinates** into one value per
   box (``weight`` is then per box). Use :func:`l1_loss` /
   :func:`smooth_l1_loss` for the element-wise ``[N, 4]`` form.
-* ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"`` work on decoded boxes.
+* ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"`` work on decoded boxes; ``"ciou_mmdet"`` is CIoU as
+  mmdetection 2.x computes it (gradient through alpha; the ALWA authors' configs).
 
 :func:`regression_loss_is_box_based` tells which input a name expects.
 """
@@ -23,6 +24,7 @@ from .focal import sigmoid_focal_loss
 from .iou import (
     box_iou_aligned,
     ciou_loss,
+    ciou_mmdet_loss,
     diou_loss,
     giou_loss,
     iou_loss,
@@ -43,9 +45,10 @@ REGRESSION_LOSSES: Dict[str, Callable[..., torch.Tensor]] = {
     "giou": giou_loss,
     "diou": diou_loss,
     "ciou": ciou_loss,
+    "ciou_mmdet": ciou_mmdet_loss,
 }
 
-_BOX_BASED = frozenset({"iou", "giou", "diou", "ciou"})
+_BOX_BASED = frozenset({"iou", "giou", "diou", "ciou", "ciou_mmdet"})
 
 
 def regression_loss_is_box_based(name: str) -> bool:
@@ -66,6 +69,7 @@ __all__ = [
     "REGRESSION_LOSSES",
     "box_iou_aligned",
     "ciou_loss",
+    "ciou_mmdet_loss",
     "diou_loss",
     "giou_loss",
     "iou_loss",

@@ -5,7 +5,7 @@ inverted boxes count as empty (widths/heights are clamped to ``>= 0``).
 Everything runs in (at least) float32 with autocast disabled, because areas of
 image-sized boxes overflow float16 (max 65504).
 
-Common arguments of ``iou_loss``, ``giou_loss``, ``diou_loss``, ``ciou_loss``:
+Common arguments of ``iou_loss``, ``giou_loss``, ``diou_loss``, ``ciou_loss`` (and ``ciou_mmdet_loss``):
 
 * ``pred``: ``[N, 4]`` predicted (decoded) boxes; any ``[..., 4]`` works.
 * ``target``: ground-truth boxes, same shape as ``pred``.
@@ -171,6 +171,41 @@ def ciou_loss(
     weight, as in the CIoU authors' implementation); no IoU > 0.5 gating.
     """
     return _iou_family_loss("ciou", pred, target, eps, reduction, weight, avg_factor)
+
+
+def ciou_mmdet_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1e-7,
+    reduction: str = "none",
+    weight: Optional[torch.Tensor] = None,
+    avg_factor: _AvgFactor = None,
+) -> torch.Tensor:
+    """CIoU as mmdetection 2.x (2.7, the ALWA authors' fork) computes it: ``1 - IoU + rho^2 / c^2 + alpha * v``
+    with ``alpha = v / (1 - IoU + v)`` *not* detached, so the gradient also flows through alpha.
+
+    The small constants sit where mmdetection puts them: ``eps`` is added to the union, to ``c^2`` and to the
+    two box heights inside ``atan(w / h)``; areas are not clamped (decoded boxes are valid). On valid,
+    non-degenerate boxes the value equals :func:`ciou_loss` to float rounding; the gradients differ.
+    """
+    if pred.shape != target.shape or pred.shape[-1:] != (4,):
+        raise ValueError(
+            f"pred and target must both be [..., 4] with equal shapes, got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    with _no_autocast(pred.device):
+        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+        pred, target = pred.to(dtype), target.to(dtype)
+        wp, hp = pred[..., 2] - pred[..., 0], pred[..., 3] - pred[..., 1]
+        wt, ht = target[..., 2] - target[..., 0], target[..., 3] - target[..., 1]
+        overlap = (torch.minimum(pred[..., 2:], target[..., 2:]) - torch.maximum(pred[..., :2], target[..., :2])).clamp(min=0)
+        inter = overlap[..., 0] * overlap[..., 1]
+        iou = inter / (wp * hp + wt * ht - inter + eps)
+        enc_w, enc_h = _enclosing_width_height(pred, target)
+        rho2_over_c2 = _centre_distance_sq(pred, target) / (enc_w * enc_w + enc_h * enc_h + eps)
+        v = _FOUR_OVER_PI_SQ * (torch.atan(wt / (ht + eps)) - torch.atan(wp / (hp + eps))) ** 2
+        loss = 1 - iou + rho2_over_c2 + v * v / (1 - iou + v)
+        return reduce_loss(loss, reduction, weight, avg_factor)
 
 
 def box_iou_aligned(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -40,34 +40,42 @@ def _iou_power(ious: torch.Tensor, n: int, exponent: float, dtype: torch.dtype) 
     return ious.detach().to(dtype).clamp(0.0, 1.0).pow(exponent)
 
 
-def _balanced_weight(loss: torch.Tensor, pos: torch.Tensor, u_pow: torch.Tensor) -> torch.Tensor:
+def _balanced_weight(loss: torch.Tensor, pos: torch.Tensor, u_pow: torch.Tensor,
+                     groups: Optional[torch.Tensor] = None, num_groups: int = 1) -> torch.Tensor:
     """Detached weight ``u_pow * Z`` on ``pos`` entries and 1 elsewhere.
 
-    ``Z = sum(loss[pos]) / sum(loss[pos] * u_pow[pos])``; falls back to all-ones
-    when ``pos`` is empty or the denominator is 0.
+    ``Z = sum(loss[pos]) / sum(loss[pos] * u_pow[pos])``, computed separately inside each group when
+    ``groups`` (integer ids in ``[0, num_groups)``, broadcastable to ``loss``; e.g. the FPN level of each
+    anchor) is given; a group without positives, or with a zero denominator, gets weight 1.
     """
     with torch.no_grad():
         # where() rather than a product so that NaN IoUs on negatives cannot leak.
         u_pos = torch.where(pos, u_pow, torch.zeros_like(u_pow))
         loss_pos = torch.where(pos, loss, torch.zeros_like(loss))
-        num = loss_pos.sum()
-        den = (loss_pos * u_pos).sum()
+        if groups is None:
+            groups, num_groups = torch.zeros((), dtype=torch.long, device=loss.device), 1
+        groups = groups.expand_as(loss).reshape(-1)
+        num = loss.new_zeros(num_groups).index_add_(0, groups, loss_pos.reshape(-1))
+        den = loss.new_zeros(num_groups).index_add_(0, groups, (loss_pos * u_pos).reshape(-1))
         ok = den > 0
-        scale = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), den.new_ones(()))
-        weight = torch.where(pos & ok, u_pos * scale, torch.ones_like(loss))
+        scale = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(den))
+        weight = torch.where(pos & ok[groups].view_as(loss), u_pos * scale[groups].view_as(loss), torch.ones_like(loss))
     return weight
 
 
-def iou_balanced_weight(loss: torch.Tensor, pos: torch.Tensor, ious: torch.Tensor, eta: float = 1.5) -> torch.Tensor:
+def iou_balanced_weight(loss: torch.Tensor, pos: torch.Tensor, ious: torch.Tensor, eta: float = 1.5,
+                        groups: Optional[torch.Tensor] = None, num_groups: int = 1) -> torch.Tensor:
     """Detached IoU-balanced weights for any element-wise classification loss of shape ``[N]``.
 
     ``pos`` [N] bool marks positives, ``ious`` [N] the IoU of each positive's regressed box; positives get
-    ``u**eta * Z`` with ``Z`` keeping their summed loss unchanged, all others 1 (e.g. RPN objectness BCE)."""
+    ``u**eta * Z`` with ``Z`` keeping their summed loss unchanged, all others 1 (e.g. RPN objectness BCE).
+    With ``groups`` [N] (ids in ``[0, num_groups)``, e.g. FPN levels) the sum is kept inside each group."""
     if loss.shape != pos.shape:
         raise ValueError(f"loss and pos must have the same shape, got {tuple(loss.shape)} and {tuple(pos.shape)}")
     flat = loss.reshape(-1)
     u_pow = _iou_power(ious.reshape(-1), flat.shape[0], eta, flat.dtype)
-    return _balanced_weight(flat.detach(), pos.reshape(-1), u_pow).view_as(loss)
+    g = None if groups is None else groups.expand_as(loss).reshape(-1)
+    return _balanced_weight(flat.detach(), pos.reshape(-1), u_pow, g, num_groups).view_as(loss)
 
 
 def iou_balanced_sigmoid_focal_loss(
@@ -79,6 +87,8 @@ def iou_balanced_sigmoid_focal_loss(
     gamma: float = 2.0,
     reduction: str = "none",
     avg_factor: _AvgFactor = None,
+    groups: Optional[torch.Tensor] = None,
+    num_groups: int = 1,
 ) -> torch.Tensor:
     """IoU-balanced sigmoid focal loss for dense (single-stage) heads.
 
@@ -90,6 +100,9 @@ def iou_balanced_sigmoid_focal_loss(
         eta: exponent of the IoU weight (paper default 1.5).
         alpha, gamma: see :func:`losses.focal.sigmoid_focal_loss`.
         reduction, avg_factor: see :func:`losses.reduction.reduce_loss`.
+        groups: optional ``[N]`` ids in ``[0, num_groups)`` (e.g. each anchor's
+            FPN level): ``Z`` is then computed per group, as the authors'
+            released code does per level; default one group (the whole batch).
 
     Returns:
         ``[N, C]`` float32 loss for ``"none"``, else a scalar. Entries with
@@ -100,7 +113,8 @@ def iou_balanced_sigmoid_focal_loss(
     with _no_autocast(loss.device):
         u_pow = _iou_power(ious, logits.shape[0], eta, loss.dtype).unsqueeze(-1)
         pos = targets.to(loss.dtype) > 0
-        weight = _balanced_weight(loss, pos, u_pow.expand_as(loss))
+        g = None if groups is None else groups.reshape(-1, 1)
+        weight = _balanced_weight(loss, pos, u_pow.expand_as(loss), g, num_groups)
         return reduce_loss(loss * weight, reduction, None, avg_factor)
 
 

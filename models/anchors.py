@@ -109,3 +109,9 @@ def flatten_level_outputs(outputs: Sequence[Tensor], k: int) -> Tensor:
         b, _, h, w = x.shape
         flat.append(x.view(b, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, k))
     return torch.cat(flat, dim=1)
+
+
+def level_index(counts: List[int], device) -> Tensor:
+    """[N] FPN level (0 = first) of each anchor of the concatenated levels with ``counts`` anchors each."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                   torch.tensor(counts, device=device), output_size=sum(counts))

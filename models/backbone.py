@@ -32,7 +32,45 @@ MOBILENETS = {
     "mobilenet_v3_large": (torchvision.models.mobilenet_v3_large, torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
     "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small, torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
 }
-NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+
+
+class FrozenStatsBatchNorm2d(nn.Module):
+    """BatchNorm with frozen statistics and a trainable affine map: ``y = (x - mean) / sqrt(var + eps) * w + b``
+    with ``mean`` / ``var`` fixed buffers (the pretrained file's) and ``w`` / ``b`` parameters.
+
+    This is mmdetection's ``norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True`` (the ALWA
+    authors' backbone setting) as one module, so that it holds in train mode too and no ``train()``
+    override is needed. It is not a ``_BatchNorm`` subclass on purpose: ``convert_sync_batchnorm`` leaves it
+    alone (there are no batch statistics to synchronise). State-dict keys are BatchNorm2d's, less
+    ``num_batches_tracked`` (dropped on load, as torchvision's FrozenBatchNorm2d does)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+# frozen_bn: statistics and affine map frozen (torchvision's detection default); bn_frozen_stats: statistics
+# frozen, affine map trained (mmdetection's requires_grad=True, norm_eval=True, what the ALWA configs use);
+# bn: ordinary BatchNorm, statistics updated in train mode (training from scratch)
+NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn_frozen_stats": FrozenStatsBatchNorm2d, "bn": nn.BatchNorm2d}
 
 
 def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Optional[dict]:
@@ -56,11 +94,12 @@ def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Op
 
 
 class FoldedConv2d(nn.Conv2d):
-    """A convolution followed by a frozen BatchNorm, computed as one convolution with the scaled weight
-    ``W * s`` and the bias ``b * s + t`` (``s``, ``t``: the frozen BN's scale and shift). Equal to the two
-    modules in sequence up to float rounding; it saves the BN's two passes over the activation in the
+    """A convolution followed by a BatchNorm with frozen statistics, computed as one convolution with the
+    scaled weight ``W * s`` and the bias ``b * s + t`` (``s``, ``t``: the BN's scale and shift). Equal to the
+    two modules in sequence up to float rounding; it saves the BN's two passes over the activation in the
     forward and one in the backward, and the weight scaling (a few million multiplies) is redone every call
-    so that loaded or edited BN buffers always take effect. Made by :func:`fold_frozen_bn`."""
+    so that loaded or edited BN buffers always take effect. When the BN's affine map is trainable
+    (``FrozenStatsBatchNorm2d``) its gradient flows through ``s`` and ``t``. Made by :func:`fold_frozen_bn`."""
 
     def forward(self, x: Tensor) -> Tensor:
         bn = self.__dict__["_folded_bn"]  # kept out of _modules: the BN stays where the state dict has it
@@ -77,6 +116,16 @@ class _FoldedAway(FrozenBatchNorm2d):
         return x
 
 
+class _FoldedAwayStats(FrozenStatsBatchNorm2d):
+    """The same for a BN with frozen statistics and trainable affine parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+_FOLDED_AWAY = {FrozenBatchNorm2d: _FoldedAway, FrozenStatsBatchNorm2d: _FoldedAwayStats}
+
+
 def _conv_bn_pairs(net: nn.Module):
     """(conv, bn) pairs of a torchvision ResNet: the stem, conv<i>/bn<i> of every block, the downsample."""
     yield net.conv1, net.bn1
@@ -91,14 +140,15 @@ def _conv_bn_pairs(net: nn.Module):
 
 
 def fold_frozen_bn(net: nn.Module) -> int:
-    """Fold every FrozenBatchNorm2d of a torchvision ResNet into the convolution before it, in place
-    (classes swapped, parameters, buffers and state-dict keys unchanged); returns the number folded."""
+    """Fold every BN with frozen statistics (FrozenBatchNorm2d, FrozenStatsBatchNorm2d) of a torchvision
+    ResNet into the convolution before it, in place (classes swapped, parameters, buffers and state-dict keys
+    unchanged); returns the number folded."""
     folded = 0
     for conv, bn in _conv_bn_pairs(net):
-        if type(bn) is FrozenBatchNorm2d and type(conv) is nn.Conv2d:
+        if type(bn) in _FOLDED_AWAY and type(conv) is nn.Conv2d:
             conv.__class__ = FoldedConv2d
             conv.__dict__["_folded_bn"] = bn
-            bn.__class__ = _FoldedAway
+            bn.__class__ = _FOLDED_AWAY[type(bn)]
             folded += 1
     return folded
 
@@ -122,7 +172,7 @@ class ResNetBody(nn.Module):
             if missing or [k for k in unexpected if not k.startswith("fc.")]:
                 raise ValueError(f"pretrained weights {pretrained} do not fit {name}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
-        if norm == "frozen_bn":
+        if norm in ("frozen_bn", "bn_frozen_stats"):
             fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
@@ -188,11 +238,12 @@ class MobileNetBody(nn.Module):
 
 
 class P6P7(ExtraFPNBlock):
-    """RetinaNet's extra levels: P6 = conv3x3/2 of C5 (or P5), P7 = conv3x3/2 of relu(P6)."""
+    """RetinaNet's extra levels: P6 = conv3x3/2 of C5 (or P5), P7 = conv3x3/2 of relu(P6), or of P6 itself
+    with ``p7_relu=False`` (mmdetection 2.x's ``relu_before_extra_convs=False``, the ALWA configs)."""
 
-    def __init__(self, in_channels: int, out_channels: int, source: str = "c5"):
+    def __init__(self, in_channels: int, out_channels: int, source: str = "c5", p7_relu: bool = True):
         super().__init__()
-        self.source = source
+        self.source, self.p7_relu = source, p7_relu
         self.p6 = nn.Conv2d(in_channels if source == "c5" else out_channels, out_channels, 3, 2, 1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
         for conv in (self.p6, self.p7):
@@ -201,23 +252,25 @@ class P6P7(ExtraFPNBlock):
 
     def forward(self, p: List[Tensor], c: List[Tensor], names: List[str]):
         p6 = self.p6(c[-1] if self.source == "c5" else p[-1])
-        p7 = self.p7(F.relu(p6))
+        p7 = self.p7(F.relu(p6) if self.p7_relu else p6)
         return p + [p6, p7], names + ["p6", "p7"]
 
 
 class BackboneFPN(nn.Module):
     """Body + FPN. ``in_levels`` picks the body outputs (2 = C2 ... 5 = C5); ``extra`` adds levels:
-    ``"p6p7"`` (RetinaNet, from C5), ``"p6p7_p5"`` (from P5), ``"maxpool"`` (Faster R-CNN's P6) or ``"none"``."""
+    ``"p6p7"`` (RetinaNet, from C5), ``"p6p7_p5"`` (from P5), ``"maxpool"`` (Faster R-CNN's P6) or ``"none"``;
+    ``p7_relu`` applies to the P6P7 variants."""
 
-    def __init__(self, body: nn.Module, out_channels: int = 256, in_levels: Sequence[int] = (3, 4, 5), extra: str = "p6p7"):
+    def __init__(self, body: nn.Module, out_channels: int = 256, in_levels: Sequence[int] = (3, 4, 5), extra: str = "p6p7",
+                 p7_relu: bool = True):
         super().__init__()
         self.body = body
         self.in_levels = list(in_levels)
         in_channels = [body.channels[lvl - 2] for lvl in self.in_levels]
         if extra == "p6p7":
-            extra_block, n_extra = P6P7(in_channels[-1], out_channels, "c5"), 2
+            extra_block, n_extra = P6P7(in_channels[-1], out_channels, "c5", p7_relu), 2
         elif extra == "p6p7_p5":
-            extra_block, n_extra = P6P7(in_channels[-1], out_channels, "p5"), 2
+            extra_block, n_extra = P6P7(in_channels[-1], out_channels, "p5", p7_relu), 2
         elif extra == "maxpool":
             extra_block, n_extra = LastLevelMaxPool(), 1
         elif extra == "none":

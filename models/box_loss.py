@@ -17,12 +17,16 @@ class BoxRegressionLoss:
     (mmdetection's ``reg_decoded_bbox``). Inputs broadcast over leading dimensions: ``deltas`` [..., 4],
     ``refs`` (anchors or RoIs) and ``gt`` [..., 4] in input-image pixels; the result is [...] float32.
     Every box must be valid (positive width and height) so that no NaN can leak through a zero weight.
+    ``weight`` is a constant factor that is part of the loss's definition (mmdetection's ``loss_weight``,
+    e.g. the ALWA configs' SmoothL1 x 1.1 in the RoI head); loss-weighting strategies act on top of it.
     """
 
-    def __init__(self, name: str, coder: DeltaBoxCoder, smooth_l1_beta: float = 1.0):
+    def __init__(self, name: str, coder: DeltaBoxCoder, smooth_l1_beta: float = 1.0, weight: float = 1.0):
         if name not in REGRESSION_LOSSES:
             raise ValueError(f"unknown regression loss '{name}', choose from {sorted(REGRESSION_LOSSES)}")
-        self.name, self.coder, self.beta = name, coder, smooth_l1_beta
+        if not weight >= 0:
+            raise ValueError(f"the regression loss weight must be >= 0, got {weight}")
+        self.name, self.coder, self.beta, self.weight = name, coder, smooth_l1_beta, float(weight)
         self.fn = REGRESSION_LOSSES[name]
         self.box_based = regression_loss_is_box_based(name)
 
@@ -33,7 +37,8 @@ class BoxRegressionLoss:
         else:
             pred, target = deltas.float(), self.coder.encode(refs, gt).expand_as(deltas)
         shape = deltas.shape[:-1]
-        return self.fn(pred.reshape(-1, 4), target.reshape(-1, 4), **kwargs).reshape(shape)
+        loss = self.fn(pred.reshape(-1, 4), target.reshape(-1, 4), **kwargs).reshape(shape)
+        return loss * self.weight if self.weight != 1.0 else loss
 
     @torch.no_grad()
     def regressed_iou(self, deltas: Tensor, refs: Tensor, gt: Tensor, pos: Tensor) -> Tensor:

@@ -34,6 +34,29 @@ def select_topk_per_level(scores: Tensor, counts: Sequence[int], k: int):
     return torch.cat(vals, 1), torch.cat(idxs, 1), torch.cat(labels, 1)
 
 
+def select_topk_anchors_per_level(scores: Tensor, counts: Sequence[int], k: int):
+    """Top-k anchors per image and level ranked by each anchor's best class score, with all their classes
+    (mmdetection 2.x's ``nms_pre``: the score threshold and NMS then see every class of those anchors).
+
+    Args:
+        scores: [B, N, C] class probabilities, anchors of all levels concatenated.
+        counts: number of anchors per level (sum = N).
+    Returns:
+        values [B, K * C], anchor indices [B, K * C] into N, labels [B, K * C]; K = sum_l min(k, N_l).
+    """
+    b, _, c = scores.shape
+    idxs = []
+    start = 0
+    for n in counts:
+        top = scores[:, start:start + n, :].amax(dim=2).topk(min(k, n), dim=1).indices
+        idxs.append(top + start)
+        start += n
+    anchor_idx = torch.cat(idxs, 1)  # [B, K]
+    values = scores.gather(1, anchor_idx[..., None].expand(-1, -1, c))  # [B, K, C]
+    labels = torch.arange(c, device=scores.device).expand_as(values)
+    return values.flatten(1), anchor_idx[..., None].expand_as(values).flatten(1), labels.flatten(1)
+
+
 def image_metas(targets: Optional[List[Dict]], batch: int, padded_hw, device) -> tuple:
     """Per-image valid (h, w) [B, 2], scale factors [B, 4] and original (h, w) [B, 2].
 

@@ -19,11 +19,16 @@ from torch import Tensor, nn
 
 from losses import sigmoid_focal_loss
 from losses.iou_balanced import iou_balanced_sigmoid_focal_loss
-from models.anchors import AnchorGenerator, flatten_level_outputs
+from models.anchors import AnchorGenerator, flatten_level_outputs, level_index
 from models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
-from models.postprocess import image_metas, nms_per_image, rescale_to_original, select_topk_per_level
+from models.postprocess import (image_metas, nms_per_image, rescale_to_original, select_topk_anchors_per_level,
+                               select_topk_per_level)
+
+# test-time pre-NMS selection per level: the top (anchor, class) pairs, or the top anchors by their best class
+# score with all their classes (mmdetection 2.x)
+PRE_NMS_SELECT = {"pairs": select_topk_per_level, "anchors": select_topk_anchors_per_level}
 
 
 class RetinaHead(nn.Module):
@@ -83,19 +88,29 @@ class RetinaNet(nn.Module):
         nms_iou: float = 0.5,
         pre_nms_top_k: int = 1000,
         max_per_img: int = 100,
+        pre_nms_rank: str = "pairs",
+        reg_weight: float = 1.0,
+        iou_balanced_norm: str = "level",
     ):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.anchor_generator, self.assigner, self.coder = anchor_generator, assigner, coder
         self.num_classes = head.num_classes
         self.reg_loss = reg_loss
-        self.box_loss = BoxRegressionLoss(reg_loss, coder, smooth_l1_beta)
+        self.box_loss = BoxRegressionLoss(reg_loss, coder, smooth_l1_beta, reg_weight)
         self.focal_alpha, self.focal_gamma, self.smooth_l1_beta = focal_alpha, focal_gamma, smooth_l1_beta
         self.loss_per_level = loss_per_level
-        # IoU-balanced losses (Wu et al.): None switches each part off
+        # IoU-balanced losses (Wu et al.): None switches each part off; the classification normaliser Z is
+        # computed per FPN level (the authors' released code) or over the whole batch
         self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
+        if iou_balanced_norm not in ("level", "batch"):
+            raise ValueError(f"iou_balanced_norm must be 'level' or 'batch', got {iou_balanced_norm!r}")
+        self.iou_balanced_norm = iou_balanced_norm
         self.level_names = [f"p{int(math.log2(s))}" for s in anchor_generator.strides]
-        self.test_cfg = dict(score_thr=score_thr, nms_iou=nms_iou, pre_nms_top_k=pre_nms_top_k, max_per_img=max_per_img)
+        if pre_nms_rank not in PRE_NMS_SELECT:
+            raise ValueError(f"pre_nms_rank must be one of {sorted(PRE_NMS_SELECT)}, got {pre_nms_rank!r}")
+        self.test_cfg = dict(score_thr=score_thr, nms_iou=nms_iou, pre_nms_top_k=pre_nms_top_k, max_per_img=max_per_img,
+                             pre_nms_rank=pre_nms_rank)
 
     def forward(self, images: Tensor, targets: Optional[List[Dict]] = None):
         feats = self.backbone(images)
@@ -127,9 +142,13 @@ class RetinaNet(nn.Module):
         if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
             ious = self.box_loss.regressed_iou(reg, anchors[None], matched, pos)
         if self.iou_balanced_eta is not None:
+            groups, num_groups = None, 1
+            if self.iou_balanced_norm == "level":
+                groups = level_index(counts, cls.device).expand(cls.shape[0], -1).flatten()
+                num_groups = len(counts)
             cls_elem = iou_balanced_sigmoid_focal_loss(
                 cls.flatten(0, 1), one_hot.flatten(0, 1), ious.flatten(), eta=self.iou_balanced_eta,
-                alpha=self.focal_alpha, gamma=self.focal_gamma).view_as(one_hot)
+                alpha=self.focal_alpha, gamma=self.focal_gamma, groups=groups, num_groups=num_groups).view_as(one_hot)
         else:
             cls_elem = sigmoid_focal_loss(cls, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma)
         cls_per_anchor = cls_elem.sum(-1) * (assign.gt_index != IGNORED)
@@ -149,7 +168,7 @@ class RetinaNet(nn.Module):
         cfg = self.test_cfg
         b = cls.shape[0]
         img_hw, scale, orig_hw = image_metas(targets, b, padded_hw, cls.device)
-        scores, anchor_idx, labels = select_topk_per_level(cls.sigmoid(), counts, cfg["pre_nms_top_k"])
+        scores, anchor_idx, labels = PRE_NMS_SELECT[cfg["pre_nms_rank"]](cls.sigmoid(), counts, cfg["pre_nms_top_k"])
         deltas = reg.gather(1, anchor_idx[..., None].expand(-1, -1, 4))
         boxes = self.coder.decode(anchors[anchor_idx], deltas, max_shape=img_hw[:, None, :])
         dets = nms_per_image(boxes, scores.float(), labels, cfg["score_thr"], cfg["nms_iou"], cfg["max_per_img"],

@@ -104,6 +104,7 @@ class RoIHeads(nn.Module):
         mask_branch: Optional[nn.Module] = None,
         iou_balanced_eta: Optional[float] = None,
         iou_balanced_lambda: Optional[float] = None,
+        reg_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.extractor, self.box_head, self.mask_branch = extractor, box_head, mask_branch
@@ -111,7 +112,7 @@ class RoIHeads(nn.Module):
         self.assigner = assigner or MaxIoUAssigner(0.5, 0.5, min_pos_iou=0.5, low_quality_match=False)
         self.sampler = sampler or RandomSampler(512, 0.25)
         self.coder = coder or DeltaBoxCoder(stds=(0.1, 0.1, 0.2, 0.2))
-        self.box_loss = BoxRegressionLoss(reg_loss, self.coder, smooth_l1_beta)
+        self.box_loss = BoxRegressionLoss(reg_loss, self.coder, smooth_l1_beta, reg_loss_weight)
         self.add_gt_as_proposals = add_gt_as_proposals
         # IoU-balanced losses (Wu et al.): softmax CE of positives weighted by IoU^eta (sum kept), regression
         # by IoU^lambda, with the IoU of each positive's regressed box; None switches either off

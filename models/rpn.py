@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from losses.iou_balanced import iou_balanced_weight
-from models.anchors import AnchorGenerator, flatten_level_outputs
+from models.anchors import AnchorGenerator, flatten_level_outputs, level_index
 from models.assigner import MaxIoUAssigner, pad_boxes
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
@@ -65,18 +65,24 @@ class RegionProposalNetwork(nn.Module):
         test_proposals: Optional[ProposalConfig] = None,
         iou_balanced_eta: Optional[float] = None,
         iou_balanced_lambda: Optional[float] = None,
+        reg_loss_weight: float = 1.0,
+        iou_balanced_norm: str = "level",
     ):
         super().__init__()
         self.head, self.anchor_generator = head, anchor_generator
         self.assigner = assigner or MaxIoUAssigner(0.7, 0.3, min_pos_iou=0.3, low_quality_match=True)
         self.sampler = sampler or RandomSampler(256, 0.5)
         self.coder = coder or DeltaBoxCoder()
-        self.box_loss = BoxRegressionLoss(reg_loss, self.coder, smooth_l1_beta)
+        self.box_loss = BoxRegressionLoss(reg_loss, self.coder, smooth_l1_beta, reg_loss_weight)
         self.train_proposals = train_proposals or ProposalConfig(2000, 1000, 0.7, 0.0)
         self.test_proposals = test_proposals or ProposalConfig(1000, 1000, 0.7, 0.0)
         # IoU-balanced losses (Wu et al.): objectness BCE of positives weighted by IoU^eta (sum kept),
-        # regression by IoU^lambda, with the IoU of each positive anchor's regressed box; None: off
+        # regression by IoU^lambda, with the IoU of each positive anchor's regressed box; None: off. The sum is
+        # kept per FPN level ("level", as the authors' anchor-head code) or over the batch ("batch")
         self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
+        if iou_balanced_norm not in ("level", "batch"):
+            raise ValueError(f"iou_balanced_norm must be 'level' or 'batch', got {iou_balanced_norm!r}")
+        self.iou_balanced_norm = iou_balanced_norm
 
     def forward(self, feats: Sequence[Tensor], img_hw: Tensor, targets: Optional[List[Dict]] = None):
         """Proposals for a batch, and the RPN losses in training mode.
@@ -96,13 +102,16 @@ class RegionProposalNetwork(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("the RPN in training mode needs targets")
-            losses = self.losses(obj, reg, anchors, targets)
+            losses = self.losses(obj, reg, anchors, targets, counts)
         cfg = self.train_proposals if self.training else self.test_proposals
         with torch.no_grad():
             proposals, valid = self.proposals(obj.detach(), reg.detach(), anchors, counts, img_hw, cfg)
         return proposals, valid, losses
 
-    def losses(self, obj: Tensor, reg: Tensor, anchors: Tensor, targets: List[Dict]) -> Dict[str, Tensor]:
+    def losses(self, obj: Tensor, reg: Tensor, anchors: Tensor, targets: List[Dict],
+               counts: Optional[List[int]] = None) -> Dict[str, Tensor]:
+        """Objectness BCE and box loss on the sampled anchors; ``counts`` (anchors per level) is needed for
+        the per-level IoU-balanced normaliser."""
         gt_boxes, gt_valid, _ = pad_boxes([t["boxes"].to(anchors) for t in targets])
         ignore = ignore_valid = None
         if any("ignore_boxes" in t for t in targets):
@@ -119,7 +128,12 @@ class RegionProposalNetwork(nn.Module):
         if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
             ious = self.box_loss.regressed_iou(reg, anchors[None], matched, pos)
             if self.iou_balanced_eta is not None:
-                cls = cls * iou_balanced_weight(cls, pos & sampled, ious, self.iou_balanced_eta)
+                groups, num_groups = None, 1
+                if self.iou_balanced_norm == "level":
+                    if counts is None:
+                        raise ValueError("the per-level IoU-balanced normaliser needs the anchors per level (counts)")
+                    groups, num_groups = level_index(counts, obj.device).expand_as(cls), len(counts)
+                cls = cls * iou_balanced_weight(cls, pos & sampled, ious, self.iou_balanced_eta, groups, num_groups)
             if self.iou_balanced_lambda is not None:
                 box = box * ious.pow(self.iou_balanced_lambda)
         return {"loss_rpn_cls": (cls * sampled).sum() / num, "loss_rpn_bbox": (box * pos).sum() / num}

@@ -294,3 +294,31 @@ def test_pairwise_empty(a_shape, b_shape, out_shape):
 
 def test_aligned_empty():
     assert box_iou_aligned(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0,)
+
+
+def test_ciou_mmdet_value_equals_ciou_and_gradient_flows_through_alpha():
+    """mmdetection 2.x's CIoU: the same value as ours on valid boxes, but alpha is not detached, so its
+    gradient is that of DIoU + alpha * v with alpha differentiated too (hand-written from the formula)."""
+    from losses import REGRESSION_LOSSES, regression_loss_is_box_based
+    from losses.iou import ciou_mmdet_loss
+
+    target = torch.tensor([[0.0, 0.0, 1.0, 2.0], [0.0, 0.0, 2.0, 3.0], [5.0, 5.0, 9.0, 7.0]])
+    start = torch.tensor([[0.0, 0.0, 2.0, 1.0], [1.0, 0.5, 4.0, 2.0], [4.0, 6.0, 9.5, 9.0]])
+    pred = start.clone().requires_grad_(True)
+    value = ciou_mmdet_loss(pred, target)
+    torch.testing.assert_close(value, ciou_loss(start, target), rtol=1e-5, atol=1e-6)
+    value.sum().backward()
+
+    p = start.clone().requires_grad_(True)
+    w, h = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    wt, ht = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+    iou = box_iou_aligned(p, target)
+    v = 4 / math.pi**2 * (torch.atan(wt / ht) - torch.atan(w / h)) ** 2
+    (diou_loss(p, target) + v / (1 - iou + v) * v).sum().backward()
+    torch.testing.assert_close(pred.grad, p.grad, rtol=1e-4, atol=1e-6)
+
+    detached = start.clone().requires_grad_(True)
+    ciou_loss(detached, target).sum().backward()
+    assert (pred.grad - detached.grad).abs().max() > 1e-3  # the two forms really differ in the backward
+    assert REGRESSION_LOSSES["ciou_mmdet"] is ciou_mmdet_loss and regression_loss_is_box_based("ciou_mmdet")
+    assert ciou_mmdet_loss(start, target, reduction="sum").shape == ()

@@ -96,11 +96,11 @@ def _valid_boxes(n, seed):
 
 
 def test_registry_names():
-    assert set(REGRESSION_LOSSES) == {"l1", "smooth_l1", "iou", "giou", "diou", "ciou"}
+    assert set(REGRESSION_LOSSES) == {"l1", "smooth_l1", "iou", "giou", "diou", "ciou", "ciou_mmdet"}
     assert all(callable(fn) for fn in REGRESSION_LOSSES.values())
 
 
-@pytest.mark.parametrize("name", ["l1", "smooth_l1", "iou", "giou", "diou", "ciou"])
+@pytest.mark.parametrize("name", ["l1", "smooth_l1", "iou", "giou", "diou", "ciou", "ciou_mmdet"])
 def test_registry_returns_per_box_loss(name):
     fn = REGRESSION_LOSSES[name]
     pred, target = _valid_boxes(5, 1), _valid_boxes(5, 2)

@@ -112,3 +112,54 @@ def test_frozen_bn_folding_equals_conv_then_bn(name, expected, tmp_path):
     body.stages[3][-1].bn1.running_var.mul_(4.0)
     ref.layer4[-1].bn1.running_var.mul_(4.0)
     torch.testing.assert_close(body(x)[-1], feats(x), rtol=1e-4, atol=1e-4)
+
+
+def test_bn_frozen_stats_is_eval_mode_batchnorm_with_trainable_affine(tmp_path):
+    """mmdetection's ``requires_grad=True, norm_eval=True``: the body computes what torchvision's ResNet with
+    BatchNorm2d in eval mode computes, in train mode too; BN statistics never move, BN weights and biases of
+    the trainable stages get the same gradients, and the frozen stages' BN gets none."""
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight.data, m.bias.data, m.running_mean):
+                t.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.num_batches_tracked.fill_(7)  # present in torchvision files: must load without complaint
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    body = build_body("resnet18", "bn_frozen_stats", 1, str(path)).train()
+    ref.eval()  # norm_eval: BN uses its running statistics
+    stats_before = body.stages[2][0].bn1.running_mean.clone()
+    x = torch.randn(2, 3, 64, 64)
+    got = body(x)[-1]
+    want = torch.nn.Sequential(*list(ref.children())[:-2])(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    got.square().mean().backward()
+    want.square().mean().backward()
+    assert torch.equal(body.stages[2][0].bn1.running_mean, stats_before)
+    for mine, theirs in ((body.stages[3][1].bn2, ref.layer4[1].bn2), (body.stages[1][0].bn1, ref.layer2[0].bn1)):
+        assert mine.weight.requires_grad and mine.bias.requires_grad
+        torch.testing.assert_close(mine.weight.grad, theirs.weight.grad, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(mine.bias.grad, theirs.bias.grad, rtol=1e-3, atol=1e-7)
+    assert body.stem[1].weight.grad is None and body.stages[0][0].bn1.weight.grad is None  # frozen_stages = 1
+    assert "stages.0.0.bn1.num_batches_tracked" not in body.state_dict()
+
+
+def test_bn_frozen_stats_is_not_turned_into_sync_batchnorm():
+    body = build_body("resnet18", "bn_frozen_stats", 1, None)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(body)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+
+
+@pytest.mark.parametrize("p7_relu", [True, False])
+def test_p7_from_p6_with_or_without_relu(p7_relu):
+    torch.manual_seed(0)
+    bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 8, [3, 4, 5], "p6p7", p7_relu=p7_relu).eval()
+    with torch.no_grad():
+        p6, p7 = bb(torch.randn(1, 3, 128, 128))[3:]
+        conv = bb.fpn.extra_blocks.p7
+        assert p6.min() < 0  # otherwise the ReLU would change nothing and the test could not tell
+        with_relu, without = conv(torch.relu(p6)), conv(p6)
+    assert not torch.allclose(with_relu, without)
+    torch.testing.assert_close(p7, with_relu if p7_relu else without)

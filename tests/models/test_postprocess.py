@@ -1,6 +1,6 @@
 import torch
 
-from models.postprocess import nms_per_image, rescale_to_original, select_topk_per_level
+from models.postprocess import nms_per_image, rescale_to_original, select_topk_anchors_per_level, select_topk_per_level
 
 
 def test_nms_per_image_hand_case():
@@ -36,6 +36,18 @@ def test_topk_per_level_indices():
     vals, idx, labels = select_topk_per_level(scores, [3, 2], k=2)
     assert vals.tolist() == [[0.8999999761581421, 0.800000011920929, 0.699999988079071, 0.6000000238418579]]
     assert idx.tolist() == [[0, 1, 4, 3]] and labels.tolist() == [[1, 0, 0, 1]]
+
+
+def test_topk_anchors_per_level_ranks_by_best_class_and_keeps_all_classes():
+    # same scores: level 1 anchors' best scores 0.9, 0.8, 0.4 -> anchors 0, 1; level 2: 0.6, 0.7 -> 4, 3.
+    # The pair ranking above drops anchor 3's class 0 (0.5) and anchor 4's class 1; here both stay candidates.
+    scores = torch.tensor([[[0.1, 0.9], [0.8, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.05]]])
+    vals, idx, labels = select_topk_anchors_per_level(scores, [3, 2], k=2)
+    assert idx.tolist() == [[0, 0, 1, 1, 4, 4, 3, 3]] and labels.tolist() == [[0, 1, 0, 1, 0, 1, 0, 1]]
+    torch.testing.assert_close(vals, torch.tensor([[0.1, 0.9, 0.8, 0.2, 0.7, 0.05, 0.5, 0.6]]))
+    # k above a level's anchor count takes the whole level
+    _, idx, _ = select_topk_anchors_per_level(scores, [3, 2], k=5)
+    assert sorted(set(idx[0].tolist())) == [0, 1, 2, 3, 4] and idx.shape == (1, 10)
 
 
 def test_rescale_to_original():

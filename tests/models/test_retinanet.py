@@ -116,3 +116,42 @@ def test_iou_balanced_regression_scales_by_iou_power():
     # IoUs of an untrained head's boxes are in (0, 1): the weighted loss is smaller but not zero
     assert 0 < balanced["loss_bbox"].item() < plain["loss_bbox"].item()
     assert torch.equal(balanced["loss_cls"], plain["loss_cls"])
+
+
+def test_iou_balanced_normaliser_keeps_each_levels_sum_or_only_the_total():
+    """``iou_balanced_norm: level`` (the released code) keeps every level's focal-loss sum; ``batch`` keeps
+    only the total, moving loss between levels."""
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    gts = [ONE, target([[30, 4, 60, 30], [2, 30, 20, 62], [0, 0, 63, 63]], [0, 2, 1])]
+    out = {}
+    for name, eta, norm in (("plain", None, "level"), ("level", 1.5, "level"), ("batch", 1.5, "batch")):
+        model = tiny("smooth_l1", per_level=True)
+        model.iou_balanced_eta, model.iou_balanced_norm = eta, norm
+        out[name] = model(images, gts)
+    cls_keys = [k for k in out["plain"] if k.startswith("loss_cls_")]
+    for k in cls_keys:
+        torch.testing.assert_close(out["level"][k], out["plain"][k], rtol=1e-5, atol=1e-7)
+    total = {n: sum(out[n][k] for k in cls_keys) for n in out}
+    torch.testing.assert_close(total["batch"], total["plain"], rtol=1e-5, atol=1e-7)
+    assert max(abs(out["batch"][k] - out["plain"][k]).item() for k in cls_keys) > 1e-4
+
+
+def test_regression_loss_weight_scales_only_the_box_loss():
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    gts = [ONE, target([[30, 4, 60, 30]], [0])]
+    plain = tiny("smooth_l1")(images, gts)
+    model = tiny("smooth_l1")
+    model.box_loss.weight = 2.34
+    weighted = model(images, gts)
+    torch.testing.assert_close(weighted["loss_bbox"], 2.34 * plain["loss_bbox"])
+    assert torch.equal(weighted["loss_cls"], plain["loss_cls"])
+
+
+def test_pre_nms_rank_anchors_keeps_every_class_of_the_top_anchors():
+    model = tiny().eval()
+    model.test_cfg.update(pre_nms_rank="anchors", pre_nms_top_k=5, score_thr=0.0, max_per_img=1000, nms_iou=1.0)
+    with torch.no_grad():
+        dets = model(torch.randn(1, 3, 64, 64))
+    # nothing suppressed (NMS at IoU 1): 5 anchors x 3 classes per level, 5 levels
+    assert dets[0]["boxes"].shape[0] == 5 * 3 * 5
+    assert sorted(torch.bincount(dets[0]["labels"]).tolist()) == [25, 25, 25]

@@ -1,6 +1,8 @@
 """RPN: proposal generation on a hand-made case, losses, sampling normalisation, crowd regions."""
 import math
 
+import pytest
+
 import torch
 
 from models.anchors import AnchorGenerator
@@ -128,7 +130,7 @@ def test_iou_balanced_objectness_keeps_the_positive_sum():
     reg = torch.zeros(1, 4, 4)
     gts = [targets([[0, 0, 16, 16], [20, 16, 36, 32]])]
     plain = rpn(sampler=RandomSampler(4, 0.5)).losses(obj, reg, ANCHORS, gts)
-    model = rpn(sampler=RandomSampler(4, 0.5), iou_balanced_eta=1.5, iou_balanced_lambda=1.0)
+    model = rpn(sampler=RandomSampler(4, 0.5), iou_balanced_eta=1.5, iou_balanced_lambda=1.0, iou_balanced_norm="batch")
     balanced = model.losses(obj, reg, ANCHORS, gts)
     # the summed positive BCE is kept, so with all anchors sampled the total is unchanged
     assert torch.allclose(balanced["loss_rpn_cls"], plain["loss_rpn_cls"], atol=1e-6)
@@ -139,3 +141,24 @@ def test_iou_balanced_objectness_keeps_the_positive_sum():
     assert torch.allclose(g_bal[0, 1:3], g_plain[0, 1:3])
     # regression: a3's L1 (dx = 4/16) times its IoU (12 * 16 / (20 * 16) = 0.6), over 4 sampled anchors
     assert abs(balanced["loss_rpn_bbox"].item() - 0.25 * 0.6 / 4) < 1e-6
+
+
+def test_iou_balanced_objectness_normaliser_per_level():
+    """Per level (the released code), Z keeps each level's positive sum: with one positive per level every
+    positive's weight u^eta * Z is exactly 1, so the gradient is the plain BCE's; with both positives on one
+    level it is the batch-wide rule's."""
+    obj = torch.tensor([[0.3, -1.0, -0.5, 0.8]], requires_grad=True)
+    reg = torch.zeros(1, 4, 4)
+    gts = [targets([[0, 0, 16, 16], [20, 16, 36, 32]])]
+    plain = rpn(sampler=RandomSampler(4, 0.5)).losses(obj, reg, ANCHORS, gts)
+    kw = dict(sampler=RandomSampler(4, 0.5), iou_balanced_eta=1.5)
+    split = rpn(**kw).losses(obj, reg, ANCHORS, gts, counts=[2, 2])  # a0 on level 0, a3 on level 1
+    one_level = rpn(**kw).losses(obj, reg, ANCHORS, gts, counts=[4])
+    batch = rpn(**kw, iou_balanced_norm="batch").losses(obj, reg, ANCHORS, gts)
+    g = {k: torch.autograd.grad(v["loss_rpn_cls"], obj)[0]
+         for k, v in dict(plain=plain, split=split, one_level=one_level, batch=batch).items()}
+    torch.testing.assert_close(g["split"], g["plain"])
+    torch.testing.assert_close(g["one_level"], g["batch"])
+    assert not torch.allclose(g["batch"], g["plain"])
+    with pytest.raises(ValueError, match="per level"):
+        rpn(**kw).losses(obj, reg, ANCHORS, gts)

@@ -90,8 +90,7 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     if resume and os.path.exists(last):
         state = load_checkpoint(last)
         trainer.load_state_dict(state)
-        if "rng" in state and world == 1:
-            set_rng_state(state["rng"])
+        restore_rank_state(trainer, state, rank, world, writer)
         if writer:
             print(f"resumed from {last} at iteration {trainer.iter}")
     elif resume and writer:
@@ -101,6 +100,27 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
               f"({len(sampler)} per epoch, {world} process(es) x {cfg.data.batch_size} images, lr {lr:g}, "
               f"weighting {cfg.weighting.type}) in {work_dir}")
     return trainer
+
+
+def restore_rank_state(trainer: Trainer, state: dict, rank: int, world: int, writer: bool) -> None:
+    """This process's RNG and weighting state from a checkpoint: the saved ones of the same rank when the
+    checkpoint was written by as many processes (exact resume), else rank 0's (a different process count
+    cannot continue the same random streams; said so)."""
+    per_rank = state.get("per_rank")
+    if world == 1 and not per_rank:
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        return
+    if per_rank and len(per_rank) == world:
+        set_rng_state(per_rank[rank]["rng"])
+        trainer.weighting.load_state_dict(per_rank[rank]["weighting"])
+        return
+    saved = len(per_rank) if per_rank else 1
+    if "rng" in state and world == 1:
+        set_rng_state(state["rng"])
+    if writer:
+        print(f"resume: the checkpoint was written by {saved} process(es), this run has {world}: every process "
+              f"continues from rank 0's weighting state with fresh random streams (not an exact resume)", flush=True)
 
 
 def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, overrides: Sequence[str] = ()) -> Dict:

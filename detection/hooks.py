@@ -61,6 +61,7 @@ class MetricsLogger(HookBase):
         self._count = 0
         self._skipped = 0
         self._skipped_keys: Dict[str, int] = {}
+        self._weights: Dict[str, float] = {}
         self._file = None
         self._bar = None
         self._tic = 0.0
@@ -97,9 +98,10 @@ class MetricsLogger(HookBase):
 
     def _accumulate(self, out):
         t = self.trainer
-        entries = {"loss": out.total, **out.raw}
-        with torch.no_grad():  # strategies with learned weights return tensors: keep them off the graph
-            entries.update({"weighted/" + k: v for k, v in t.weighting.weighted(out.raw).items()})
+        # the step's own terms: what was backpropagated, with the weights of that step (at an ALWA window
+        # boundary the weighting has already moved on to the next step's λ)
+        entries = {"loss": out.total, **out.raw, **{"weighted/" + k: v for k, v in out.weighted.items()}}
+        self._weights = out.weights
         for k, v in entries.items():
             v = v.detach().float()
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
@@ -133,7 +135,8 @@ class MetricsLogger(HookBase):
         record = {"iter": t.iter, "epoch": t.epoch, "lr": t.lr, "loss": values.pop("loss")}
         record.update({k: v for k, v in values.items() if not k.startswith("weighted/")})
         record["weighted"] = {k[len("weighted/"):]: v for k, v in values.items() if k.startswith("weighted/")}
-        record["weights"] = {k: t.weighting.weight_of(k) for k in record["weighted"]}
+        # λ of the interval's last recorded step (the weights its weighted losses were computed with)
+        record["weights"] = {k: float(v) for k, v in self._weights.items()}
         record["std"] = {k: v for k, v in stds.items() if k.startswith("loss_")}
         record["weighted_std"] = {k[len("weighted/"):]: v for k, v in stds.items() if k.startswith("weighted/")}
         record["time"] = elapsed / self._count
@@ -145,7 +148,7 @@ class MetricsLogger(HookBase):
             self._file.write(json.dumps(record) + "\n")
         if self._bar is not None:
             shown = {k: f"{record[k]:.3f}" for k in ["loss"] + [k for k in record["weighted"]][:3]}
-            shown.update({f"w_{k[5:]}": f"{v:.3f}" for k, v in record["weights"].items() if v != 1.0})
+            shown.update({f"w_{k.removeprefix('loss_')}": f"{v:.3f}" for k, v in record["weights"].items() if v != 1.0})
             self._bar.set_postfix(shown, refresh=False)
         self._sums, self._squares, self._count, self._data_time = {}, {}, 0, 0.0
         self._skipped, self._skipped_keys = 0, {}
@@ -174,11 +177,19 @@ class CheckpointHook(HookBase):
         self.keep = keep
 
     def save(self):
+        # every rank's RNG (the two-stage samplers draw from it) and weighting state (each rank's open loss
+        # window; its own λ with per-process ALWA statistics), so that a resumed DDP run continues each rank
+        # exactly: a collective, hence before the writer check
+        per_rank = None
+        if dist_utils.is_dist():
+            per_rank = dist_utils.all_gather_objects({"rng": rng_state(), "weighting": self.trainer.weighting.state_dict()})
         if not self.writer:
             return
         state = self.trainer.state_dict()
         state.update(self.extra)
         state["rng"] = rng_state()
+        if per_rank is not None:
+            state["per_rank"] = per_rank
         last = os.path.join(self.folder, "last.pth")
         if self.keep == 1:
             save_checkpoint(state, last)

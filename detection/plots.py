@@ -79,9 +79,11 @@ def windowed(iters: Sequence[int], means: Sequence[float], stds: Sequence[float]
 
 
 def loss_keys(records: Sequence[dict]) -> List[str]:
+    """The loss keys of a run: weighted terms that are also logged raw (not e.g. uncertainty weighting's
+    ``log_var/...`` terms, which have no raw value)."""
     keys = []
     for r in records:
-        keys.extend(k for k in r.get("weighted", {}) if k not in keys)
+        keys.extend(k for k in r.get("weighted", {}) if k not in keys and k in r)
     return keys
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,10 +45,14 @@ class HookBase:
 
 @dataclass
 class StepOutput:
-    """Detached results of one step, still on the device (reading them is the logger's job)."""
+    """Detached results of one step, still on the device (reading them is the logger's job): the raw losses,
+    the total that was backpropagated, its terms (each loss times the weight it had in this step, plus any
+    extra term of the weighting; they sum to ``total``) and those weights."""
 
     raw: Dict[str, Tensor]
     total: Tensor
+    weighted: Dict[str, Tensor] = field(default_factory=dict)
+    weights: Dict[str, Union[float, Tensor]] = field(default_factory=dict)
     skipped: Optional[List[str]] = None  # offending loss keys ("gradients") when the step was skipped
 
 
@@ -95,8 +99,10 @@ def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting:
         ok = _all_finite_flags(list(detached.values()))
         if not all(ok):
             return StepOutput(detached, torch.full((), float("nan"), device=images.device),
-                              [k for k, good in zip(detached, ok) if not good])
-    total = weighting(losses)
+                              skipped=[k for k, good in zip(detached, ok) if not good])
+    weighted = weighting.apply(losses)
+    total = weighted.total
+    terms = {k: v.detach() for k, v in weighted.terms.items()}
     if scaler is not None:
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)
@@ -111,13 +117,13 @@ def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting:
         norm = _grad_norm(params)
     if check_finite and scaler is None and not _all_finite_flags([norm])[0]:
         optimizer.zero_grad(set_to_none=True)
-        return StepOutput(detached, total.detach(), ["gradients"])
+        return StepOutput(detached, total.detach(), terms, weighted.weights, skipped=["gradients"])
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when fp16 gradients overflowed
         scaler.update()
     else:
         optimizer.step()
-    return StepOutput(detached, total.detach())
+    return StepOutput(detached, total.detach(), terms, weighted.weights)
 
 
 class Trainer:

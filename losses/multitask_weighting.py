@@ -69,6 +69,11 @@ class UncertaintyWeighting(WeightingStrategy):
         with torch.no_grad():
             return {k: float(torch.exp(-s)) for k, s in self.module.log_vars.items()}
 
+    def step_weights(self) -> Dict[str, Tensor]:
+        """``exp(-s_k)`` as detached device scalars: no host read inside the step."""
+        with torch.no_grad():
+            return {k: torch.exp(-s) for k, s in self.module.log_vars.items()}
+
     def weighted(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """``exp(-s_k) * L_k`` for configured keys (differentiable in ``s_k``), ``L`` for the others."""
         out = dict(losses)
@@ -76,10 +81,9 @@ class UncertaintyWeighting(WeightingStrategy):
             out[k] = torch.exp(-self._s_on(k, losses[k])) * losses[k]
         return out
 
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
-        self.check_keys(losses)
-        total = sum(self.weighted(losses).values())
-        return total + sum(self._s_on(k, losses[k]) for k in self.keys)  # the + s_k regulariser
+    def extra_terms(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """The ``+ s_k`` regularisers, one term ``log_var/<key>`` each."""
+        return {f"log_var/{k}": self._s_on(k, losses[k]) for k in self.keys}
 
     def _s_on(self, key: str, like: Tensor) -> Tensor:
         s = self.module.log_vars[key]

@@ -22,15 +22,33 @@ boundary (one synchronisation every ``interval`` steps).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import Tensor
 
 from .loss_window import LossWindow
 
 
+@dataclass
+class WeightedLosses:
+    """What one step backpropagates: ``total`` (a scalar with graph) is exactly ``sum(terms.values())``;
+    ``terms`` holds every summand by name (each loss key times the weight it had in *this* step, plus any
+    extra term of the strategy, e.g. uncertainty weighting's log-variances); ``weights`` are the weights
+    of this step (floats, or detached scalar tensors for learned weights: reading those is the logger's
+    job, once per log interval)."""
+
+    total: Tensor
+    terms: Dict[str, Tensor]
+    weights: Dict[str, Union[float, Tensor]]
+
+
 class WeightingStrategy:
-    """Base class: ``weights`` maps loss keys to Python floats; unlisted keys have weight 1."""
+    """Base class: ``weights`` maps loss keys to Python floats; unlisted keys have weight 1.
+
+    ``apply(losses)`` weighs one step's raw losses and returns :class:`WeightedLosses`; ``strategy(losses)``
+    is ``apply(losses).total``. Subclasses change the weights (``weights`` / ``weighted``), add terms
+    (``extra_terms``) or record statistics after the step's weights are fixed (``observe``)."""
 
     def configured_keys(self) -> List[str]:
         return []
@@ -50,14 +68,34 @@ class WeightingStrategy:
     def weight_of(self, key: str) -> float:
         return self.weights.get(key, 1.0)
 
+    def step_weights(self) -> Dict[str, Union[float, Tensor]]:
+        """The weights in force, read without a host synchronisation (floats here)."""
+        return self.weights
+
     def weighted(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """Each loss times its current weight (no statistics recorded)."""
-        weights = self.weights  # once per call: it may be built or read from the device
+        weights = self.step_weights()  # once per call: it may be built or read from the device
         return {k: v * weights.get(k, 1.0) for k, v in losses.items()}
 
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
+    def extra_terms(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """Summands of the total that are not a weighted loss (none here)."""
+        return {}
+
+    def observe(self, losses: Mapping[str, Tensor]) -> None:
+        """Record this step's losses after its weights were applied (windowed strategies update here, so the
+        step that completes a window keeps the old weights)."""
+
+    def apply(self, losses: Mapping[str, Tensor]) -> WeightedLosses:
         self.check_keys(losses)
-        return sum(self.weighted(losses).values())
+        weights = self.step_weights()
+        terms = self.weighted(losses)
+        terms.update(self.extra_terms(losses))
+        total = sum(terms.values())
+        self.observe(losses)
+        return WeightedLosses(total, terms, {k: weights.get(k, 1.0) for k in losses})
+
+    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return self.apply(losses).total
 
     def state_dict(self) -> dict:
         return {}
@@ -122,13 +160,7 @@ class ALWA(WeightingStrategy):
         out.update({k: self.lambda_reg for k in self.reg_keys})
         return out
 
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
-        self.check_keys(losses)
-        total = sum(self.weighted(losses).values())
-        self._record(losses)
-        return total
-
-    def _record(self, losses: Mapping[str, Tensor]) -> None:
+    def observe(self, losses: Mapping[str, Tensor]) -> None:
         cls = sum(losses[k].detach().float() for k in self.cls_keys)
         reg = sum(losses[k].detach().float() for k in self.reg_keys)
         if self.stats == "weighted":
@@ -177,13 +209,10 @@ class WindowedWeighting(WeightingStrategy):
     def weights(self) -> Dict[str, float]:
         return dict(self._w)
 
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
-        self.check_keys(losses)
-        total = sum(self.weighted(losses).values())
+    def observe(self, losses: Mapping[str, Tensor]) -> None:
         if self._window.push(losses):
             self._on_window(self._window.collect())
             self.num_updates += 1
-        return total
 
     def _on_window(self, values: Tensor) -> None:
         raise NotImplementedError

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from test_resume import same  # tests/detection is on sys.path (pytest's default import mode)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(REPO, "tests", "detection", "ddp_driver.py")
@@ -17,14 +18,49 @@ COMMON = ["model.backbone.name=resnet18", "model.fpn.out_channels=16", "data.sha
           "train.warmup_iters=1", "train.log_interval=2", "train.checkpoint_interval=100", "train.progress=false",
           "train.eval_after=false", "weighting.interval=2", "weighting.variant=1"]
 CASES = {
+    "faster_rcnn": ("configs/demo/frcnn_shapes_alwa1.yaml",
+                    ["model.rpn.feat_channels=16", "model.roi_head.fc_channels=16", "model.roi_head.sampler.num=32"]),
     "retinanet": ("configs/demo/retinanet_shapes_alwa2.yaml", ["model.head.feat_channels=16", "model.head.num_convs=1"]),
     "mask_rcnn": ("configs/demo/maskrcnn_shapes_coco_alwa1.yaml",
                   ["model.rpn.feat_channels=16", "model.roi_head.fc_channels=16", "model.mask_head.conv_channels=8"]),
 }
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"),
-                    reason="torchrun is not available")
+NO_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"),
+                                 reason="torchrun is not available")
+
+
+def run_ranks(name, work, root, extra=(), env=None):
+    cfg, model_extra = CASES[name]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", DRIVER,
+           os.path.join(REPO, cfg), str(work), f"data.root={root}"] + COMMON + model_extra + list(extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [torch.load(work / f"rank{r}.pth", weights_only=False) for r in (0, 1)]
+
+
+@NO_TORCHRUN
+def test_resumed_two_rank_run_continues_each_rank_exactly(tmp_path):
+    """Faster R-CNN (random RPN / RoI sampling) with the released ALWA statistics (per process, each rank its
+    own λ): 3 steps, then a resume to 6, ends where an uninterrupted 6-step run ends, rank by rank."""
+    root = tmp_path / "shapes"
+    settings = ["weighting.sync=false", "train.lr_steps=[5]", "train.checkpoint_interval=3"]
+    ref = run_ranks("faster_rcnn", tmp_path / "ref", root, settings + ["train.max_iters=6"])
+    run_ranks("faster_rcnn", tmp_path / "part", root, settings + ["train.max_iters=3"])
+    resumed = run_ranks("faster_rcnn", tmp_path / "part", root, settings + ["train.max_iters=6"], {"DDP_RESUME": "1"})
+    for a, b in zip(ref, resumed):
+        assert a["iter"] == b["iter"] == 6
+        assert a["weighting"]["num_updates"] == 3 and same(a["weighting"], b["weighting"])
+        assert torch.equal(a["rng"], b["rng"])
+        for k, v in a["params"].items():
+            assert torch.equal(v, b["params"][k]), k
+    # per-process statistics: the ranks saw different images, so each has its own λ (the checkpoint at
+    # step 3 is mid-window: each rank's open window had to be restored for the λ of step 4 to match)
+    assert ref[0]["weighting"]["lambda_cls"] != ref[1]["weighting"]["lambda_cls"]
+
+
+@NO_TORCHRUN
 @pytest.mark.parametrize("name,nan_at", [("mask_rcnn", 0), ("retinanet", 0), ("retinanet", 2)])
 def test_two_ranks_end_identical(name, nan_at, tmp_path):
     """With ``nan_at``, rank 1 alone gets a NaN loss at that step: both ranks skip it (no hang)."""

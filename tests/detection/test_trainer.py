@@ -1,4 +1,6 @@
 """The trainer on a tiny in-memory overfit set: the loss falls, hooks fire in order, state round-trips."""
+import math
+
 import pytest
 import torch
 
@@ -297,3 +299,61 @@ def test_consecutive_bad_steps_stop_after_a_checkpoint(tmp_path):
     state = load_checkpoint(ckpt)
     assert state["iter"] == 5 and state["bad_steps"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+class ScriptedLosses(torch.nn.Module):
+    """Returns scripted raw losses (times a parameter that lr 0 keeps at 1), one entry per call."""
+
+    def __init__(self, cls, reg):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.ones(()))
+        self.cls, self.reg, self.t = cls, reg, 0
+
+    def forward(self, images, targets):
+        i, self.t = self.t, self.t + 1
+        return {"loss_cls": self.p * self.cls[i], "loss_bbox": self.p * self.reg[i]}
+
+
+def scripted_trainer(weighting, n, hooks):
+    model = ScriptedLosses([1.0, 3.0, 1.0, 3.0] + [1.0, 2.0] * n, [1.0, 2.0] * n)
+    sampler = ListSampler(n)
+    batch = (torch.zeros(1, 3, 8, 8), [{}])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    return Trainer(model, opt, sched, weighting, Loader([batch] * n, sampler), sampler, n, torch.device("cpu"),
+                   hooks=list(hooks))
+
+
+def test_logged_weighted_losses_are_the_ones_backpropagated_at_window_boundaries(tmp_path):
+    """One record per step, ALWA_2 with C = 4 on cls [1, 3, 1, 3, 1, 2, 1, 2, ...], reg [1, 2, ...]: the first
+    window's stds are sqrt(4/3) and sqrt(1/3), so λcls becomes 0.5 after step 4 and stays (0.5 * sqrt(1/3) <
+    sqrt(1/3) later); step 4 itself is weighted with λ 1 and must be logged so (a weighting recomputed after
+    the step would log 0.5 * 3 there)."""
+    import json
+
+    path = tmp_path / "m.jsonl"
+    scripted_trainer(ALWA(variant=2, interval=4), 12, [MetricsLogger(str(path), interval=1, progress=False)]).train()
+    rows = [json.loads(line) for line in open(path)]
+    assert [r["iter"] for r in rows] == list(range(1, 13))
+    assert [r["weights"]["loss_cls"] for r in rows] == [1.0] * 4 + [0.5] * 8
+    for r in rows:
+        assert r["loss"] == pytest.approx(sum(r["weighted"].values()), abs=1e-6)
+        assert r["weighted"]["loss_cls"] == pytest.approx(r["weights"]["loss_cls"] * r["loss_cls"], abs=1e-6)
+        assert r["weighted"]["loss_bbox"] == pytest.approx(r["loss_bbox"], abs=1e-6)
+    assert rows[3]["weighted"]["loss_cls"] == pytest.approx(3.0) and rows[3]["loss"] == pytest.approx(5.0)
+
+
+def test_logged_terms_of_learned_weights_sum_to_the_total(tmp_path):
+    import json
+
+    from losses.multitask_weighting import UncertaintyWeighting
+
+    path = tmp_path / "m.jsonl"
+    weighting = UncertaintyWeighting(["loss_cls", "loss_bbox"], init_log_var=0.5)
+    scripted_trainer(weighting, 4, [MetricsLogger(str(path), interval=1, progress=False)]).train()
+    rows = [json.loads(line) for line in open(path)]
+    for r in rows:
+        assert set(r["weighted"]) == {"loss_cls", "loss_bbox", "log_var/loss_cls", "log_var/loss_bbox"}
+        assert r["loss"] == pytest.approx(sum(r["weighted"].values()), abs=1e-6)
+        assert r["weights"]["loss_cls"] == pytest.approx(math.exp(-0.5))  # lr 0: s stays at 0.5
+        assert r["weighted"]["log_var/loss_cls"] == pytest.approx(0.5)

@@ -8,7 +8,7 @@ through ``detection.evaluation.detections_to_coco`` (per-image arrays -> result 
 
 Timed: the raw pycocotools phases (index ground truth, ``loadRes``, ``evaluate``, ``accumulate``,
 ``summarize``) and our ``detection.evaluation.coco_evaluate`` end to end; both must give the same AP.
-No faster backend is timed (optional in DESIGN.md; none installed).
+No faster backend is timed (docs/design.md leaves it optional; none installed).
 
 Reference: pycocotools takes about 20 s for bbox on the 5000 val2017 images.
 

@@ -69,6 +69,13 @@ class DetectionTransform:
         h, w = keep_ratio_size(h0, w0, self.min_size, self.max_size)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         n = len(boxes)
+        # the loaders drop such boxes (counted in their report); here they would make albumentations raise
+        # its own error or, with other settings, drop the box without a word
+        inside = np.minimum(boxes[:, 2:], [w0, h0]) - np.maximum(boxes[:, :2], 0)
+        bad = np.flatnonzero((inside <= 0).any(axis=1))
+        if len(bad):
+            raise ValueError(f"box {int(bad[0])} {boxes[bad[0]].tolist()} (of {n}) has no positive width and height "
+                             f"inside the {w0} x {h0} image; boxes must keep an area after clipping")
         difficult = np.zeros(n, dtype=bool) if difficult is None else difficult
         # the flip is drawn here (Python's RNG, seeded per DataLoader worker) so that it is known exactly
         flip = self.flip_prob > 0 and random.random() < self.flip_prob

@@ -1,10 +1,12 @@
 """Run loss-balancing schemes on one config (same data) and tabulate them, optionally as a grid.
 
 A scheme is a name and a list of ``--set`` overrides applied on top of the config; ``PRESETS`` holds the
-schemes of the seed papers for RetinaNet-style configs (loss keys ``loss_cls`` / ``loss_bbox``; per-level
-schemes switch on ``model.head.loss_per_level``). Custom schemes are given as ``name:key=value,key=value``.
+schemes of the seed papers for RetinaNet (loss keys ``loss_cls`` / ``loss_bbox``; per-level schemes switch on
+``model.head.loss_per_level``) and for Faster / Mask R-CNN (ALWA on the RPN pair, as in the paper); a preset
+that has no meaning for the config's detector is an error. Custom schemes are ``name:key=value,key=value``.
 
-A grid adds *variants* (rows, e.g. the regression loss: ``VARIANT_PRESETS`` or ``name:key=value,...``) and
+A grid adds *variants* (rows, e.g. the regression loss: ``VARIANT_PRESETS``, RetinaNet's box loss or the RoI
+head's, or ``name:key=value,...``) and
 *seeds* (``seed=S`` per run; the data stay the same, the initialisation, batch order and augmentation
 change). Work dirs are ``<root>[/<variant>]/<scheme>[/seed<S>]``: the variant and seed levels exist only when
 variants / seeds are given, so a plain comparison keeps ``<root>/<scheme>``. Finished runs (``eval.json``
@@ -25,34 +27,69 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from detection.plots import markdown_table, metric_columns, plot_runs, summary_rows
 
-PRESETS: Dict[str, List[str]] = {
-    "fixed": ["weighting.type=fixed"],
-    "alwa1": ["weighting.type=alwa", "weighting.variant=1"],
-    "alwa2": ["weighting.type=alwa", "weighting.variant=2"],
-    "alwa2_raw": ["weighting.type=alwa", "weighting.variant=2", "weighting.stats=raw"],
-    "avw": ["weighting.type=avw", "model.head.loss_per_level=true"],
-    "rlo": ["weighting.type=rlo", "model.head.loss_per_level=true"],
-    # Wu et al.: eta = lambda = 1.5; the regression weight makes up for the IoU^1.5 factor (< 1), as the
-    # authors' configs did with a loss weight of about 2.3-3.0
-    "iou_balanced": ["weighting.type=fixed", "model.loss.iou_balanced_eta=1.5", "model.loss.iou_balanced_lambda=1.5",
-                     "weighting.weights.loss_bbox=2.5"],
-    "uncertainty": ["weighting.type=uncertainty"],
-    "dwa": ["weighting.type=dwa"],
+ONE_STAGE, TWO_STAGE = "one_stage", "two_stage"  # RetinaNet; Faster / Mask R-CNN
+
+
+def _alwa(variant: int, *extra: str) -> Dict[str, List[str]]:
+    """ALWA where the paper puts it: RetinaNet's head losses, the RPN pair of a two-stage detector."""
+    base = ["weighting.type=alwa", f"weighting.variant={variant}", *extra]
+    return {ONE_STAGE: base + ["weighting.cls_keys=[loss_cls]", "weighting.reg_keys=[loss_bbox]"],
+            TWO_STAGE: base + ["weighting.cls_keys=[loss_rpn_cls]", "weighting.reg_keys=[loss_rpn_bbox]"]}
+
+
+_TWO_STAGE_KEYS = "[loss_rpn_cls,loss_rpn_bbox,loss_cls,loss_bbox]"
+# scheme name -> detector kind -> overrides; a kind that is missing has no such scheme (an error, never a no-op)
+PRESETS: Dict[str, Dict[str, List[str]]] = {
+    "fixed": {ONE_STAGE: ["weighting.type=fixed"], TWO_STAGE: ["weighting.type=fixed"]},
+    "alwa1": _alwa(1),
+    "alwa2": _alwa(2),
+    "alwa2_raw": _alwa(2, "weighting.stats=raw"),
+    "avw": {ONE_STAGE: ["weighting.type=avw", "model.head.loss_per_level=true"]},
+    "rlo": {ONE_STAGE: ["weighting.type=rlo", "model.head.loss_per_level=true"]},
+    # Wu et al. as released for RetinaNet R50 on VOC: eta = lambda = 1.5, smooth L1 (beta 0.11) x 2.34, the
+    # classification normaliser per FPN level; it sets the regression loss itself (not for a loss grid)
+    "iou_balanced": {ONE_STAGE: ["weighting.type=fixed", "model.loss.reg=smooth_l1", "model.loss.smooth_l1_beta=0.11",
+                                 "model.loss.reg_weight=2.34", "model.loss.iou_balanced_eta=1.5",
+                                 "model.loss.iou_balanced_lambda=1.5", "model.loss.iou_balanced_norm=level"]},
+    "uncertainty": {ONE_STAGE: ["weighting.type=uncertainty"],
+                    TWO_STAGE: ["weighting.type=uncertainty", f"weighting.keys={_TWO_STAGE_KEYS}"]},
+    "dwa": {ONE_STAGE: ["weighting.type=dwa"], TWO_STAGE: ["weighting.type=dwa", f"weighting.keys={_TWO_STAGE_KEYS}"]},
+}
+NOT_TWO_STAGE = {
+    "avw": "AVW weighs RetinaNet's per-level losses (model.head.loss_per_level); give the keys yourself, e.g. "
+           "NAME:weighting.type=avw,weighting.groups=...",
+    "rlo": "RLO weighs RetinaNet's per-level losses (model.head.loss_per_level); give the keys yourself, e.g. "
+           "NAME:weighting.type=rlo,weighting.groups=...",
+    "iou_balanced": "the released IoU-balanced settings are RetinaNet's; for a two-stage detector set the heads' "
+                    "keys, e.g. NAME:model.roi_head.iou_balanced_eta=1.25,model.roi_head.iou_balanced_lambda=1.5,"
+                    "model.rpn.iou_balanced_eta=1.5",
 }
 
-# RetinaNet's regression loss (Table 2's rows); two-stage configs set model.rpn.reg_loss / model.roi_head.reg_loss
-VARIANT_PRESETS: Dict[str, List[str]] = {
-    "l1": ["model.loss.reg=l1"],
-    "smoothl1": ["model.loss.reg=smooth_l1"],
-    "iou": ["model.loss.reg=iou"],
-    "giou": ["model.loss.reg=giou"],
-    "diou": ["model.loss.reg=diou"],
-    "ciou": ["model.loss.reg=ciou"],
+
+def _rows(one_stage_key: str, two_stage_key: str, two_stage_weight: str = "1.0") -> Dict[str, List[str]]:
+    return {ONE_STAGE: [f"model.loss.reg={one_stage_key}"],
+            TWO_STAGE: [f"model.roi_head.reg_loss={two_stage_key}", f"model.roi_head.reg_loss_weight={two_stage_weight}"]}
+
+
+# The regression loss (Table 2 / 3's rows), as released: RetinaNet's box loss; for Faster / Mask R-CNN the RoI
+# head's (the RPN keeps its L1 in every row), SmoothL1 with beta 1.0 (x 1.1 in the RoI head)
+VARIANT_PRESETS: Dict[str, Dict[str, List[str]]] = {
+    "l1": _rows("l1", "l1"),
+    "smoothl1": {ONE_STAGE: ["model.loss.reg=smooth_l1", "model.loss.smooth_l1_beta=1.0"],
+                 TWO_STAGE: ["model.roi_head.reg_loss=smooth_l1", "model.roi_head.smooth_l1_beta=1.0",
+                             "model.roi_head.reg_loss_weight=1.1"]},
+    **{name: _rows(name, name) for name in ("iou", "giou", "diou", "ciou", "ciou_mmdet")},
 }
 
 
-def parse_scheme(spec: str, presets: Dict[str, List[str]] = PRESETS, what: str = "scheme") -> Tuple[str, List[str]]:
-    """``alwa1`` (a preset) or ``name:key=value,key=value`` (custom overrides)."""
+def detector_kind(model_type: str) -> str:
+    return ONE_STAGE if model_type == "retinanet" else TWO_STAGE
+
+
+def parse_scheme(spec: str, presets: Dict[str, Dict[str, List[str]]] = PRESETS, what: str = "scheme",
+                 model_type: str = "retinanet") -> Tuple[str, List[str]]:
+    """``alwa1`` (a preset, resolved for ``model_type``) or ``name:key=value,key=value`` (custom overrides).
+    A preset that does not exist for the detector is an error that says what to do instead."""
     if ":" in spec:
         name, _, rest = spec.partition(":")
         overrides = [s for s in rest.split(",") if s]
@@ -62,7 +99,10 @@ def parse_scheme(spec: str, presets: Dict[str, List[str]] = PRESETS, what: str =
         return name, overrides
     if spec not in presets:
         raise ValueError(f"unknown {what} '{spec}'; presets are {sorted(presets)}, or give NAME:key=value,...")
-    return spec, list(presets[spec])
+    kind = detector_kind(model_type)
+    if kind not in presets[spec]:
+        raise ValueError(f"the {what} preset '{spec}' does not apply to {model_type}: {NOT_TWO_STAGE.get(spec, '')}")
+    return spec, list(presets[spec][kind])
 
 
 @dataclass(frozen=True)
@@ -80,10 +120,11 @@ class GridRun:
 
 
 def plan_grid(schemes: Sequence[str], work_root: str, variants: Sequence[str] = (), seeds: Sequence[int] = (),
-              overrides: Sequence[str] = ()) -> List[GridRun]:
-    """Every (variant, scheme, seed) run in row-major order, with its work dir and overrides."""
-    parsed = [parse_scheme(s) for s in schemes]
-    rows = [parse_scheme(v, VARIANT_PRESETS, "variant") for v in variants] or [(None, [])]
+              overrides: Sequence[str] = (), model_type: str = "retinanet") -> List[GridRun]:
+    """Every (variant, scheme, seed) run in row-major order, with its work dir and overrides; presets are
+    resolved for ``model_type`` (the config's ``model.type``)."""
+    parsed = [parse_scheme(s, model_type=model_type) for s in schemes]
+    rows = [parse_scheme(v, VARIANT_PRESETS, "variant", model_type) for v in variants] or [(None, [])]
     for what, names in (("scheme", [n for n, _ in parsed]), ("variant", [n for n, _ in rows]), ("seed", list(seeds))):
         if len(set(names)) != len(names):
             raise ValueError(f"{what} names must be distinct, got {names}")
@@ -169,7 +210,8 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
     ``report_only``: train nothing and report the runs finished so far (an error when there are none)."""
     from detection import engine
 
-    runs = plan_grid(schemes, work_root, variants, seeds, overrides)
+    model_type = engine.load(cfg_path, list(overrides)).model.type
+    runs = plan_grid(schemes, work_root, variants, seeds, overrides, model_type)
     todo = pending_runs(runs, list(seeds) or [None])
     done = [r for r in runs if r not in todo]
     if report_only:

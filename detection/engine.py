@@ -141,7 +141,10 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
     if cfg.train.eval_after:
         test_set = builders.build_dataset(cfg, train=False)
         metrics = evaluate_dataset(model, test_set, cfg, device, progress=cfg.train.progress)
-        metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights})
+        # the layout the run trained with: ALWA's statistics depend on the images per process (and the ranks
+        # pooled or not), so reproduce.py --collect reports it beside the numbers
+        metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights,
+                        "world_size": world, "images_per_process": cfg.data.batch_size})
         if writer:
             with open(os.path.join(work_dir, "eval.json"), "w") as f:
                 json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)

@@ -3,8 +3,12 @@
 Every cell of ``configs/tables.yaml`` is one training run: ``configs/<name>.yaml`` trained into
 ``<work root>/<name>/``. A run is *finished* when its ``eval.json`` exists (it is then skipped), *partial*
 when only ``checkpoints/last.pth`` exists (it is resumed: every command carries ``--resume``), *missing*
-otherwise. Cells shared by two tables (Table 1's 1:1 column is Table 2's baseline, Table 7's C = 100 row
-is Table 3's ALWA_2 column) share their work dir, so they are trained once.
+otherwise. Cells shared by two tables (Table 1's 1 : 1 row is Table 2's baseline, Table 5's 1 : 1 row is
+Table 4's L1 baseline) share their work dir, so they are trained once.
+
+Each table records the paper's layout (``gpus`` x ``images_per_gpu`` images per step); a run uses that many
+processes unless ``--gpus`` says otherwise or fewer GPUs are visible (the learning rate then follows the
+total batch linearly, and ALWA's per-process statistics see a different number of images: both are said).
 
 The command lines are built by pure functions (:func:`train_command`, :func:`scale_overrides`) so that
 they can be tested without launching anything.
@@ -18,7 +22,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
@@ -26,6 +30,9 @@ from detection.tables import CONFIG_DIR, REPO, Spec, Table, load_spec
 
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "train.py")
 DEFAULT_WORK_ROOT = os.path.join("work_dirs", "reproduce")
+# training images of the standard splits, for the schedule estimate when the data are not on this machine
+STANDARD_SPLIT_SIZES = {"VOC2007/trainval": 5011, "VOC2012/trainval": 11540, "VOC2007/test": 4952,
+                        "train2017": 118287, "val2017": 5000}
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Run:
     name: str
     cfg: str  # config file
     work_dir: str
-    paper: Optional[float]
+    paper: Dict[str, Optional[float]]
 
 
 def default_work_root(scale: float = 1.0, data_fraction: Optional[float] = None) -> str:
@@ -113,11 +120,71 @@ def _flow(values) -> str:
     return json.dumps(values, separators=(",", ":"))
 
 
-def resolve_gpus(requested: Optional[int], available: int) -> int:
-    """Processes per run: none without a GPU (plain python), else ``--gpus`` or every visible GPU."""
+def resolve_gpus(requested: Optional[int], available: int, paper: Optional[int] = None) -> int:
+    """Processes per run: none without a GPU (plain python), else ``--gpus``, else the paper's count
+    (``paper``) capped at the visible GPUs (every visible GPU when the paper's count is not given)."""
     if available == 0:
         return 0
-    return available if requested is None else requested
+    if requested is not None:
+        return requested
+    return available if paper is None else min(paper, available)
+
+
+def count_train_images(cfg) -> tuple:
+    """``(images, how)``: training images before ``data.repeat`` and after ``data.train_fraction``, counted
+    from the VOC split files or the shapes settings when possible, else the standard split sizes; ``how`` is
+    ``"counted"``, ``"standard split size"`` or ``"unknown"`` (images None)."""
+    d = cfg.data
+    if d.shapes is not None:
+        n, how = d.shapes.num_train, "counted"
+    else:
+        n, how = 0, "counted"
+        for s in d.train_sets:
+            split = os.path.join(d.root, *s.split("/")[:-1], "ImageSets", "Main", s.split("/")[-1] + ".txt")
+            if d.format == "voc" and os.path.isfile(split):
+                with open(split) as f:
+                    n += sum(1 for line in f if line.strip())
+            elif s in STANDARD_SPLIT_SIZES:
+                n, how = n + STANDARD_SPLIT_SIZES[s], "standard split size"
+            else:
+                return None, "unknown"
+    return max(1, round(n * d.train_fraction)), how
+
+
+def schedule_estimate(cfg, processes: int) -> Dict:
+    """Iterations and images seen of a run with ``processes`` processes (0 or 1: one): ``data.repeat`` passes
+    per epoch, ``data.batch_size`` images per process and step; approximate (each orientation group drops
+    its last partial batch)."""
+    procs = max(1, processes)
+    per_step = cfg.data.batch_size * procs
+    images, how = count_train_images(cfg)
+    if cfg.train.max_iters is not None:
+        iters = cfg.train.max_iters
+    elif images is None:
+        return {"iters": None, "images_seen": None, "per_step": per_step, "images": None, "how": how}
+    else:
+        iters = cfg.train.epochs * max(1, images * cfg.data.repeat // per_step)
+    return {"iters": iters, "images_seen": iters * per_step, "per_step": per_step, "images": images, "how": how}
+
+
+def describe_schedule(cfg, processes: int, table: Table) -> str:
+    """One line for --dry-run: iterations, images seen, layout, and a note when it is not the paper's."""
+    est = schedule_estimate(cfg, processes)
+    procs = max(1, processes)
+    layout = f"{procs} x {cfg.data.batch_size} images per step"
+    if est["iters"] is None:
+        text = f"{layout}; iterations unknown (training set size unknown)"
+    else:
+        source = "" if est["how"] == "counted" else f", {est['how']}"
+        text = (f"≈ {est['iters']:,} iterations, {est['images_seen']:,} images seen "
+                f"({est['images']:,} training images{source} x {cfg.data.repeat} per epoch x "
+                f"{cfg.train.epochs if cfg.train.max_iters is None else 'max_iters'}); {layout}")
+    paper = (table.gpus, table.images_per_gpu)
+    if (procs, cfg.data.batch_size) != paper:
+        text += (f" (the paper: {paper[0]} x {paper[1]}; the lr follows the total batch linearly"
+                 + (", and ALWA's per-process statistics see a different number of images"
+                    if cfg.weighting.type == "alwa" and not cfg.weighting.sync else "") + ")")
+    return text
 
 
 def train_command(cfg: str, work_dir: str, gpus: int, overrides: Sequence[str] = (),
@@ -152,33 +219,47 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
               config_dir: str = CONFIG_DIR, runner: Callable[[List[str]], int] = subprocess.call,
               out: Callable[[str], None] = print, available_gpus: Optional[int] = None,
               data_fraction: Optional[float] = None) -> int:
-    """List (``dry_run``) or train, one after another, the runs of the given tables that are not finished.
-    Stops at the first failing run and returns its exit code (0 when all ran); rerunning resumes."""
+    """List (``dry_run``: status, iterations, images seen, command) or train, one after another, the runs
+    of the given tables that are not finished. Stops at the first failing run and returns its exit code
+    (0 when all ran); rerunning resumes."""
+    from detection import engine
+
     spec = load_spec()
     runs = plan(numbers, work_root, config_dir, spec)
     if available_gpus is None:
         import torch
 
         available_gpus = torch.cuda.device_count()
-    nproc = resolve_gpus(gpus, available_gpus)
+
+    def nproc(run: Run) -> int:
+        return resolve_gpus(gpus, available_gpus, spec.tables[run.table].gpus)
+
     for n in numbers:
         mine = [r for r in runs if r.table == n]
         counts = {s: sum(run_status(r.work_dir) == s for r in mine) for s in ("finished", "partial", "missing")}
         out(f"Table {n}, {spec.tables[n].title}: {len(mine)} runs "
             f"({counts['finished']} finished, {counts['partial']} partial, {counts['missing']} missing)")
+        total_images = 0
         for r in mine:
             status = run_status(r.work_dir)
             out(f"  {status:<8s}  {r.cfg}  ->  {r.work_dir}")
-            if dry_run and status != "finished":
-                out("            $ " + shlex.join(train_command(r.cfg, r.work_dir, nproc,
-                                                               run_overrides(r, data_root, scale, overrides, data_fraction))))
+            if dry_run:
+                over = run_overrides(r, data_root, scale, overrides, data_fraction)
+                cfg = engine.load(r.cfg, over)
+                est = schedule_estimate(cfg, nproc(r))
+                total_images += est["images_seen"] or 0
+                out("            " + describe_schedule(cfg, nproc(r), spec.tables[n]))
+                if status != "finished":
+                    out("            $ " + shlex.join(train_command(r.cfg, r.work_dir, nproc(r), over)))
+        if dry_run:
+            out(f"  Table {n} in all: ≈ {total_images:,} training images seen over {len(mine)} runs")
     if dry_run:
         return 0
     done = set()
     for r in runs:
         if r.name in done or run_status(r.work_dir) == "finished":
             continue
-        cmd = train_command(r.cfg, r.work_dir, nproc, run_overrides(r, data_root, scale, overrides, data_fraction))
+        cmd = train_command(r.cfg, r.work_dir, nproc(r), run_overrides(r, data_root, scale, overrides, data_fraction))
         out(f"[reproduce] Table {r.table} {r.row} / {r.col}: {shlex.join(cmd)}")
         code = runner(cmd)
         if code != 0:
@@ -191,7 +272,8 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
 # --------------------------------------------------------------- collecting
 
 def read_metric(work_dir: str, metric: str) -> Optional[float]:
-    """Our number from ``eval.json`` (``mAP`` for VOC, ``AP`` = COCO box AP), None for an unfinished run."""
+    """Our number from ``eval.json`` (``mAP`` for VOC, ``AP`` / ``AP50`` / ``AP75`` = COCO box AP), None for
+    an unfinished run."""
     path = os.path.join(work_dir, "eval.json")
     if not os.path.isfile(path):
         return None
@@ -200,48 +282,89 @@ def read_metric(work_dir: str, metric: str) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def alwa_statistics(work_dir: str) -> str:
+    """How a finished run's ALWA statistics were taken, from its ``config.yaml`` and ``eval.json``:
+    ``"per process, 2 images (4 processes)"``, ``"pooled, 8 images (4 processes)"``, ``"-"`` without ALWA,
+    ``"?"`` when the run has not written them."""
+    cfg_path, ev_path = os.path.join(work_dir, "config.yaml"), os.path.join(work_dir, "eval.json")
+    if not (os.path.isfile(cfg_path) and os.path.isfile(ev_path)):
+        return "?"
+    with open(cfg_path) as f:
+        cfg = yaml.safe_load(f) or {}
+    with open(ev_path) as f:
+        ev = json.load(f)
+    w = cfg.get("weighting") or {}
+    if w.get("type") != "alwa":
+        return "-"
+    procs = ev.get("world_size")
+    per = ev.get("images_per_process", (cfg.get("data") or {}).get("batch_size"))
+    if procs is None or per is None:
+        return "?"
+    if w.get("sync", True) and procs > 1:
+        return f"pooled, {procs * per} images per step ({procs} processes)"
+    return f"per process, {per} images per step ({procs} process{'es' if procs > 1 else ''})"
+
+
 def table_rows(table: Table, work_root: str) -> List[dict]:
-    """One dict per cell (row-major): row, col, config, ours, paper, delta (ours - paper), status."""
+    """One dict per cell (row-major): row, col, config, status, ALWA statistics, and per metric ours, paper,
+    delta (ours - paper)."""
     rows = []
     for c in table.cells:
         work = os.path.join(work_root, c.name)
-        ours = read_metric(work, table.metric)
-        delta = None if ours is None or c.paper is None else ours - c.paper
-        rows.append({"row": c.row, "col": c.col, "config": c.name, "ours": ours, "paper": c.paper,
-                     "delta": delta, "status": run_status(work)})
+        row = {"row": c.row, "col": c.col, "config": c.name, "status": run_status(work),
+               "alwa_stats": alwa_statistics(work), "metrics": {}}
+        for m in table.metrics:
+            ours, paper = read_metric(work, m), c.paper.get(m)
+            row["metrics"][m] = {"ours": ours, "paper": paper,
+                                 "delta": None if ours is None or paper is None else ours - paper}
+        rows.append(row)
     return rows
 
 
 def markdown(table: Table, rows: List[dict]) -> str:
-    """The paper's layout, each column as ours | paper | Δ; "-" for a run not finished, "n/a" where
-    the paper's number is unknown."""
+    """The paper's layout (rows x columns, each column as ours | paper | Δ) for one metric; with several
+    metrics (COCO: AP, AP50, AP75) one line per cell, each metric as ours | paper | Δ. "-" for a run not
+    finished, "n/a" where the paper has no number."""
     d = table.digits
 
     def num(v, missing):
         return missing if v is None else f"{v:.{d}f}"
 
-    def diff(r):
-        if r["ours"] is None:
-            return "-"
-        if r["paper"] is None:
-            return "n/a"
-        return f"{round(r['delta'], d) + 0.0:+.{d}f}"  # + 0.0: no "-0.000"
+    def triple(m):
+        if m["ours"] is None:
+            diff = "-"
+        elif m["paper"] is None:
+            diff = "n/a"
+        else:
+            diff = f"{round(m['delta'], d) + 0.0:+.{d}f}"  # + 0.0: no "-0.000"
+        return [num(m["ours"], "-"), num(m["paper"], "n/a"), diff]
 
-    head = [table.row_header] + [h for col in table.cols for h in (f"{col} (ours)", "paper", "Δ")]
-    lines = [f"### Table {table.number}: {table.title}; metric {table.metric}", "",
-             f"Paper numbers: {table.source}. Δ = ours − paper; - = run not finished; n/a = paper number unknown.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, label in enumerate(table.rows):
-        cells = rows[i * len(table.cols):(i + 1) * len(table.cols)]
-        lines.append("| " + " | ".join([label] + [x for r in cells
-                                                 for x in (num(r["ours"], "-"), num(r["paper"], "n/a"), diff(r))])
-                     + " |")
+    metrics = table.metrics
+    lines = [f"### Table {table.number}: {table.title}; {', '.join(metrics)}", "",
+             f"Paper numbers: {table.source}. Δ = ours − paper; - = run not finished; n/a = no paper number.", ""]
+    if len(metrics) == 1:
+        m = metrics[0]
+        head = [table.row_header] + [h for col in table.cols for h in (f"{col} (ours)", "paper", "Δ")]
+        body = [[label] + [x for r in rows[i * len(table.cols):(i + 1) * len(table.cols)] for x in triple(r["metrics"][m])]
+                for i, label in enumerate(table.rows)]
+    else:
+        head = [table.row_header, "setting"] + [h for m in metrics for h in (f"{m} (ours)", "paper", "Δ")]
+        body = [[r["row"], r["col"]] + [x for m in metrics for x in triple(r["metrics"][m])] for r in rows]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    stats = sorted({r["alwa_stats"] for r in rows if r["alwa_stats"] not in ("-", "?")})
+    if stats:
+        lines += ["", "ALWA statistics of the finished runs: " + "; ".join(
+            f"{s} ({sum(r['alwa_stats'] == s for r in rows)} run(s))" for s in stats)
+            + ". The released code took them per process (each GPU its own λ, over its "
+              f"{table.images_per_gpu} images per step)."]
     return "\n".join(lines) + "\n"
 
 
 def collect(numbers: Sequence[int], work_root: str, out_dir: Optional[str] = None,
             spec: Optional[Spec] = None) -> str:
-    """Markdown of the given tables; also writes ``table<N>.md`` and ``table<N>.csv`` into ``out_dir``."""
+    """Markdown of the given tables; also writes ``table<N>.md`` and ``table<N>.csv`` (one line per cell and
+    metric) into ``out_dir``."""
     spec = spec or load_spec()
     out_dir = out_dir or work_root
     os.makedirs(out_dir, exist_ok=True)
@@ -255,11 +378,13 @@ def collect(numbers: Sequence[int], work_root: str, out_dir: Optional[str] = Non
             f.write(text)
         with open(os.path.join(out_dir, f"table{n}.csv"), "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["table", "row", "column", "config", "metric", "ours", "paper", "delta", "status"])
+            writer.writerow(["table", "row", "column", "config", "metric", "ours", "paper", "delta", "status",
+                             "alwa_stats"])
             for r in rows:
-                writer.writerow([n, r["row"], r["col"], r["config"], table.metric, _csv(r["ours"]),
-                                 _csv(r["paper"]), _csv(None if r["delta"] is None else round(r["delta"], 6)),
-                                 r["status"]])
+                for m, v in r["metrics"].items():
+                    writer.writerow([n, r["row"], r["col"], r["config"], m, _csv(v["ours"]), _csv(v["paper"]),
+                                     _csv(None if v["delta"] is None else round(v["delta"], 6)), r["status"],
+                                     r["alwa_stats"]])
     return "\n".join(parts)
 
 

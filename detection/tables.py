@@ -1,8 +1,7 @@
 """The paper's tables as data (``configs/tables.yaml``) and the config files generated from them.
 
 The spec is the one source of truth: every cell of Tables 1-8 names its config, the config's ``_base_``
-and its overrides (dotted keys, as with ``--set``), and the paper's number (or null when we have not read
-it). :func:`render_configs` turns the spec into the text of every ``configs/<name>.yaml``;
+and its overrides (dotted keys, as with ``--set``), and the paper's number(s) for the table's metrics. :func:`render_configs` turns the spec into the text of every ``configs/<name>.yaml``;
 ``scripts/gen_configs.py`` writes them, and a test checks that the committed files are exactly this output,
 so no table config drifts from the spec. ``detection/reproduce.py`` runs and tabulates the same cells.
 
@@ -23,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
 SPEC_PATH = os.path.join(CONFIG_DIR, "tables.yaml")
 GENERATED_MARKER = "# Generated from configs/tables.yaml by scripts/gen_configs.py: edit the spec, not this file."
-METRICS = ("mAP", "AP")  # eval.json keys: VOC mAP, COCO box AP
+METRICS = ("mAP", "AP", "AP50", "AP75")  # eval.json keys: VOC mAP, COCO box AP (AP@[.5:.95], @.5, @.75)
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Cell:
     name: str  # config name: configs/<name>.yaml, work dir <work root>/<name>
     base: Optional[str]  # _base_ path relative to configs/ (None for a reused cell)
     overrides: Dict[str, Any]  # dotted key -> value, as in --set
-    paper: Optional[float]
+    paper: Dict[str, Optional[float]]  # metric -> the paper's number (None: not reported)
     reuse: bool = False  # the config is defined by another table's cell
 
 
@@ -42,16 +41,23 @@ class Cell:
 class Table:
     number: int
     title: str
-    metric: str
+    metrics: List[str]
     digits: int
     row_header: str
     rows: List[str]
     cols: List[str]
     source: str
     cells: List[Cell]  # row-major
+    gpus: int = 4  # the paper's layout: processes x images per process = images per step
+    images_per_gpu: int = 2
 
     def cell(self, row: int, col: int) -> Cell:
         return self.cells[row * len(self.cols) + col]
+
+    @property
+    def metric(self) -> str:
+        """The first (main) metric."""
+        return self.metrics[0]
 
 
 @dataclass(frozen=True)
@@ -71,18 +77,45 @@ class SpecError(ValueError):
 def load_spec(path: str = SPEC_PATH) -> Spec:
     """Read and check the table spec; errors name the table and cell."""
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path} is not valid YAML: {exc}") from exc
     tables = {int(n): _parse_table(int(n), t) for n, t in sorted(data.get("tables", {}).items())}
     spec = Spec(tables, dict(data.get("aliases") or {}))
     _check(spec)
     return spec
 
 
+TABLE_KEYS = {"title", "metrics", "digits", "gpus", "images_per_gpu", "row_header", "rows", "cols", "source", "cells"}
+
+
+def _number(value) -> bool:
+    return value is None or (not isinstance(value, bool) and isinstance(value, (int, float)))
+
+
+def _paper(where: str, metrics: List[str], paper) -> Dict[str, Optional[float]]:
+    """``0.75`` (the table's only metric) or ``{metric: number, ...}`` -> metric -> float or None."""
+    if not isinstance(paper, dict):
+        if len(metrics) != 1 or not _number(paper):
+            raise SpecError(f"{where}: paper must be a number or null (one metric) or a mapping of "
+                            f"{metrics} to numbers, got {paper!r}")
+        paper = {metrics[0]: paper}
+    if set(paper) - set(metrics) or not all(_number(v) for v in paper.values()):
+        raise SpecError(f"{where}: paper must map the table's metrics {metrics} to numbers or null, got {paper!r}")
+    return {m: None if paper.get(m) is None else float(paper[m]) for m in metrics}
+
+
 def _parse_table(number: int, t: dict) -> Table:
-    rows, cols, raw = list(t["rows"]), list(t["cols"]), list(t["cells"])
     where = f"table {number}"
-    if t["metric"] not in METRICS:
-        raise SpecError(f"{where}: metric must be one of {METRICS}, got {t['metric']!r}")
+    unknown = set(t) - TABLE_KEYS
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(TABLE_KEYS)}")
+    rows, cols, raw = list(t["rows"]), list(t["cols"]), list(t["cells"])
+    metrics = list(t["metrics"])
+    bad = [m for m in metrics if m not in METRICS]
+    if not metrics or bad:
+        raise SpecError(f"{where}: metrics must be a non-empty list of {METRICS}, got {metrics}")
     if len(raw) != len(rows) * len(cols):
         raise SpecError(f"{where}: {len(raw)} cells for {len(rows)} rows x {len(cols)} cols")
     cells = []
@@ -93,13 +126,10 @@ def _parse_table(number: int, t: dict) -> Table:
         if unknown or "name" not in c or "paper" not in c or reuse == ("base" in c) or (reuse and "set" in c):
             raise SpecError(f"{where}, cell {i} ({row} / {col}): expected {{name, base, set, paper}} or "
                             f"{{name, reuse: true, paper}}, got {c}")
-        paper = c["paper"]
-        if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float))):
-            raise SpecError(f"{where}, cell {c['name']}: paper must be a number or null, got {paper!r}")
         cells.append(Cell(number, row, col, c["name"], c.get("base"), dict(c.get("set") or {}),
-                          None if paper is None else float(paper), reuse))
-    return Table(number, t["title"], t["metric"], int(t["digits"]), t["row_header"], rows, cols,
-                 t["source"], cells)
+                          _paper(f"{where}, cell {c['name']}", metrics, c["paper"]), reuse))
+    return Table(number, t["title"], metrics, int(t["digits"]), t["row_header"], rows, cols, t["source"], cells,
+                 int(t.get("gpus", 4)), int(t.get("images_per_gpu", 2)))
 
 
 def _check(spec: Spec) -> None:

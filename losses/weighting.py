@@ -1,10 +1,11 @@
 """Loss-weighting strategies: the one place where raw losses become the total that is backpropagated.
 
-Every strategy is called once per training step with the model's raw loss dict (``{"loss_*": scalar}``)
-and returns the weighted total. Keys outside a strategy's groups keep weight 1. Keys named in the
+Every strategy is called once per training step with the model's raw loss dict (``{"loss_*": scalar}``):
+``apply(losses)`` returns the total with its terms and this step's weights (``WeightedLosses``), calling the
+strategy returns the total alone. Keys outside a strategy's groups keep weight 1. Keys named in the
 configuration must exist in the loss dict: a typo is an error at the first step, never ignored.
 
-``ALWA`` follows the authors' released code (see DESIGN.md, section "Loss weighting"):
+``ALWA`` follows the authors' released code (docs/design.md, "Loss weighting"; docs/paper.md for the source):
 
 * ``λcls`` and ``λreg`` start at ``init_weight``; ``λreg`` never changes.
 * each step appends the detached group values (``λcls·Lcls`` and ``λreg·Lreg`` with ``stats="weighted"``,
@@ -14,7 +15,8 @@ configuration must exist in the loss dict: a typo is an error at the first step,
   ``λcls = 1 - (CLS - REG) / CLS``, else ``λcls`` is kept; the window is emptied. The step that
   completes a window is weighted with the old ``λ``.
 * with ``sync=True`` under an initialised ``torch.distributed`` process group, the windows of all ranks
-  are gathered at the boundary so every rank computes the same ``λ``.
+  are gathered at the boundary so every rank computes the same ``λ``; ``sync=False`` keeps them per process
+  (each rank its own ``λ``), as the released code does.
 
 The per-step work is tensor writes into a preallocated window; the host reads the window only at a
 boundary (one synchronisation every ``interval`` steps).

@@ -8,9 +8,11 @@ A grid, e.g. Table 2's layout with three seeds per cell, two runs at a time with
     python scripts/compare.py --cfg configs/demo/retinanet_shapes_alwa2.yaml --schemes fixed alwa1 alwa2 \\
         --variants l1 smoothl1 ciou --seeds 0 1 2 --jobs 2 --threads 1 --work-root work_dirs/mini_table2
 
-Schemes are presets (fixed, alwa1, alwa2, alwa2_raw, avw, rlo, iou_balanced, uncertainty, dwa) or
-NAME:key=value,key=value; variants (rows) are presets (l1, smoothl1, iou, giou, diou, ciou: RetinaNet's
-model.loss.reg) or NAME:key=value,.... Writes <work-root>[/<variant>]/<scheme>[/seed<S>]/ (a normal work
+Schemes are presets (fixed, alwa1, alwa2, alwa2_raw, avw, rlo, iou_balanced, uncertainty, dwa; ALWA acts on
+RetinaNet's head losses or on the RPN pair of Faster / Mask R-CNN, and a preset that does not apply to the
+config's detector is an error) or NAME:key=value,key=value; variants (rows) are presets (l1, smoothl1, iou,
+giou, diou, ciou, ciou_mmdet: RetinaNet's box loss, or the RoI head's, the RPN keeping L1 as released) or
+NAME:key=value,.... Writes <work-root>[/<variant>]/<scheme>[/seed<S>]/ (a normal work
 dir each), compare.md (with variants or seeds: mean ± sd per cell and paired differences to the first
 scheme), compare.csv and the loss plots; finished runs are skipped and interrupted ones resumed when the
 command is repeated.

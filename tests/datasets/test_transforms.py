@@ -49,8 +49,10 @@ def test_partly_outside_box_is_clipped_not_dropped():
 
 def test_degenerate_box_raises_instead_of_vanishing():
     t = build_transforms(False, min_size=10, max_size=10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"box 1 \[3.0, 3.0, 3.0, 8.0\] \(of 2\) has no positive width"):
         t(np.zeros((10, 10, 3), np.uint8), np.array([[1, 1, 5, 5], [3, 3, 3, 8]], np.float32), [0, 1], None)
+    with pytest.raises(ValueError, match=r"box 0 .* inside the 10 x 10 image"):  # entirely outside the image
+        t(np.zeros((10, 10, 3), np.uint8), np.array([[12, 1, 15, 5]], np.float32), [0], None)
 
 
 def test_keep_ratio_rule_by_hand():

@@ -5,13 +5,15 @@ import os
 
 import pytest
 
-from detection.compare import GridRun, execution_order, grid_markdown, mean_sd, pending_runs, plan_grid, run_grid
+from detection.compare import (GridRun, execution_order, grid_markdown, mean_sd, parse_scheme, pending_runs, plan_grid,
+                               run_grid)
 
 
 def test_plain_comparison_keeps_one_folder_per_scheme():
     runs = plan_grid(["fixed", "alwa1"], "root", overrides=["train.max_iters=5"])
     assert [r.work_dir for r in runs] == [os.path.join("root", "fixed"), os.path.join("root", "alwa1")]
-    assert runs[1].overrides == ("train.max_iters=5", "weighting.type=alwa", "weighting.variant=1")
+    assert runs[1].overrides == ("train.max_iters=5", "weighting.type=alwa", "weighting.variant=1",
+                                 "weighting.cls_keys=[loss_cls]", "weighting.reg_keys=[loss_bbox]")
     assert [r.label for r in runs] == ["fixed", "alwa1"]
 
 
@@ -48,6 +50,39 @@ def test_resumed_grid_finishes_the_first_seed_first(tmp_path):
 def test_grid_input_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_grid(work_root="root", **kwargs)
+
+
+def test_presets_follow_the_detector_or_refuse():
+    """On Faster / Mask R-CNN the regression-loss rows change the RoI head (the RPN keeps L1, as released) and
+    ALWA acts on the RPN pair; RetinaNet-only schemes are refused with what to do instead, never a no-op."""
+    one = plan_grid(["alwa1"], "root", variants=["smoothl1", "ciou"], model_type="retinanet")
+    assert one[0].overrides == ("model.loss.reg=smooth_l1", "model.loss.smooth_l1_beta=1.0", "weighting.type=alwa",
+                                "weighting.variant=1", "weighting.cls_keys=[loss_cls]", "weighting.reg_keys=[loss_bbox]")
+    two = plan_grid(["alwa2", "uncertainty"], "root", variants=["smoothl1", "ciou"], model_type="faster_rcnn")
+    assert two[0].overrides == ("model.roi_head.reg_loss=smooth_l1", "model.roi_head.smooth_l1_beta=1.0",
+                                "model.roi_head.reg_loss_weight=1.1", "weighting.type=alwa", "weighting.variant=2",
+                                "weighting.cls_keys=[loss_rpn_cls]", "weighting.reg_keys=[loss_rpn_bbox]")
+    assert two[2].overrides[:2] == ("model.roi_head.reg_loss=ciou", "model.roi_head.reg_loss_weight=1.0")
+    assert "weighting.keys=[loss_rpn_cls,loss_rpn_bbox,loss_cls,loss_bbox]" in two[1].overrides
+    for scheme in ("avw", "rlo", "iou_balanced"):
+        with pytest.raises(ValueError, match=f"'{scheme}' does not apply to mask_rcnn: .*NAME:"):
+            plan_grid([scheme], "root", model_type="mask_rcnn")
+
+
+def test_presets_build_on_a_two_stage_config(tmp_path):
+    """Every two-stage preset's overrides load on the Faster R-CNN demo config and touch only keys the model
+    uses (the RoI head's loss, the RPN's weighting keys)."""
+    from detection import builders, engine
+
+    cfg_path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo", "frcnn_shapes_alwa1.yaml")
+    for run in plan_grid(["fixed", "alwa1", "alwa2_raw", "dwa"], str(tmp_path), variants=["l1", "smoothl1", "giou"],
+                         model_type="faster_rcnn"):
+        cfg = engine.load(cfg_path, list(run.overrides))
+        builders.build_weighting(cfg)
+        assert cfg.model.rpn.reg_loss == "l1"
+        assert cfg.model.roi_head.reg_loss == {"l1": "l1", "smoothl1": "smooth_l1", "giou": "giou"}[run.variant]
+        if cfg.weighting.type == "alwa":
+            assert (cfg.weighting.cls_keys, cfg.weighting.reg_keys) == (["loss_rpn_cls"], ["loss_rpn_bbox"])
 
 
 def _fake(values):
@@ -108,3 +143,17 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retina
     assert "| l1 | " in text and " (1) |" in text
     with pytest.raises(FileNotFoundError, match="no finished run"):
         run_grid(str(cfg), ["fixed"], str(tmp_path / "empty"), seeds=[1], report_only=True)
+
+
+def test_iou_balanced_preset_is_the_released_voc_r50_config():
+    from detection import engine
+    from detection.config import config_to_dict
+
+    configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    released = engine.load(os.path.join(configs, "retinanet_r50_voc_iou_balanced.yaml"))
+    loss = released.model.loss
+    assert (loss.reg, loss.smooth_l1_beta, loss.reg_weight, loss.iou_balanced_eta, loss.iou_balanced_lambda,
+            loss.iou_balanced_norm) == ("smooth_l1", 0.11, 2.34, 1.5, 1.5, "level")
+    _, overrides = parse_scheme("iou_balanced")
+    preset = engine.load(os.path.join(configs, "_base_", "retinanet_r50_voc.yaml"), overrides)
+    assert config_to_dict(preset) == config_to_dict(released)

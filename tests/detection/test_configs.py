@@ -25,14 +25,19 @@ def test_table2_configs_exist():
 @pytest.mark.parametrize("path", HAND_WRITTEN, ids=[os.path.relpath(p, REPO) for p in HAND_WRITTEN])
 def test_config_builds(path):
     cfg = engine.load(path, ["model.backbone.pretrained=null"])
-    model = builders.build_model(cfg, len(builders.class_names(cfg)))
-    assert model.num_classes == len(builders.class_names(cfg))
+    n = len(builders.class_names(cfg))
+    model = builders.build_model(cfg, n)
+    # the classifier's output size, not just the attribute that was passed in
+    if cfg.model.type == "retinanet":
+        assert model.head.cls_out.out_channels == model.anchor_generator.num_anchors_per_location * n
+    else:
+        assert model.roi_heads.box_head.cls.out_features == n + 1
     builders.build_weighting(cfg)
 
 
 def test_paper_settings():
     cfg = engine.load(os.path.join(REPO, "configs", "retinanet_r50_voc_ciou_alwa1.yaml"))
-    assert cfg.model.loss.reg == "ciou" and cfg.model.backbone.name == "resnet50"
+    assert cfg.model.loss.reg == "ciou_mmdet" and cfg.model.backbone.name == "resnet50"
     assert (cfg.train.epochs, cfg.train.lr_steps, cfg.optimizer.lr, cfg.optimizer.base_batch_size) == (12, [8, 11], 0.01, 8)
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
     w = cfg.weighting
@@ -62,13 +67,13 @@ def test_two_stage_table_configs_exist():
 
 @pytest.mark.parametrize("name,typ,backbone,reg,fmt", [
     ("frcnn_r50_voc_alwa1", "faster_rcnn", "resnet50", "l1", "voc"),
-    ("frcnn_r50_coco_ciou_alwa2", "faster_rcnn", "resnet50", "ciou", "coco"),
+    ("frcnn_r50_coco_ciou_alwa2", "faster_rcnn", "resnet50", "ciou_mmdet", "coco"),
     ("maskrcnn_r101_coco_smoothl1_alwa1", "mask_rcnn", "resnet101", "smooth_l1", "coco"),
 ])
 def test_two_stage_paper_settings(name, typ, backbone, reg, fmt):
     cfg = engine.load(os.path.join(REPO, "configs", f"{name}.yaml"))
     assert (cfg.model.type, cfg.model.backbone.name, cfg.data.format) == (typ, backbone, fmt)
-    assert cfg.model.rpn.reg_loss == reg and cfg.model.roi_head.reg_loss == reg
+    assert cfg.model.rpn.reg_loss == "l1" and cfg.model.roi_head.reg_loss == reg  # the RPN keeps L1, as released
     assert (cfg.train.epochs, cfg.train.lr_steps, cfg.optimizer.lr, cfg.optimizer.base_batch_size) == (12, [8, 11], 0.02, 8)
     w = cfg.weighting
     assert (w.type, w.interval, w.init_weight) == ("alwa", 100, 1.0)

@@ -68,7 +68,8 @@ def test_missing_runs_and_metrics_are_clear_errors(tmp_path):
 
 
 def test_scheme_parsing():
-    assert parse_scheme("alwa1") == ("alwa1", PRESETS["alwa1"])
+    assert parse_scheme("alwa1") == ("alwa1", PRESETS["alwa1"]["one_stage"])
+    assert parse_scheme("alwa1", model_type="mask_rcnn") == ("alwa1", PRESETS["alwa1"]["two_stage"])
     assert parse_scheme("mine:weighting.type=alwa,weighting.interval=50") == ("mine", ["weighting.type=alwa", "weighting.interval=50"])
     with pytest.raises(ValueError, match="unknown scheme 'alwa3'"):
         parse_scheme("alwa3")

@@ -39,7 +39,7 @@ def test_plan_counts_per_table(tmp_path):
     assert all(os.path.isfile(r.cfg) for r in runs)
     t3 = [r for r in runs if r.table == 3]
     assert (t3[5].row, t3[5].col, t3[5].name, t3[5].paper) == ("SmoothL1", "ALWA_2", "frcnn_r50_voc_smoothl1_alwa2",
-                                                               0.7559)
+                                                               {"mAP": 0.7559})
 
 
 def test_dry_run_lists_every_run_with_its_status(tmp_path, capsys, monkeypatch):
@@ -58,6 +58,30 @@ def test_dry_run_lists_every_run_with_its_status(tmp_path, capsys, monkeypatch):
     row = next(line for line in lines if "frcnn_r50_voc_l1_alwa1.yaml" in line)
     assert row.split()[0] == "partial" and row.rstrip().endswith(os.path.join(root, "frcnn_r50_voc_l1_alwa1"))
     assert not any("$" in line and "frcnn_r50_voc_l1.yaml" in line for line in lines)  # finished: no command
+    # the budget: VOC12 trainval (11,540 images, the standard size: no data here) x 3 per epoch, on
+    # one process of 2 images (no GPU here) -> 17,310 iterations per epoch, 207,720 in 12 epochs
+    i = lines.index(row)
+    assert lines[i + 1].strip().startswith("≈ 207,720 iterations, 415,440 images seen (11,540 training images, "
+                                           "standard split size x 3 per epoch x 12); 1 x 2 images per step "
+                                           "(the paper: 4 x 2;")
+    assert "ALWA's per-process statistics see a different number of images" in lines[i + 1]
+    assert sum("images seen (" in line for line in lines) == sum(COUNTS.values())  # one per run, then a total
+
+
+def test_dry_run_on_the_papers_layout_counts_the_papers_iterations(tmp_path, capsys):
+    """4 GPUs x 2 images: 11,540 x 3 / 8 = 4,327 iterations per epoch, 51,924 in all (the paper's ~52k);
+    Mask R-CNN on 2 x 4: 118,287 / 8 = 14,785 per epoch; no note when the layout is the paper's."""
+    lines = []
+    assert reproduce.reproduce([2, 6], str(tmp_path), dry_run=True, available_gpus=8, out=lines.append) == 0
+    budget = [line.strip() for line in lines if "images seen" in line and not line.startswith("  Table")]
+    assert budget[0] == ("≈ 51,924 iterations, 415,392 images seen (11,540 training images, standard split size "
+                         "x 3 per epoch x 12); 4 x 2 images per step")
+    assert budget[18] == ("≈ 177,420 iterations, 1,419,360 images seen (118,287 training images, standard split "
+                          "size x 1 per epoch x 12); 2 x 4 images per step")
+    cmds = [line for line in lines if "$ " in line]
+    assert cmds[0].split("$ ")[1].startswith("torchrun --nproc_per_node=4 ")
+    assert cmds[18].split("$ ")[1].startswith("torchrun --nproc_per_node=2 ")
+    assert any(line.startswith("  Table 2 in all: ≈ 7,477,056 training images seen over 18 runs") for line in lines)
 
 
 def test_train_command():
@@ -70,9 +94,12 @@ def test_train_command():
             "py", script, "--cfg", "c.yaml", "--work-dir", "w/x", "--resume"]
 
 
-@pytest.mark.parametrize("requested,available,expected", [(None, 0, 0), (4, 0, 0), (None, 2, 2), (1, 8, 1), (8, 8, 8)])
-def test_resolve_gpus(requested, available, expected):
-    assert reproduce.resolve_gpus(requested, available) == expected
+@pytest.mark.parametrize("requested,available,paper,expected", [
+    (None, 0, 4, 0), (4, 0, 4, 0), (None, 2, None, 2), (1, 8, 4, 1), (8, 8, 4, 8), (None, 8, 4, 4), (None, 2, 4, 2),
+    (None, 8, 2, 2)])
+def test_resolve_gpus(requested, available, paper, expected):
+    """No GPU: plain python; --gpus wins; else the paper's count, capped at the visible GPUs."""
+    assert reproduce.resolve_gpus(requested, available, paper) == expected
 
 
 @pytest.mark.parametrize("train,scale,expected", [
@@ -126,14 +153,14 @@ def test_reproduce_skips_finished_resumes_partial_and_trains_shared_cells_once(t
         _finish(root, os.path.basename(cmd[cmd.index("--work-dir") + 1]), mAP=0.7)
         return 0
 
-    assert reproduce.reproduce([3, 7], root, gpus=2, available_gpus=2, runner=runner, out=lambda s: None) == 0
+    assert reproduce.reproduce([1, 2, 3], root, gpus=2, available_gpus=2, runner=runner, out=lambda s: None) == 0
     trained = [os.path.basename(c[c.index("--work-dir") + 1]) for c in calls]
-    assert len(trained) == 9 - 1 + 12 - 3  # Table 3 without its finished run, Table 7 without Table 3's cells
-    assert "frcnn_r50_voc_l1" not in trained and trained.count("frcnn_r50_voc_l1_alwa2") == 1
+    assert len(trained) == 33 - 3 + 18 + 9 - 1  # Table 1 without Table 2's baselines, Table 3 without its finished run
+    assert "frcnn_r50_voc_l1" not in trained and trained.count("retinanet_r50_voc_l1") == 1
     assert "frcnn_r50_voc_smoothl1_alwa2" in trained
     assert all(c[:2] == ["torchrun", "--nproc_per_node=2"] and "--resume" in c for c in calls)
     calls.clear()
-    assert reproduce.reproduce([3, 7], root, available_gpus=0, runner=runner, out=lambda s: None) == 0
+    assert reproduce.reproduce([1, 2, 3], root, available_gpus=0, runner=runner, out=lambda s: None) == 0
     assert calls == []  # everything finished: nothing to do
 
 
@@ -144,12 +171,19 @@ def test_reproduce_stops_at_a_failing_run(tmp_path):
     assert code == 3 and len(calls) == 1
 
 
+def _finish_run(root, name, world, batch, sync=False, weighting="alwa", **metrics):
+    """A finished run as train.py leaves it: eval.json with the layout, config.yaml with the weighting."""
+    _finish(root, name, world_size=world, images_per_process=batch, **metrics)
+    with open(os.path.join(root, name, "config.yaml"), "w") as f:
+        f.write(f"data: {{batch_size: {batch}}}\nweighting: {{type: {weighting}, sync: {str(sync).lower()}}}\n")
+
+
 def test_collect_prints_ours_paper_and_delta(tmp_path):
     root, out = str(tmp_path / "runs"), str(tmp_path / "out")
     _finish(root, "retinanet_r50_voc_l1", mAP=0.7600)
-    _finish(root, "retinanet_r101_voc_ciou_alwa2", mAP=0.7750)
-    _finish(root, "frcnn_r50_coco_l1", AP=0.3702, AP50=0.58)
-    _finish(root, "frcnn_r50_coco_l1_alwa1", AP=0.371)
+    _finish_run(root, "retinanet_r101_voc_ciou_alwa2", 4, 2, mAP=0.7750)
+    _finish(root, "frcnn_r50_coco_l1", AP=0.3702, AP50=0.58, AP75=0.40)
+    _finish_run(root, "frcnn_r50_coco_l1_alwa1", 1, 8, AP=0.371)
     _partial(root, "frcnn_r50_coco_l1_alwa2")
     text = reproduce.collect([1, 2, 4], root, out)
     lines = text.splitlines()
@@ -158,18 +192,57 @@ def test_collect_prints_ours_paper_and_delta(tmp_path):
     # 0.7600 - 0.7517 = +0.0083; 0.7750 - 0.7804 = -0.0054
     assert "| L1, R50 | 0.7600 | 0.7517 | +0.0083 | - | 0.7599 | - | - | 0.7613 | - |" in lines
     assert "| CIoU, R101 | - | 0.7697 | - | - | 0.7773 | - | 0.7750 | 0.7804 | -0.0054 |" in lines
-    # COCO: AP (not AP50), 3 decimals; 0.3702 - 0.366 = +0.004; the paper's ALWA cells are unknown
-    assert "| L1 | 0.370 | 0.366 | +0.004 | 0.371 | n/a | n/a | - | n/a | - |" in lines
-    # Table 1's 1 : 1 row is Table 2's baseline run; Table 1's paper numbers are unknown
-    assert "| 1 : 1 | 0.7600 | n/a | n/a | - | n/a | - | - | n/a | - |" in lines
+    # COCO: one line per cell with AP, AP50, AP75, 3 decimals; 0.3702 - 0.366 = +0.004, 0.58 - 0.568 = +0.012
+    assert ("| loss in the RoI head (RPN: L1) | setting | AP (ours) | paper | Δ | AP50 (ours) | paper | Δ | "
+            "AP75 (ours) | paper | Δ |") in lines
+    assert "| L1 | baseline | 0.370 | 0.366 | +0.004 | 0.580 | 0.568 | +0.012 | 0.400 | 0.397 | +0.003 |" in lines
+    assert "| L1 | ALWA_1 | 0.371 | 0.368 | +0.003 | - | 0.569 | - | - | 0.396 | - |" in lines
+    assert "| CIoU | ALWA_2 | - | 0.368 | - | - | 0.570 | - | - | 0.399 | - |" in lines
+    # Table 1's 1 : 1 row is Table 2's baseline run, with Table 1's own paper number for CIoU (0.7535)
+    assert "| 1.00 : 1.00 | 0.7600 | 0.7517 | +0.0083 | - | 0.7531 | - | - | 0.7535 | - |" in lines
+    # how each finished ALWA run took its statistics
+    assert ("ALWA statistics of the finished runs: per process, 2 images per step (4 processes) (1 run(s)). "
+            "The released code took them per process (each GPU its own λ, over its 2 images per step).") in lines
+    assert "per process, 8 images per step (1 process) (1 run(s))" in text
     with open(os.path.join(out, "table4.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 9
+    assert len(rows) == 9 * 3
     assert rows[0] == {"table": "4", "row": "L1", "column": "baseline", "config": "frcnn_r50_coco_l1", "metric": "AP",
-                       "ours": "0.3702", "paper": "0.366", "delta": "0.0042", "status": "finished"}
-    assert (rows[1]["ours"], rows[1]["paper"], rows[1]["delta"]) == ("0.371", "", "")
-    assert (rows[2]["ours"], rows[2]["status"]) == ("", "partial")
+                       "ours": "0.3702", "paper": "0.366", "delta": "0.0042", "status": "finished", "alwa_stats": "?"}
+    assert [r["metric"] for r in rows[:3]] == ["AP", "AP50", "AP75"]
+    assert (rows[3]["ours"], rows[3]["paper"], rows[3]["delta"]) == ("0.371", "0.368", "0.003")
+    assert rows[4]["ours"] == "" and rows[4]["alwa_stats"] == "per process, 8 images per step (1 process)"
+    assert (rows[6]["ours"], rows[6]["status"]) == ("", "partial")
     assert open(os.path.join(out, "table2.md")).read() in text
+
+
+def test_alwa_statistics_pooled_or_per_process(tmp_path):
+    root = str(tmp_path)
+    _finish_run(root, "a", 4, 2, sync=True, mAP=0.7)
+    _finish_run(root, "b", 1, 8, sync=True, mAP=0.7)
+    _finish_run(root, "c", 2, 4, sync=False, mAP=0.7)
+    _finish_run(root, "d", 4, 2, weighting="fixed", mAP=0.7)
+    assert reproduce.alwa_statistics(os.path.join(root, "a")) == "pooled, 8 images per step (4 processes)"
+    assert reproduce.alwa_statistics(os.path.join(root, "b")) == "per process, 8 images per step (1 process)"
+    assert reproduce.alwa_statistics(os.path.join(root, "c")) == "per process, 4 images per step (2 processes)"
+    assert reproduce.alwa_statistics(os.path.join(root, "d")) == "-"
+    assert reproduce.alwa_statistics(os.path.join(root, "missing")) == "?"
+
+
+def test_collect_with_no_finished_run_prints_every_paper_number(tmp_path):
+    """Every number of the paper's eight tables appears in --collect's output before anything was trained."""
+    from detection.tables import load_spec
+
+    spec = load_spec()
+    text = reproduce.collect(range(1, 9), str(tmp_path))
+    body = [line for line in text.splitlines() if line.startswith("| ") and "(ours)" not in line]
+    assert len(body) == sum(len(t.rows) if len(t.metrics) == 1 else len(t.cells) for t in spec.tables.values())
+    for n, t in spec.tables.items():
+        for c in t.cells:
+            for m, v in c.paper.items():
+                assert f" {v:.{t.digits}f} " in text, (n, c.name, m)
+    assert "| 2.00 : 2.00 | - | 0.7233 | - | - | 0.7315 | - | - | 0.7286 | - |" in text
+    assert "| 0.25 : 0.25 | L1 | - | 0.367 | - | - | 0.566 | - | - | 0.402 | - |" in text
 
 
 def test_cli_collect_and_table_errors(tmp_path, capsys, monkeypatch):
@@ -189,11 +262,16 @@ def test_configs_are_read_from_the_config_dir():
 
 def test_cli_scale_cuts_schedule_and_data_in_the_printed_commands(tmp_path, capsys, monkeypatch):
     main = _script_main(monkeypatch)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         main(["--table", "3", "--dry-run", "--scale", "0.5", "--work-root", str(tmp_path)])
-    cmds = [line for line in capsys.readouterr().out.splitlines() if "$" in line]
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    cmds = [line for line in out if "$" in line]
     assert len(cmds) == 9 and all("train.epochs=6" in c and "data.train_fraction=0.5" in c for c in cmds)
-    with pytest.raises(SystemExit):
+    # half the images (5,770) x 3, 6 epochs, one process of 2 images: 8,655 per epoch
+    assert sum("≈ 51,930 iterations" in line for line in out) == 9
+    with pytest.raises(SystemExit) as exit_:
         main(["--table", "3", "--dry-run", "--scale", "0.5", "--data-fraction", "1", "--work-root", str(tmp_path)])
+    assert exit_.value.code == 0
     cmds = [line for line in capsys.readouterr().out.splitlines() if "$" in line]
-    assert all("train.epochs=6" in c and "train_fraction" not in c for c in cmds)
+    assert len(cmds) == 9 and all("train.epochs=6" in c and "train_fraction" not in c for c in cmds)

@@ -24,8 +24,8 @@ def test_committed_configs_are_the_generators_output():
 def test_cell_counts_and_file_count():
     counts = {n: len(t.cells) for n, t in SPEC.tables.items()}
     assert counts == {1: 33, 2: 18, 3: 9, 4: 9, 5: 10, 6: 9, 7: 12, 8: 12}
-    # 112 cells, of which 3 (Table 1, 1:1) + 3 (Table 7, C = 100) reuse other tables' configs; plus one alias
-    assert len(FILES) == 112 - 6 + 1
+    # 112 cells, of which 3 (Table 1, 1:1) + 1 (Table 5, 1:1) reuse other tables' configs; plus one alias
+    assert len(FILES) == 112 - 4 + 1
     assert "frcnn_r50_voc_alwa1.yaml" in FILES
 
 
@@ -38,20 +38,24 @@ def test_every_table_config_loads_and_one_model_per_detector_and_backbone_builds
     assert set(kinds) == {("retinanet", "resnet50"), ("retinanet", "resnet101"), ("faster_rcnn", "resnet50"),
                           ("mask_rcnn", "resnet50"), ("mask_rcnn", "resnet101")}
     for cfg in kinds.values():
-        num_classes = len(builders.class_names(cfg))
-        assert builders.build_model(cfg, num_classes).num_classes == num_classes
+        n = len(builders.class_names(cfg))
+        model = builders.build_model(cfg, n)
+        if cfg.model.type == "retinanet":
+            assert model.head.cls_out.out_channels == 9 * n
+        else:
+            assert model.roi_heads.box_head.cls.out_features == n + 1
 
 
 @pytest.mark.parametrize("name,typ,backbone,reg,fmt,weighting", [
     ("retinanet_r101_voc_smoothl1_alwa1", "retinanet", "resnet101", "smooth_l1", "voc",
      ("alwa", 1, 100, 1.0, ["loss_cls"], ["loss_bbox"], {})),
-    ("retinanet_r50_voc_ciou_reg0p7", "retinanet", "resnet50", "ciou", "voc",
-     ("fixed", 2, 100, 1.0, ["loss_cls"], ["loss_bbox"], {"loss_cls": 1.0, "loss_bbox": 0.7})),
-    ("frcnn_r50_coco_l1_cls0p6", "faster_rcnn", "resnet50", "l1", "coco",
-     ("fixed", 2, 100, 1.0, ["loss_cls"], ["loss_bbox"], {"loss_rpn_cls": 0.6, "loss_rpn_bbox": 1.0})),
+    ("retinanet_r50_voc_ciou_w0p5_0p75", "retinanet", "resnet50", "ciou_mmdet", "voc",
+     ("fixed", 2, 100, 1.0, ["loss_cls"], ["loss_bbox"], {"loss_cls": 0.5, "loss_bbox": 0.75})),
+    ("frcnn_r50_coco_l1_w0p1_0p75", "faster_rcnn", "resnet50", "l1", "coco",
+     ("fixed", 2, 100, 1.0, ["loss_cls"], ["loss_bbox"], {"loss_rpn_cls": 0.1, "loss_rpn_bbox": 0.75})),
     ("frcnn_r50_voc_smoothl1_alwa2_c500", "faster_rcnn", "resnet50", "smooth_l1", "voc",
      ("alwa", 2, 500, 1.0, ["loss_rpn_cls"], ["loss_rpn_bbox"], {})),
-    ("frcnn_r50_voc_ciou_alwa2_init0p75", "faster_rcnn", "resnet50", "ciou", "voc",
+    ("frcnn_r50_voc_ciou_alwa2_init0p75", "faster_rcnn", "resnet50", "ciou_mmdet", "voc",
      ("alwa", 2, 100, 0.75, ["loss_rpn_cls"], ["loss_rpn_bbox"], {})),
     ("maskrcnn_r101_coco_smoothl1_alwa2", "mask_rcnn", "resnet101", "smooth_l1", "coco",
      ("alwa", 2, 100, 1.0, ["loss_rpn_cls"], ["loss_rpn_bbox"], {})),
@@ -59,8 +63,9 @@ def test_every_table_config_loads_and_one_model_per_detector_and_backbone_builds
 def test_sample_cells_have_the_tables_settings(name, typ, backbone, reg, fmt, weighting):
     cfg = _load(name)
     assert (cfg.model.type, cfg.model.backbone.name, cfg.data.format) == (typ, backbone, fmt)
-    regs = {cfg.model.loss.reg} if typ == "retinanet" else {cfg.model.rpn.reg_loss, cfg.model.roi_head.reg_loss}
-    assert regs == {reg}
+    # RetinaNet's box loss, or the RoI head's (the RPN keeps L1 in every row, as released)
+    assert (cfg.model.loss.reg if typ == "retinanet" else cfg.model.roi_head.reg_loss) == reg
+    assert typ == "retinanet" or cfg.model.rpn.reg_loss == "l1"
     w = cfg.weighting
     assert (w.type, w.variant, w.interval, w.init_weight, w.cls_keys, w.reg_keys, w.weights) == weighting
     # the paper's schedule is untouched by the table overrides
@@ -73,32 +78,66 @@ def test_alias_is_the_same_run_as_its_cell():
 
 
 def test_paper_numbers():
-    t2, t3, t4, t6 = (SPEC.tables[n] for n in (2, 3, 4, 6))
-    assert [c.paper for c in t2.cells[:3]] == [0.7517, 0.7599, 0.7613]  # L1, R50
-    assert [c.paper for c in t2.cells[-3:]] == [0.7697, 0.7773, 0.7804]  # CIoU, R101
-    assert t3.cell(2, 2).paper == 0.7588 and t3.cell(1, 0).paper == 0.7450
-    assert [t4.cell(i, 0).paper for i in range(3)] == [0.366, 0.361, 0.365]
-    assert [t6.cell(i, 0).paper for i in range(3)] == [0.373, 0.375, 0.391]
-    # only baselines are known for Tables 4 and 6; nothing for Tables 1, 5, 7, 8
-    assert all(t4.cell(i, j).paper is None and t6.cell(i, j).paper is None for i in range(3) for j in (1, 2))
-    assert all(c.paper is None for n in (1, 5, 7, 8) for c in SPEC.tables[n].cells)
-    assert (SPEC.tables[2].metric, SPEC.tables[4].metric, SPEC.tables[6].metric) == ("mAP", "AP", "AP")
+    """Every table has a paper number for every cell and metric; spot checks of the conversions of the
+    relative rows (differences in points) to absolute values."""
+    t = SPEC.tables
+    for n, table in t.items():
+        assert all(v is not None for c in table.cells for v in c.paper.values()), n
+        assert all(set(c.paper) == set(table.metrics) for c in table.cells), n
+    assert [t[n].metrics for n in range(1, 9)] == [["mAP"]] * 3 + [["AP", "AP50", "AP75"]] * 3 + [["mAP"]] * 2
+    mAP = lambda table, r, c: t[table].cell(r, c).paper["mAP"]  # noqa: E731
+    assert [mAP(2, 0, c) for c in range(3)] == [0.7517, 0.7599, 0.7613]  # L1, R50
+    assert [mAP(2, 5, c) for c in range(3)] == [0.7697, 0.7773, 0.7804]  # CIoU, R101
+    assert mAP(3, 2, 2) == 0.7588 and mAP(3, 1, 0) == 0.7450
+    # Table 1: 1 : 1 absolute, then differences: L1 0.25 : 0.25 = 0.7517 + 0.0146; CIoU 0.10 : 0.10 = 0.7535 - 0.0059
+    assert t[1].rows[0] == "1.00 : 1.00" and [mAP(1, 0, c) for c in range(3)] == [0.7517, 0.7531, 0.7535]
+    assert mAP(1, 2, 0) == 0.7663 and mAP(1, 1, 2) == 0.7476 and mAP(1, 10, 0) == 0.7233
+    # Table 4: SmoothL1 + ALWA_2 is +0.3 / +0.3 / +0.9 points over 0.361 / 0.565 / 0.387
+    assert t[4].cell(1, 2).paper == {"AP": 0.364, "AP50": 0.568, "AP75": 0.396}
+    assert t[4].cell(0, 1).paper == {"AP": 0.368, "AP50": 0.569, "AP75": 0.396}
+    # Table 5: 0.25 : 0.25 is +0.1 / -0.2 / +0.5 over Table 4's L1 baseline (the same run)
+    assert t[5].cell(3, 0).paper == {"AP": 0.367, "AP50": 0.566, "AP75": 0.402}
+    assert t[5].cells[0].reuse and t[5].cells[0].name == "frcnn_r50_coco_l1"
+    # Table 6: SmoothL1 R101 + ALWA_1 is +0.0 / -0.1 / -0.3
+    assert t[6].cell(2, 1).paper == {"AP": 0.391, "AP50": 0.592, "AP75": 0.426}
+    assert [mAP(7, 2, c) for c in range(3)] == [0.7536, 0.7612, 0.7553]  # C = 200
+    assert [mAP(8, 3, c) for c in range(3)] == [0.7495, 0.7572, 0.7542]  # initial weight 1.5
+    # the paper's layouts: 4 GPUs x 2 images, Mask R-CNN and the ablations 2 x 4
+    assert {n: (t[n].gpus, t[n].images_per_gpu) for n in t} == {n: (2, 4) if n in (6, 7, 8) else (4, 2) for n in t}
+
+
+def test_table1_and_5_weights_and_table7_8_layout():
+    t1, t5 = SPEC.tables[1], SPEC.tables[5]
+    assert t1.rows == ["1.00 : 1.00", "0.10 : 0.10", "0.25 : 0.25", "0.25 : 0.50", "0.50 : 0.25", "0.50 : 0.50",
+                       "0.50 : 0.75", "0.75 : 0.50", "0.75 : 0.75", "1.50 : 1.50", "2.00 : 2.00"]
+    for i, row in enumerate(t1.rows[1:], start=1):
+        cls, reg = (float(x) for x in row.split(":"))
+        for j in range(3):
+            assert _load(t1.cell(i, j).name).weighting.weights == {"loss_cls": cls, "loss_bbox": reg}
+    for i, row in enumerate(t5.rows[1:], start=1):
+        cls, reg = (float(x) for x in row.split(":"))
+        assert _load(t5.cell(i, 0).name).weighting.weights == {"loss_rpn_cls": cls, "loss_rpn_bbox": reg}
+    for n in (6, 7, 8):
+        for c in SPEC.tables[n].cells:
+            assert _load(c.name).data.batch_size == 4, c.name  # 2 GPUs x 4 images, as the paper states
+    assert _load("frcnn_r50_voc_l1_alwa2").data.batch_size == 2  # Table 3: 4 x 2
 
 
 def test_shared_cells_point_at_the_other_tables_configs():
-    t1, t7 = SPEC.tables[1], SPEC.tables[7]
-    assert [c.name for c in t1.cells[15:18]] == ["retinanet_r50_voc_l1", "retinanet_r50_voc_smoothl1",
-                                                 "retinanet_r50_voc_ciou"]
-    assert all(c.reuse for c in t1.cells[15:18]) and t1.rows[5] == "1 : 1"
-    assert t7.cell(1, 0).name == "frcnn_r50_voc_l1_alwa2" and t7.cell(1, 0).reuse
-    assert "Also Table 7" in FILES["frcnn_r50_voc_l1_alwa2.yaml"]
+    t1 = SPEC.tables[1]
+    assert [c.name for c in t1.cells[:3]] == ["retinanet_r50_voc_l1", "retinanet_r50_voc_smoothl1",
+                                              "retinanet_r50_voc_ciou"]
+    assert all(c.reuse for c in t1.cells[:3]) and t1.rows[0] == "1.00 : 1.00"
+    assert "Also Table 1" in FILES["retinanet_r50_voc_ciou.yaml"] and "Also Table 5" in FILES["frcnn_r50_coco_l1.yaml"]
+    # Table 7's C = 100 row is its own run (2 x 4 images), not Table 3's ALWA_2 column (4 x 2)
+    assert not SPEC.tables[7].cell(1, 0).reuse and SPEC.tables[7].cell(1, 0).name == "frcnn_r50_voc_l1_alwa2_c100"
 
 
 def test_render_orders_keys_like_the_schema():
     cell = tables.Cell(9, "r", "c", "x", "_base_/retinanet_r50_voc.yaml",
                        {"weighting.stats": "raw", "weighting.cls_keys": ["loss_cls"], "weighting.type": "alwa",
-                        "model.loss.reg": "giou", "model.backbone.name": "resnet101"}, None)
-    spec = tables.Spec({9: tables.Table(9, "T", "mAP", 4, "h", ["r"], ["c"], "s", [cell])})
+                        "model.loss.reg": "giou", "model.backbone.name": "resnet101"}, {"mAP": None})
+    spec = tables.Spec({9: tables.Table(9, "T", ["mAP"], 4, "h", ["r"], ["c"], "s", [cell])})
     assert tables.render_cell(spec, cell) == (
         '# Table 9, T: row "r" (h), column "c".\n' + tables.GENERATED_MARKER + "\n"
         "_base_: _base_/retinanet_r50_voc.yaml\n"
@@ -109,7 +148,7 @@ def test_render_orders_keys_like_the_schema():
 SPEC_TEXT = """
 tables:
   1:
-    {{title: T, metric: mAP, digits: 4, row_header: h, rows: [a, b], cols: [x], source: s,
+    {{title: T, metrics: [mAP], digits: 4, row_header: h, rows: [a, b], cols: [x], source: s,
      cells: [{first}, {second}]}}
 """
 GOOD = "{name: one, base: _base_/schedule_1x.yaml, set: {weighting.interval: 5}, paper: 0.5}"
@@ -119,6 +158,7 @@ GOOD = "{name: one, base: _base_/schedule_1x.yaml, set: {weighting.interval: 5},
     (GOOD, "defined twice"),
     ("{name: two, reuse: true, paper: null}", "not defined by any table"),
     ("{name: two, base: b.yaml, paper: yes}", "must be a number or null"),
+    ("{name: two, base: b.yaml, paper: {AP: 0.3}}", "must map the table's metrics"),
     ("{name: two, base: b.yaml}", "expected"),
 ])
 def test_spec_errors(tmp_path, second, message):

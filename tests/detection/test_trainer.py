@@ -109,13 +109,15 @@ def test_metrics_logger_records(tmp_path):
     import json
 
     path = tmp_path / "m.jsonl"
-    make_trainer(4, ALWA(interval=2), [MetricsLogger(str(path), interval=2, progress=False)]).train()
+    make_trainer(4, Fixed({"loss_cls": 0.5}), [MetricsLogger(str(path), interval=2, progress=False)]).train()
     rows = [json.loads(line) for line in open(path)]
     assert [r["iter"] for r in rows] == [2, 4]
     for r in rows:
         assert r["loss"] > 0 and set(r["weighted"]) == {"loss_cls", "loss_bbox"}
-        assert r["weighted"]["loss_bbox"] == r["loss_bbox"]  # λreg stays 1
-        assert abs(r["loss"] - sum(r["weighted"].values())) < 1e-5
+        assert r["weights"] == {"loss_cls": 0.5, "loss_bbox": 1.0}
+        assert r["weighted"]["loss_cls"] == pytest.approx(0.5 * r["loss_cls"], rel=1e-6)  # the mean of 0.5 x L
+        assert r["weighted"]["loss_bbox"] == pytest.approx(r["loss_bbox"], rel=1e-6)
+        assert r["loss"] == pytest.approx(sum(r["weighted"].values()), rel=1e-6)
 
 
 def test_metrics_log_continues_from_the_resumed_iteration(tmp_path, capsys):

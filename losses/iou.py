@@ -77,6 +77,18 @@ def _aspect_penalty(pred: torch.Tensor, target: torch.Tensor, eps: float) -> tor
     return _FOUR_OVER_PI_SQ * diff * diff
 
 
+def _matched_boxes(pred: torch.Tensor, target: torch.Tensor) -> _Pair:
+    """Checks that ``pred`` and ``target`` are equal-shape ``[..., 4]`` boxes and casts both to (at least)
+    float32; call it with autocast disabled."""
+    if pred.shape != target.shape or pred.shape[-1:] != (4,):
+        raise ValueError(
+            f"pred and target must both be [..., 4] with equal shapes, got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+    return pred.to(dtype), target.to(dtype)
+
+
 def _iou_family_loss(
     kind: str,
     pred: torch.Tensor,
@@ -87,15 +99,8 @@ def _iou_family_loss(
     avg_factor: _AvgFactor,
 ) -> torch.Tensor:
     """Shared forward for the four public losses; ``kind`` picks the penalty terms."""
-    if pred.shape != target.shape or pred.shape[-1:] != (4,):
-        raise ValueError(
-            f"pred and target must both be [..., 4] with equal shapes, got "
-            f"{tuple(pred.shape)} and {tuple(target.shape)}"
-        )
     with _no_autocast(pred.device):
-        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
-        pred, target = pred.to(dtype), target.to(dtype)
-
+        pred, target = _matched_boxes(pred, target)
         inter, union = _intersection_union(pred, target, eps)
         iou = inter / union
         loss = 1 - iou
@@ -188,14 +193,8 @@ def ciou_mmdet_loss(
     two box heights inside ``atan(w / h)``; areas are not clamped (decoded boxes are valid). On valid,
     non-degenerate boxes the value equals :func:`ciou_loss` to float rounding; the gradients differ.
     """
-    if pred.shape != target.shape or pred.shape[-1:] != (4,):
-        raise ValueError(
-            f"pred and target must both be [..., 4] with equal shapes, got "
-            f"{tuple(pred.shape)} and {tuple(target.shape)}"
-        )
     with _no_autocast(pred.device):
-        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
-        pred, target = pred.to(dtype), target.to(dtype)
+        pred, target = _matched_boxes(pred, target)
         wp, hp = pred[..., 2] - pred[..., 0], pred[..., 3] - pred[..., 1]
         wt, ht = target[..., 2] - target[..., 0], target[..., 3] - target[..., 1]
         overlap = (torch.minimum(pred[..., 2:], target[..., 2:]) - torch.maximum(pred[..., :2], target[..., :2])).clamp(min=0)

@@ -186,3 +186,16 @@ def test_check_finds_drift_and_orphans_and_write_repairs(tmp_path):
     assert tables.write_configs(str(tmp_path), SPEC) == stale
     assert tables.check_configs(str(tmp_path), SPEC) == ([], ["old_cell.yaml"])
     assert "interval: 100" in edited.read_text()
+
+
+def test_spec_file_errors_name_the_problem(tmp_path):
+    path = tmp_path / "tables.yaml"
+    path.write_text("tables:\n  1: {title: T: x}\n")
+    with pytest.raises(tables.SpecError, match="tables.yaml is not valid YAML"):
+        tables.load_spec(str(path))
+    path.write_text(SPEC_TEXT.format(first=GOOD, second=GOOD.replace("one", "two")).replace("source: s,", "source: s, gpu: 4,"))
+    with pytest.raises(tables.SpecError, match=r"table 1: unknown keys \['gpu'\]"):
+        tables.load_spec(str(path))
+    path.write_text(SPEC_TEXT.format(first=GOOD, second=GOOD.replace("one", "two")).replace("[mAP]", "[mAP, APx]"))
+    with pytest.raises(tables.SpecError, match="metrics must be"):
+        tables.load_spec(str(path))

@@ -295,6 +295,8 @@ class WeightingConfig:
     reg_keys: List[str] = field(default_factory=lambda: ["loss_bbox"])
     init_weight: float = 1.0
     stats: Literal["weighted", "raw"] = "weighted"
+    # windows pooled over DDP ranks (every rank the same weights); false: per process, each rank its own λ from
+    # its own images (the released ALWA code; the paper configs)
     sync: bool = True
     keys: Optional[List[str]] = None  # uncertainty, dwa
     groups: Optional[List[List[str]]] = None  # avw, rlo

@@ -7,6 +7,7 @@ Not a test module and not part of the installed packages: each script puts the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -32,7 +33,56 @@ def add_common_args(parser: argparse.ArgumentParser, size=(512,), batch: int = 2
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed repetitions per variant first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON (gpu_suite.py)")
     return parser
+
+
+READ_METHODS = ("item", "cpu", "tolist", "__float__", "numpy", "__bool__")
+
+
+@contextlib.contextmanager
+def host_read_spy(on_read: Optional[Callable[[str], None]] = None):
+    """Record the name of every host-reading Tensor method (``READ_METHODS``) called inside the block, and
+    call ``on_read(name)`` at each (while the caller's stack is live)."""
+    calls, saved = [], {name: getattr(torch.Tensor, name) for name in READ_METHODS}
+
+    def make(name, orig):
+        def spy(self, *a, **k):
+            calls.append(name)
+            if on_read is not None:
+                on_read(name)
+            return orig(self, *a, **k)
+        return spy
+
+    for name, orig in saved.items():
+        setattr(torch.Tensor, name, make(name, orig))
+    try:
+        yield calls
+    finally:
+        for name, orig in saved.items():
+            setattr(torch.Tensor, name, orig)
+
+
+def write_json(path: Optional[str], payload: dict) -> None:
+    """Write ``payload`` to ``path`` as JSON (nothing when ``path`` is None)."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=1)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, object]:
+    """``torch.cuda.max_memory_allocated`` over one more call of ``fn`` (everything resident counts: models,
+    optimizer state, the other variant's weights), as GiB and as a table cell; "n/a" off CUDA."""
+    if device.type != "cuda":
+        return {"peak_gib": None, "text": "n/a"}
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    gib = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return {"peak_gib": gib, "text": f"{gib:.2f} GiB"}
 
 
 def add_model_args(parser: argparse.ArgumentParser, num_classes: int = 20) -> argparse.ArgumentParser:

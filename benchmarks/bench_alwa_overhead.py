@@ -19,37 +19,14 @@ Usage: python benchmarks/bench_alwa_overhead.py [--device cpu|cuda] [--amp off|b
        [--reps 20] [--warmup 3] [--backbone resnet50|resnet18] [--interval 100] [--sync-steps 250]
 """
 import argparse
-import contextlib
 
 import torch
 
-from _common import (TIMING_HEADERS, add_common_args, add_model_args, describe, interleaved, print_table, random_batch,
-                     ratio, setup, summary, timing_cells)
+from _common import (TIMING_HEADERS, add_common_args, add_model_args, describe, host_read_spy, interleaved, print_table,
+                     random_batch, ratio, setup, summary, timing_cells, write_json)
 from bench_train_step import build_ours
 from detection.trainer import train_step
 from losses.weighting import ALWA, Fixed
-
-READ_METHODS = ("item", "cpu", "tolist", "__float__", "numpy", "__bool__")
-
-
-@contextlib.contextmanager
-def host_read_spy():
-    """Record the name of every host-reading Tensor method called inside the block."""
-    calls, saved = [], {name: getattr(torch.Tensor, name) for name in READ_METHODS}
-
-    def make(name, orig):
-        def spy(self, *a, **k):
-            calls.append(name)
-            return orig(self, *a, **k)
-        return spy
-
-    for name, orig in saved.items():
-        setattr(torch.Tensor, name, make(name, orig))
-    try:
-        yield calls
-    finally:
-        for name, orig in saved.items():
-            setattr(torch.Tensor, name, orig)
 
 
 def make_alwa(interval):
@@ -122,6 +99,9 @@ def main():
                 title=f"Weighting call alone on device scalars, blocks of {args.interval} calls (boundary included):")
     print(f"ALWA - Fixed per call: {extra * 1e6:.1f} us = {100 * extra / fixed_step:.3f}% of the Fixed step "
           f"(target: < 1%)\n")
+    result = {"what": "alwa_overhead", "device": describe(device, args), "amp": args.amp, "batch": args.batch,
+              "step_ratio": summary(times["ALWA"])["median"] / summary(times["Fixed"])["median"],
+              "call_overhead_share": extra / fixed_step}
 
     # 3a. host reads of the weighting alone (spy), any device
     alwa, n = make_alwa(args.interval), args.sync_steps
@@ -139,10 +119,13 @@ def main():
                 title="Host reads of the ALWA call alone (Tensor.item/tolist/cpu/numpy/__bool__/__float__ spy):")
     if elsewhere:
         print(f"  non-boundary reads: {sorted(set(elsewhere))}\n")
+    result.update(host_reads_at_boundaries=len(at_boundary), host_reads_elsewhere=len(elsewhere),
+                  windows=windows, updates=alwa.num_updates)
 
     # 3b. CUDA sync debug mode around non-boundary calls
     if device.type != "cuda":
         print("torch.cuda.set_sync_debug_mode check: skipped (needs a CUDA device)")
+        write_json(args.json, {**result, "sync_errors_outside_boundaries": None})
         return
     checked = SyncChecked(make_alwa(args.interval), args.interval)
     for d in fake_losses(n, device, gen):
@@ -159,6 +142,7 @@ def main():
     for e in checked.errors[:3] + in_step.errors[:3]:
         print(f"  {e}")
     print("PASS" if not checked.errors and not in_step.errors else "FAIL")
+    write_json(args.json, {**result, "sync_errors_outside_boundaries": len(checked.errors) + len(in_step.errors)})
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import argparse
 
 import torch
 
-from _common import (TIMING_HEADERS, add_detector_comparison_args, describe, images_for_ours,
-                     interleaved, print_table, random_batch, ratio, setup, summary, timing_cells, to_channels_last)
+from _common import (TIMING_HEADERS, add_detector_comparison_args, describe, images_for_ours, interleaved,
+                     peak_memory, print_table, random_batch, ratio, setup, summary, timing_cells, to_channels_last,
+                     write_json)
 from bench_train_step import build_ours, build_torchvision, print_differences
 
 
@@ -44,7 +45,7 @@ def main():
             return [{k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for k, v in d.items()} for d in dets]
         return run
 
-    rows = []
+    rows, results = [], []
     for kind in args.models:
         cfg, ours, _, _ = build_ours(kind, args, device, [f"model.test.score_thr={args.score_thr}"])
         tv = build_torchvision(kind, cfg, args, hw, device)
@@ -55,13 +56,21 @@ def main():
         fns = {"ours": infer(ours, metas, counts["ours"], images_ours),
                "torchvision": infer(tv, None, counts["torchvision"], images)}
         times = interleaved(fns, args.reps, args.warmup, device)
+        memory = {k: peak_memory(fn, device) for k, fn in fns.items()}
         for name in times:
-            rows.append([kind, name, *timing_cells(times[name]), f"{args.batch / summary(times[name])['median']:.2f}",
-                         f"{sum(counts[name][-1]) / args.batch:.0f}",
+            med = summary(times[name])["median"]
+            rows.append([kind, name, *timing_cells(times[name]), f"{args.batch / med:.2f}",
+                         f"{sum(counts[name][-1]) / args.batch:.0f}", memory[name]["text"],
                          ratio(times["ours"], times["torchvision"]) if name == "ours" else ""])
+            results.append({"model": kind, "impl": name, "median_s": med, "img_per_s": args.batch / med,
+                            "peak_memory_gib": memory[name]["peak_gib"],
+                            "ratio": summary(times["ours"])["median"] / summary(times["torchvision"])["median"]
+                            if name == "ours" else None})
         del ours, tv
-    print_table(["model", "impl", *TIMING_HEADERS, "img/s", "dets/img", "ours/tv"], rows,
+    print_table(["model", "impl", *TIMING_HEADERS, "img/s", "dets/img", "peak memory", "ours/tv"], rows,
                 title="Inference per batch (forward + post-processing + detections to host):")
+    write_json(args.json, {"what": "inference", "device": describe(device, args), "amp": args.amp,
+                           "batch": args.batch, "size": list(hw), "results": results})
     print("Differences that remain:")
     print_differences(args.models, ("all",))
 

@@ -23,16 +23,20 @@ import torch
 from torch import nn
 
 from _common import (ROOT, TIMING_HEADERS, add_detector_comparison_args, bf16_matmul_peak,
-                     count_flops, describe, images_for_ours, interleaved, print_table, random_batch, ratio, setup,
-                     summary, timing_cells, to_channels_last)
+                     count_flops, describe, images_for_ours, interleaved, peak_memory, print_table, random_batch,
+                     ratio, setup, summary, timing_cells, to_channels_last, write_json)
 from detection import builders, engine
 from detection.trainer import train_step
 from losses.weighting import Fixed
 
 CONFIGS = {k: os.path.join(ROOT, "configs", "_base_", f"{v}_r50_fpn.yaml") for k, v in
            (("retinanet", "retinanet"), ("frcnn", "faster_rcnn"))}
-# torchvision's Faster R-CNN hard-codes smooth L1 (beta 1/9) in both stages, RoIAlign sampling_ratio=2 and
-# low-quality RPN matches without an IoU floor: our config is moved to those values (the rest already agrees)
+# the paper bases train BN affine parameters, compute P7 from P6 without a ReLU and rank RetinaNet's test-time
+# candidates by anchor: torchvision's detectors freeze BN, use the ReLU and rank (anchor, class) pairs, so the
+# comparison moves ours to those (COMPARE_OVERRIDES); torchvision's Faster R-CNN hard-codes smooth L1 (beta
+# 1/9) in both stages, RoIAlign sampling_ratio=2 and low-quality RPN matches without an IoU floor: our config
+# is moved to those values too (the rest already agrees)
+COMPARE_OVERRIDES = ["model.backbone.norm=frozen_bn", "model.fpn.p7_relu=true", "model.test.pre_nms_rank=pairs"]
 FRCNN_OVERRIDES = ["model.rpn.reg_loss=smooth_l1", "model.rpn.smooth_l1_beta=0.1111111111111111",
                    "model.roi_head.reg_loss=smooth_l1", "model.roi_head.smooth_l1_beta=0.1111111111111111",
                    "model.roi_head.sampling_ratio=2", "model.rpn.assigner.min_pos_iou=0.0"]
@@ -71,8 +75,8 @@ DIFFERENCES = {
 
 def build_ours(kind, args, device, overrides=()):
     cfg = engine.load(CONFIGS[kind], ["model.backbone.pretrained=null", f"model.backbone.name={args.backbone}",
-                                      f"data.batch_size={args.batch}"] + (FRCNN_OVERRIDES if kind == "frcnn" else [])
-                      + list(overrides))
+                                      f"data.batch_size={args.batch}"] + COMPARE_OVERRIDES
+                      + (FRCNN_OVERRIDES if kind == "frcnn" else []) + list(overrides))
     model = builders.build_model(cfg, args.num_classes).to(device).train()
     optimizer, lr = builders.build_optimizer(cfg, model)
     return cfg, model, optimizer, lr
@@ -163,7 +167,7 @@ def main():
     peak = None
     if args.mfu:  # CPU: a smaller matmul, so the peak takes seconds (MFU on CPU is indicative only)
         peak = bf16_matmul_peak(device) if device.type == "cuda" else bf16_matmul_peak(device, n=2048, reps=3)
-    rows, mfu_rows, skipped, fixed = [], [], {}, Fixed()  # all weights 1: the total is the plain sum
+    rows, mfu_rows, skipped, fixed, results = [], [], {}, Fixed(), []  # Fixed: all weights 1, the plain sum
     for kind in args.models:
         cfg, ours, opt_ours, _ = build_ours(kind, args, device)
         lr = args.lr
@@ -185,11 +189,18 @@ def main():
                 skipped[(kind, name)] += bool(out.skipped)
             return step
 
-        times = interleaved({k: make_step(k, *v) for k, v in variants.items()}, args.reps, args.warmup, device)
+        steps = {k: make_step(k, *v) for k, v in variants.items()}
+        times = interleaved(steps, args.reps, args.warmup, device)
+        memory = {k: peak_memory(fn, device) for k, fn in steps.items()}
         for name in variants:
             med = summary(times[name])["median"]
             rows.append([kind, name, f"{(n_ours if name == 'ours' else n_tv) / 1e6:.1f}M", *timing_cells(times[name]),
-                         f"{args.batch / med:.2f}", ratio(times["ours"], times["torchvision"]) if name == "ours" else ""])
+                         f"{args.batch / med:.2f}", memory[name]["text"],
+                         ratio(times["ours"], times["torchvision"]) if name == "ours" else ""])
+            results.append({"model": kind, "impl": name, "median_s": med, "img_per_s": args.batch / med,
+                            "peak_memory_gib": memory[name]["peak_gib"],
+                            "ratio": summary(times["ours"])["median"] / summary(times["torchvision"])["median"]
+                            if name == "ours" else None})
         if peak is not None:
             for name, (model, _, tgts) in variants.items():
                 def fwd_bwd(model=model, tgts=tgts):
@@ -199,9 +210,15 @@ def main():
                 model.zero_grad(set_to_none=True)
                 ips = args.batch / summary(times[name])["median"]
                 mfu_rows.append([kind, name, f"{flops / 1e9:.1f}", f"{ips:.2f}", f"{100 * flops * ips / peak:.1f}%"])
+                next(r for r in results if r["model"] == kind and r["impl"] == name).update(
+                    gflop_per_img=flops / 1e9, mfu=flops * ips / peak)
         del ours, tv, opt_ours, opt_tv
-    print_table(["model", "impl", "trainable", *TIMING_HEADERS, "img/s", "ours/tv"], rows,
+    print_table(["model", "impl", "trainable", *TIMING_HEADERS, "img/s", "peak memory", "ours/tv"], rows,
                 title="Training step (forward + backward + SGD step), per step:")
+    write_json(args.json, {"what": "train_step", "device": describe(device, args), "amp": args.amp,
+                           "batch": args.batch, "size": list(hw), "results": results,
+                           "skipped_steps": {f"{k[0]}/{k[1]}": v for k, v in skipped.items()},
+                           "bf16_peak_tflops": None if peak is None else peak / 1e12})
     if any(skipped.values()):
         print(f"WARNING: steps skipped by the non-finite guard (timings not comparable): {skipped}\n")
     if peak is not None:

@@ -145,6 +145,8 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
         # pooled or not), so reproduce.py --collect reports it beside the numbers
         metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights,
                         "world_size": world, "images_per_process": cfg.data.batch_size})
+        if device.type == "cuda":  # training and evaluation of this process
+            metrics["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         if writer:
             with open(os.path.join(work_dir, "eval.json"), "w") as f:
                 json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)

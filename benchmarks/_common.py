@@ -72,6 +72,16 @@ def write_json(path: Optional[str], payload: dict) -> None:
             json.dump(payload, f, indent=1)
 
 
+def comparison_result(model: str, impl: str, times: Dict[str, List[float]], batch: int,
+                      memory: Dict[str, object]) -> Dict[str, object]:
+    """The JSON record of one (model, implementation) of an ours-vs-torchvision timing: median seconds,
+    images/s, peak memory, and for ours the ratio of medians to torchvision's."""
+    med = summary(times[impl])["median"]
+    ratio_ = summary(times["ours"])["median"] / summary(times["torchvision"])["median"] if impl == "ours" else None
+    return {"model": model, "impl": impl, "median_s": med, "img_per_s": batch / med,
+            "peak_memory_gib": memory["peak_gib"], "ratio": ratio_}
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, object]:
     """``torch.cuda.max_memory_allocated`` over one more call of ``fn`` (everything resident counts: models,
     optimizer state, the other variant's weights), as GiB and as a table cell; "n/a" off CUDA."""

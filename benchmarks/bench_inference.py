@@ -17,9 +17,9 @@ import argparse
 
 import torch
 
-from _common import (TIMING_HEADERS, add_detector_comparison_args, describe, images_for_ours, interleaved,
-                     peak_memory, print_table, random_batch, ratio, setup, summary, timing_cells, to_channels_last,
-                     write_json)
+from _common import (TIMING_HEADERS, add_detector_comparison_args, comparison_result, describe, images_for_ours,
+                     interleaved, peak_memory, print_table, random_batch, ratio, setup, summary, timing_cells,
+                     to_channels_last, write_json)
 from bench_train_step import build_ours, build_torchvision, print_differences
 
 
@@ -62,10 +62,7 @@ def main():
             rows.append([kind, name, *timing_cells(times[name]), f"{args.batch / med:.2f}",
                          f"{sum(counts[name][-1]) / args.batch:.0f}", memory[name]["text"],
                          ratio(times["ours"], times["torchvision"]) if name == "ours" else ""])
-            results.append({"model": kind, "impl": name, "median_s": med, "img_per_s": args.batch / med,
-                            "peak_memory_gib": memory[name]["peak_gib"],
-                            "ratio": summary(times["ours"])["median"] / summary(times["torchvision"])["median"]
-                            if name == "ours" else None})
+            results.append(comparison_result(kind, name, times, args.batch, memory[name]))
         del ours, tv
     print_table(["model", "impl", *TIMING_HEADERS, "img/s", "dets/img", "peak memory", "ours/tv"], rows,
                 title="Inference per batch (forward + post-processing + detections to host):")

@@ -22,7 +22,7 @@ import os
 import torch
 from torch import nn
 
-from _common import (ROOT, TIMING_HEADERS, add_detector_comparison_args, bf16_matmul_peak,
+from _common import (ROOT, TIMING_HEADERS, add_detector_comparison_args, bf16_matmul_peak, comparison_result,
                      count_flops, describe, images_for_ours, interleaved, peak_memory, print_table, random_batch,
                      ratio, setup, summary, timing_cells, to_channels_last, write_json)
 from detection import builders, engine
@@ -197,10 +197,7 @@ def main():
             rows.append([kind, name, f"{(n_ours if name == 'ours' else n_tv) / 1e6:.1f}M", *timing_cells(times[name]),
                          f"{args.batch / med:.2f}", memory[name]["text"],
                          ratio(times["ours"], times["torchvision"]) if name == "ours" else ""])
-            results.append({"model": kind, "impl": name, "median_s": med, "img_per_s": args.batch / med,
-                            "peak_memory_gib": memory[name]["peak_gib"],
-                            "ratio": summary(times["ours"])["median"] / summary(times["torchvision"])["median"]
-                            if name == "ours" else None})
+            results.append(comparison_result(kind, name, times, args.batch, memory[name]))
         if peak is not None:
             for name, (model, _, tgts) in variants.items():
                 def fwd_bwd(model=model, tgts=tgts):

@@ -112,6 +112,6 @@ def flatten_level_outputs(outputs: Sequence[Tensor], k: int) -> Tensor:
 
 
 def level_index(counts: List[int], device) -> Tensor:
-    """[N] FPN level (0 = first) of each anchor of the concatenated levels with ``counts`` anchors each."""
-    return torch.repeat_interleave(torch.arange(len(counts), device=device),
-                                   torch.tensor(counts, device=device), output_size=sum(counts))
+    """[N] FPN level (0 = first) of each anchor of the concatenated levels with ``counts`` anchors each
+    (filled on the device: no host-to-device copy of ``counts``)."""
+    return torch.cat([torch.full((n,), lvl, dtype=torch.long, device=device) for lvl, n in enumerate(counts)])

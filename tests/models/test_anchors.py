@@ -53,3 +53,10 @@ def test_flatten_matches_anchor_order():
     assert flat.shape == (b, h * w * a, k)
     row = (1 * w + 3) * a + 2  # (i=1, j=3, a=2)
     assert flat[1, row].tolist() == [1000 + 300 + 20 + kk for kk in range(k)]
+
+
+def test_level_index_of_concatenated_levels():
+    from models.anchors import level_index
+
+    assert level_index([2, 1, 3], "cpu").tolist() == [0, 0, 1, 2, 2, 2]
+    assert level_index([0, 2], "cpu").tolist() == [1, 1]

@@ -77,15 +77,14 @@ def plan(dry_run: bool, tmp: str) -> List[Step]:
         t_short, t_long = 90, 150
     steps = [Step("syncs", "host synchronisations of a training step", _bench("bench_step_syncs.py", *common, "--amp",
                                                                               "bf16", "--batch", small, *syncs), t_short)]
-    for amp in ("bf16", "off"):
+    precisions = {"bf16": "bf16", "fp32": "off"}  # name -> --amp
+    for label, amp in precisions.items():
         for batch in (big, small):
-            name = f"train_{'fp32' if amp == 'off' else amp}_b{batch}"
-            steps.append(Step(name, f"training step, {'fp32' if amp == 'off' else amp}, batch {batch}",
+            steps.append(Step(f"train_{label}_b{batch}", f"training step, {label}, batch {batch}",
                               _bench("bench_train_step.py", *common, "--amp", amp, "--batch", batch, *reps, "--mfu"),
                               t_long))
-    for amp in ("bf16", "off"):
-        name = f"infer_{'fp32' if amp == 'off' else amp}_b{big}"
-        steps.append(Step(name, f"inference, {'fp32' if amp == 'off' else amp}, batch {big}",
+    for label, amp in precisions.items():
+        steps.append(Step(f"infer_{label}_b{big}", f"inference, {label}, batch {big}",
                           _bench("bench_inference.py", *common, "--amp", amp, "--batch", big, *reps), t_short))
     steps.append(Step("alwa", "ALWA overhead and sync check", _bench("bench_alwa_overhead.py", *common, "--amp", "bf16",
                                                                      "--batch", big, *alwa), t_short))
@@ -234,8 +233,9 @@ def main(argv=None) -> int:
                 print(f"gpu_suite: unknown steps {sorted(unknown)}; steps are {[s.name for s in steps]}", file=sys.stderr)
                 return 2
             steps = [s for s in steps if s.name in args.only]
+        machine = environment()
         with open(os.path.join(args.out_dir, "log.txt"), "w") as log:
-            log.write(environment())
+            log.write(machine)
             for step in steps:
                 left = budget - (time.perf_counter() - start)
                 if left < 15:
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
                 print(f"[gpu_suite] {step.name}: {step.result['status']} in {step.result['seconds']} s", flush=True)
         took = time.perf_counter() - start
         header = (f"GPU suite{' (CPU dry run, tiny sizes)' if args.cpu_dry_run else ''}: "
-                  f"{time.strftime('%Y-%m-%d %H:%M')}, {environment().splitlines()[0]}, {took:.0f} s")
+                  f"{time.strftime('%Y-%m-%d %H:%M')}, {machine.splitlines()[0]}, {took:.0f} s")
         text = write_summary(args.out_dir, steps, header)
     print(text)
     ok = all(s.result.get("status") == "ok" for s in steps) and "FAIL" not in text

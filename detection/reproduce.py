@@ -167,9 +167,9 @@ def schedule_estimate(cfg, processes: int) -> Dict:
     return {"iters": iters, "images_seen": iters * per_step, "per_step": per_step, "images": images, "how": how}
 
 
-def describe_schedule(cfg, processes: int, table: Table) -> str:
-    """One line for --dry-run: iterations, images seen, layout, and a note when it is not the paper's."""
-    est = schedule_estimate(cfg, processes)
+def describe_schedule(cfg, processes: int, table: Table, est: Dict) -> str:
+    """One line for --dry-run from a :func:`schedule_estimate`: iterations, images seen, layout, and a note
+    when the layout is not the paper's."""
     procs = max(1, processes)
     layout = f"{procs} x {cfg.data.batch_size} images per step"
     if est["iters"] is None:
@@ -245,12 +245,12 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
             out(f"  {status:<8s}  {r.cfg}  ->  {r.work_dir}")
             if dry_run:
                 over = run_overrides(r, data_root, scale, overrides, data_fraction)
-                cfg = engine.load(r.cfg, over)
-                est = schedule_estimate(cfg, nproc(r))
+                cfg, procs = engine.load(r.cfg, over), nproc(r)
+                est = schedule_estimate(cfg, procs)
                 total_images += est["images_seen"] or 0
-                out("            " + describe_schedule(cfg, nproc(r), spec.tables[n]))
+                out("            " + describe_schedule(cfg, procs, spec.tables[n], est))
                 if status != "finished":
-                    out("            $ " + shlex.join(train_command(r.cfg, r.work_dir, nproc(r), over)))
+                    out("            $ " + shlex.join(train_command(r.cfg, r.work_dir, procs, over)))
         if dry_run:
             out(f"  Table {n} in all: ≈ {total_images:,} training images seen over {len(mine)} runs")
     if dry_run:

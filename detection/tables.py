@@ -54,11 +54,6 @@ class Table:
     def cell(self, row: int, col: int) -> Cell:
         return self.cells[row * len(self.cols) + col]
 
-    @property
-    def metric(self) -> str:
-        """The first (main) metric."""
-        return self.metrics[0]
-
 
 @dataclass(frozen=True)
 class Spec:

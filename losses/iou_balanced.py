@@ -33,6 +33,16 @@ from .regression import _check_same_shape, _elementwise_smooth_l1
 _AvgFactor = Optional[Union[float, torch.Tensor]]
 
 
+NORMALISERS = ("level", "batch")
+
+
+def check_normaliser(name: str) -> bool:
+    """Validate an ``iou_balanced_norm`` setting; True when Z is kept per FPN level (the released code)."""
+    if name not in NORMALISERS:
+        raise ValueError(f"iou_balanced_norm must be one of {NORMALISERS}, got {name!r}")
+    return name == "level"
+
+
 def _iou_power(ious: torch.Tensor, n: int, exponent: float, dtype: torch.dtype) -> torch.Tensor:
     """Detached ``clamp(ious, 0, 1) ** exponent`` as ``dtype``; checks shape ``[n]``."""
     if ious.shape != (n,):

@@ -115,3 +115,9 @@ def level_index(counts: List[int], device) -> Tensor:
     """[N] FPN level (0 = first) of each anchor of the concatenated levels with ``counts`` anchors each
     (filled on the device: no host-to-device copy of ``counts``)."""
     return torch.cat([torch.full((n,), lvl, dtype=torch.long, device=device) for lvl, n in enumerate(counts)])
+
+
+def level_groups(counts: List[int], device, per_level: bool):
+    """``(groups, num_groups)`` for a per-group normaliser (the IoU-balanced losses' Z): each anchor's FPN
+    level [N] and the number of levels when ``per_level``, else ``(None, 1)`` (one group: the batch)."""
+    return (level_index(counts, device), len(counts)) if per_level else (None, 1)

@@ -109,18 +109,20 @@ class FoldedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
 
 
-class _FoldedAway(FrozenBatchNorm2d):
-    """A frozen BN whose affine map a :class:`FoldedConv2d` applies: the identity here, buffers kept."""
+class _Identity:
+    """Mixin: a BN whose affine map a :class:`FoldedConv2d` applies is the identity, buffers and
+    parameters kept where the state dict has them."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x
 
 
-class _FoldedAwayStats(FrozenStatsBatchNorm2d):
-    """The same for a BN with frozen statistics and trainable affine parameters."""
+class _FoldedAway(_Identity, FrozenBatchNorm2d):
+    pass
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x
+
+class _FoldedAwayStats(_Identity, FrozenStatsBatchNorm2d):
+    pass
 
 
 _FOLDED_AWAY = {FrozenBatchNorm2d: _FoldedAway, FrozenStatsBatchNorm2d: _FoldedAwayStats}

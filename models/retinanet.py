@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from losses import sigmoid_focal_loss
-from losses.iou_balanced import iou_balanced_sigmoid_focal_loss
-from models.anchors import AnchorGenerator, flatten_level_outputs, level_index
+from losses.iou_balanced import check_normaliser, iou_balanced_sigmoid_focal_loss
+from models.anchors import AnchorGenerator, flatten_level_outputs, level_groups
 from models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
@@ -103,9 +103,8 @@ class RetinaNet(nn.Module):
         # IoU-balanced losses (Wu et al.): None switches each part off; the classification normaliser Z is
         # computed per FPN level (the authors' released code) or over the whole batch
         self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
-        if iou_balanced_norm not in ("level", "batch"):
-            raise ValueError(f"iou_balanced_norm must be 'level' or 'batch', got {iou_balanced_norm!r}")
         self.iou_balanced_norm = iou_balanced_norm
+        check_normaliser(iou_balanced_norm)
         self.level_names = [f"p{int(math.log2(s))}" for s in anchor_generator.strides]
         if pre_nms_rank not in PRE_NMS_SELECT:
             raise ValueError(f"pre_nms_rank must be one of {sorted(PRE_NMS_SELECT)}, got {pre_nms_rank!r}")
@@ -142,10 +141,9 @@ class RetinaNet(nn.Module):
         if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
             ious = self.box_loss.regressed_iou(reg, anchors[None], matched, pos)
         if self.iou_balanced_eta is not None:
-            groups, num_groups = None, 1
-            if self.iou_balanced_norm == "level":
-                groups = level_index(counts, cls.device).expand(cls.shape[0], -1).flatten()
-                num_groups = len(counts)
+            groups, num_groups = level_groups(counts, cls.device, check_normaliser(self.iou_balanced_norm))
+            if groups is not None:  # one row per (image, anchor)
+                groups = groups.expand(cls.shape[0], -1).flatten()
             cls_elem = iou_balanced_sigmoid_focal_loss(
                 cls.flatten(0, 1), one_hot.flatten(0, 1), ious.flatten(), eta=self.iou_balanced_eta,
                 alpha=self.focal_alpha, gamma=self.focal_gamma, groups=groups, num_groups=num_groups).view_as(one_hot)

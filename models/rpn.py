@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from losses.iou_balanced import iou_balanced_weight
-from models.anchors import AnchorGenerator, flatten_level_outputs, level_index
+from losses.iou_balanced import check_normaliser, iou_balanced_weight
+from models.anchors import AnchorGenerator, flatten_level_outputs, level_groups, level_index
 from models.assigner import MaxIoUAssigner, pad_boxes
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
@@ -80,9 +80,8 @@ class RegionProposalNetwork(nn.Module):
         # regression by IoU^lambda, with the IoU of each positive anchor's regressed box; None: off. The sum is
         # kept per FPN level ("level", as the authors' anchor-head code) or over the batch ("batch")
         self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
-        if iou_balanced_norm not in ("level", "batch"):
-            raise ValueError(f"iou_balanced_norm must be 'level' or 'batch', got {iou_balanced_norm!r}")
         self.iou_balanced_norm = iou_balanced_norm
+        check_normaliser(iou_balanced_norm)
 
     def forward(self, feats: Sequence[Tensor], img_hw: Tensor, targets: Optional[List[Dict]] = None):
         """Proposals for a batch, and the RPN losses in training mode.
@@ -128,11 +127,10 @@ class RegionProposalNetwork(nn.Module):
         if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
             ious = self.box_loss.regressed_iou(reg, anchors[None], matched, pos)
             if self.iou_balanced_eta is not None:
-                groups, num_groups = None, 1
-                if self.iou_balanced_norm == "level":
-                    if counts is None:
-                        raise ValueError("the per-level IoU-balanced normaliser needs the anchors per level (counts)")
-                    groups, num_groups = level_index(counts, obj.device).expand_as(cls), len(counts)
+                per_level = check_normaliser(self.iou_balanced_norm)
+                if per_level and counts is None:
+                    raise ValueError("the per-level IoU-balanced normaliser needs the anchors per level (counts)")
+                groups, num_groups = level_groups(counts, obj.device, per_level)
                 cls = cls * iou_balanced_weight(cls, pos & sampled, ious, self.iou_balanced_eta, groups, num_groups)
             if self.iou_balanced_lambda is not None:
                 box = box * ious.pow(self.iou_balanced_lambda)
@@ -142,8 +140,7 @@ class RegionProposalNetwork(nn.Module):
                   cfg: ProposalConfig) -> Tuple[Tensor, Tensor]:
         """Top-k anchors per level, decoded and clipped, NMS inside each (image, level), top per image."""
         scores, idx, _ = select_topk_per_level(obj.sigmoid()[..., None], counts, cfg.pre_nms_top_k)
-        level = torch.cat([torch.full((min(cfg.pre_nms_top_k, n),), lvl, dtype=torch.long, device=obj.device)
-                           for lvl, n in enumerate(counts)])
+        level = level_index([min(cfg.pre_nms_top_k, n) for n in counts], obj.device)
         deltas = reg.gather(1, idx[..., None].expand(-1, -1, 4))
         boxes = self.coder.decode(anchors[idx], deltas, max_shape=img_hw[:, None, :])
         wh = boxes[..., 2:] - boxes[..., :2]

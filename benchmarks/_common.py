@@ -95,6 +95,13 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, obj
     return {"peak_gib": gib, "text": f"{gib:.2f} GiB"}
 
 
+def model_parser(doc: str, **common) -> argparse.ArgumentParser:
+    """The parser of a model benchmark: its docstring's first line, the common options (``common``: their
+    defaults, as :func:`add_common_args`) and the detector options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    return add_model_args(add_common_args(parser, **common))
+
+
 def add_model_args(parser: argparse.ArgumentParser, num_classes: int = 20) -> argparse.ArgumentParser:
     """The detector options the model benchmarks share."""
     parser.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
@@ -113,8 +120,7 @@ def add_channels_last_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def add_detector_comparison_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of the scripts that time our RetinaNet / Faster R-CNN against torchvision's."""
-    add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2)
-    add_model_args(parser)
+    add_model_args(add_common_args(parser, size=(512,), batch=2, reps=10, warmup=2))
     add_channels_last_arg(parser)
     parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])
     parser.add_argument("--tv-transform", choices=["identity", "native"], default="identity")

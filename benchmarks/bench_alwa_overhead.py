@@ -18,11 +18,10 @@ Target (issue 7): ALWA step within 1% of Fixed; zero host syncs outside window b
 Usage: python benchmarks/bench_alwa_overhead.py [--device cpu|cuda] [--amp off|bf16] [--size 512] [--batch 2]
        [--reps 20] [--warmup 3] [--backbone resnet50|resnet18] [--interval 100] [--sync-steps 250]
 """
-import argparse
 
 import torch
 
-from _common import (TIMING_HEADERS, add_common_args, add_model_args, describe, host_read_spy, interleaved, print_table,
+from _common import (TIMING_HEADERS, model_parser, describe, host_read_spy, interleaved, print_table,
                      random_batch, ratio, setup, summary, timing_cells, write_json)
 from bench_train_step import build_ours
 from detection.trainer import train_step
@@ -60,9 +59,7 @@ class SyncChecked:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, size=(512,), batch=2, reps=20, warmup=3)
-    add_model_args(parser)
+    parser = model_parser(__doc__, size=(512,), batch=2, reps=20, warmup=3)
     parser.add_argument("--interval", type=int, default=100, help="ALWA window length C")
     parser.add_argument("--sync-steps", type=int, default=250, help="ALWA calls for the host-read checks")
     parser.add_argument("--no-check-finite", action="store_true", help="timed steps without the non-finite guard")

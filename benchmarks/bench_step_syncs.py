@@ -15,7 +15,6 @@ script runs end to end there (gpu_suite.sh --cpu-dry-run), but it then misses da
 Usage: python benchmarks/bench_step_syncs.py [--device cpu|cuda] [--amp off|bf16] [--size 800 1344] [--batch 2]
        [--steps 12] [--interval 5] [--backbone resnet50] [--models retinanet frcnn] [--json PATH]
 """
-import argparse
 import os
 import traceback
 import warnings
@@ -23,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-from _common import ROOT, add_common_args, add_model_args, describe, host_read_spy, print_table, random_batch, setup, write_json
+from _common import ROOT, model_parser, describe, host_read_spy, print_table, random_batch, setup, write_json
 from bench_train_step import CONFIGS
 from detection import builders, engine
 from detection.trainer import train_step
@@ -98,9 +97,7 @@ def check_model(kind, args, device, images, targets) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, size=(512,), batch=2, reps=1, warmup=0)
-    add_model_args(parser)
+    parser = model_parser(__doc__, size=(512,), batch=2, reps=1, warmup=0)
     parser.add_argument("--steps", type=int, default=12, help="recorded training steps per model")
     parser.add_argument("--interval", type=int, default=5, help="ALWA window length C")
     parser.add_argument("--models", nargs="+", default=["retinanet", "frcnn"], choices=["retinanet", "frcnn"])

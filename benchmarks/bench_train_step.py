@@ -36,7 +36,8 @@ CONFIGS = {k: os.path.join(ROOT, "configs", "_base_", f"{v}_r50_fpn.yaml") for k
 # comparison moves ours to those (COMPARE_OVERRIDES); torchvision's Faster R-CNN hard-codes smooth L1 (beta
 # 1/9) in both stages, RoIAlign sampling_ratio=2 and low-quality RPN matches without an IoU floor: our config
 # is moved to those values too (the rest already agrees)
-COMPARE_OVERRIDES = ["model.backbone.norm=frozen_bn", "model.fpn.p7_relu=true", "model.test.pre_nms_rank=pairs"]
+COMPARE_OVERRIDES = ["model.backbone.norm=frozen_bn", "model.fpn.p7_relu=true"]
+RETINANET_OVERRIDES = ["model.test.pre_nms_rank=pairs"]
 FRCNN_OVERRIDES = ["model.rpn.reg_loss=smooth_l1", "model.rpn.smooth_l1_beta=0.1111111111111111",
                    "model.roi_head.reg_loss=smooth_l1", "model.roi_head.smooth_l1_beta=0.1111111111111111",
                    "model.roi_head.sampling_ratio=2", "model.rpn.assigner.min_pos_iou=0.0"]
@@ -76,7 +77,7 @@ DIFFERENCES = {
 def build_ours(kind, args, device, overrides=()):
     cfg = engine.load(CONFIGS[kind], ["model.backbone.pretrained=null", f"model.backbone.name={args.backbone}",
                                       f"data.batch_size={args.batch}"] + COMPARE_OVERRIDES
-                      + (FRCNN_OVERRIDES if kind == "frcnn" else []) + list(overrides))
+                      + (FRCNN_OVERRIDES if kind == "frcnn" else RETINANET_OVERRIDES) + list(overrides))
     model = builders.build_model(cfg, args.num_classes).to(device).train()
     optimizer, lr = builders.build_optimizer(cfg, model)
     return cfg, model, optimizer, lr

@@ -12,3 +12,11 @@ if not getattr(_datasets, "IS_DETECTION_DATASETS", False):
         "datasets package (probably the PyPI package of the same name). Install this project with "
         "'pip install -e .' and run from its root, or uninstall the other package ('pip uninstall datasets')."
     )
+
+
+def load_model(path: str, device="cpu", overrides=()):
+    """The eval-mode detector of a checkpoint written by scripts/train.py, built from the config saved in it,
+    on ``device``; ``model.classes`` holds its class names. See :func:`detection.engine.load_model`."""
+    from detection.engine import load_model as _load_model  # the engine imports the whole stack
+
+    return _load_model(path, device, overrides)

@@ -10,17 +10,20 @@ from torch import nn
 
 import datasets
 from datasets.shapes import make_shapes
+from detection.config import ConfigError
 from detection.schema import Config, DataConfig
-from losses.level_weighting import AVW, RLO
-from losses.multitask_weighting import DWA, UncertaintyWeighting
-from losses.weighting import ALWA, Fixed, WeightingStrategy
+from losses.weighting import ALWA, AVW, DWA, RLO, Fixed, UncertaintyWeighting, WeightingStrategy
 from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
 from models.backbone import BackboneFPN, build_body
 from models.box_coder import DeltaBoxCoder
+from models.box_loss import BoxRegressionLoss
+from models.contract import LossContract
 from models.faster_rcnn import FasterRCNN
+from models.head_loss import BCE, DenseHeadLoss, IoUBalanced, RoIHeadLoss, SigmoidLoss
 from models.mask_head import MaskHead
 from models.mask_rcnn import MaskBranch, MaskRCNN
+from models.postprocess import DetectConfig
 from models.retinanet import RetinaHead, RetinaNet
 from models.roi_heads import RoIFeatureExtractor, RoIHeads, TwoFCBoxHead
 from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead
@@ -57,6 +60,19 @@ def build_backbone(cfg: Config) -> BackboneFPN:
     return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra, m.fpn.p7_relu)
 
 
+def _box_loss(h, coder) -> BoxRegressionLoss:
+    """The box loss of one head's loss section (``HeadLossConfig``)."""
+    return BoxRegressionLoss(h.reg_loss, DeltaBoxCoder(coder.means, coder.stds), h.smooth_l1_beta, h.reg_loss_weight)
+
+
+def _iou_balanced(h, norm: str = "batch") -> IoUBalanced:
+    return IoUBalanced(h.iou_balanced_eta, h.iou_balanced_lambda, norm)
+
+
+def _sampler(s) -> RandomSampler:
+    return RandomSampler(s.num, s.pos_fraction, s.neg_pos_ub)
+
+
 def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
     m = cfg.model
     backbone = build_backbone(cfg)
@@ -64,14 +80,12 @@ def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
     _check_strides("model.anchors.strides", anchors.strides, backbone)
     head = RetinaHead(backbone.out_channels, num_classes, anchors.num_anchors_per_location, m.head.feat_channels,
                       m.head.num_convs, m.head.prior_prob, m.head.norm)
-    return RetinaNet(
-        backbone, head, anchors, _assigner(m.assigner), DeltaBoxCoder(m.coder.means, m.coder.stds), reg_loss=m.loss.reg,
-        focal_alpha=m.loss.focal_alpha, focal_gamma=m.loss.focal_gamma, smooth_l1_beta=m.loss.smooth_l1_beta,
-        loss_per_level=m.head.loss_per_level, iou_balanced_eta=m.loss.iou_balanced_eta,
-        iou_balanced_lambda=m.loss.iou_balanced_lambda, score_thr=m.test.score_thr, nms_iou=m.test.nms_iou,
-        pre_nms_top_k=m.test.pre_nms_top_k, max_per_img=m.test.max_per_img, pre_nms_rank=m.test.pre_nms_rank,
-        reg_weight=m.loss.reg_weight, iou_balanced_norm=m.loss.iou_balanced_norm,
-    )
+    loss = DenseHeadLoss(_assigner(m.assigner), _box_loss(m.loss, m.coder),
+                         SigmoidLoss(m.loss.focal_alpha, m.loss.focal_gamma),
+                         iou_balanced=_iou_balanced(m.loss, m.loss.iou_balanced_norm))
+    t = m.test
+    test = DetectConfig(t.score_thr, t.nms_iou, t.max_per_img, t.pre_nms_top_k, t.pre_nms_rank)
+    return RetinaNet(backbone, head, anchors, loss, test, loss_per_level=m.head.loss_per_level)
 
 
 def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
@@ -79,13 +93,11 @@ def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
     anchors = _anchor_generator(r.anchors)
     _check_strides("model.rpn.anchors.strides", anchors.strides, backbone)
     head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location, r.feat_channels)
+    loss = DenseHeadLoss(_assigner(r.assigner), _box_loss(r, r.coder), BCE, _sampler(r.sampler),
+                         _iou_balanced(r, r.iou_balanced_norm))
     proposals = [ProposalConfig(p.pre_nms_top_k, p.post_nms_top_k, p.nms_iou, p.min_size)
                  for p in (r.train_proposals, r.test_proposals)]
-    return RegionProposalNetwork(
-        head, anchors, _assigner(r.assigner), RandomSampler(r.sampler.num, r.sampler.pos_fraction, r.sampler.neg_pos_ub),
-        DeltaBoxCoder(r.coder.means, r.coder.stds), r.reg_loss, r.smooth_l1_beta, *proposals,
-        iou_balanced_eta=r.iou_balanced_eta, iou_balanced_lambda=r.iou_balanced_lambda,
-        reg_loss_weight=r.reg_loss_weight, iou_balanced_norm=r.iou_balanced_norm)
+    return RegionProposalNetwork(head, anchors, loss, *proposals)
 
 
 def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoIHeads:
@@ -99,11 +111,10 @@ def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoI
         mask_extractor = RoIFeatureExtractor(h.strides, mh.roi_size, h.sampling_ratio, h.finest_scale)
         mask_head = MaskHead(backbone.out_channels, num_classes, mh.conv_channels, mh.num_convs)
         mask_branch = MaskBranch(mask_extractor, mask_head, mh.mask_size, mh.mask_thr)
-    return RoIHeads(
-        extractor, box_head, _assigner(h.assigner), RandomSampler(h.sampler.num, h.sampler.pos_fraction, h.sampler.neg_pos_ub),
-        DeltaBoxCoder(h.coder.means, h.coder.stds), h.reg_loss, h.smooth_l1_beta, h.add_gt_as_proposals,
-        m.test.score_thr, m.test.nms_iou, m.test.max_per_img, mask_branch, h.iou_balanced_eta, h.iou_balanced_lambda,
-        h.reg_loss_weight)
+    loss = RoIHeadLoss(_assigner(h.assigner), _sampler(h.sampler), _box_loss(h, h.coder), _iou_balanced(h),
+                       h.add_gt_as_proposals)
+    test = DetectConfig(m.test.score_thr, m.test.nms_iou, m.test.max_per_img)
+    return RoIHeads(extractor, box_head, loss, test, mask_branch)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -117,33 +128,47 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     return cls(backbone, rpn, roi_heads)
 
 
-def level_loss_groups(cfg: Config) -> List[List[str]]:
-    """RetinaNet's per-level loss keys, ``[[loss_cls_p3, ...], [loss_bbox_p3, ...]]``, from the anchor strides."""
-    names = [f"p{int(math.log2(s))}" for s in cfg.model.anchors.strides]
-    return [[f"loss_cls_{n}" for n in names], [f"loss_bbox_{n}" for n in names]]
+def loss_contract(cfg: Config) -> LossContract:
+    """The loss contract of the model ``cfg`` describes, without building it (the models' own rules)."""
+    if cfg.model.type == "retinanet":
+        return RetinaNet.contract_for(cfg.model.anchors.strides, cfg.model.head.loss_per_level)
+    return FasterRCNN.contract_for(cfg.model.type == "mask_rcnn")
 
 
-def build_weighting(cfg: Config) -> WeightingStrategy:
+def build_weighting(cfg: Config, contract: Optional[LossContract] = None) -> WeightingStrategy:
+    """The strategy of ``cfg.weighting``, checked against the model's loss contract (default: the one
+    ``cfg`` describes): every key it names must be one the model returns (an error naming the closest model
+    key and all of them)."""
+    contract = contract or loss_contract(cfg)
     w = cfg.weighting
+    where = f"weighting ({w.type})"
     if w.type == "fixed":
-        return Fixed(w.weights)
-    if w.type == "alwa":
-        return ALWA(variant=w.variant, interval=w.interval, cls_keys=w.cls_keys, reg_keys=w.reg_keys,
-                    init_weight=w.init_weight, stats=w.stats, sync=w.sync)
-    if w.type in ("avw", "rlo"):
-        if w.groups is None and not (cfg.model.type == "retinanet" and cfg.model.head.loss_per_level):
-            raise ValueError(f"weighting.type {w.type} weighs per-level losses: set model.head.loss_per_level: true "
-                             f"(RetinaNet) or list the loss keys in weighting.groups")
-        groups = w.groups if w.groups is not None else level_loss_groups(cfg)
+        strategy: WeightingStrategy = Fixed(w.weights)
+    elif w.type == "alwa":
+        strategy = ALWA(variant=w.variant, interval=w.interval, cls_keys=w.cls_keys, reg_keys=w.reg_keys,
+                        init_weight=w.init_weight, stats=w.stats, sync=w.sync)
+    elif w.type in ("avw", "rlo"):
+        groups = w.groups if w.groups is not None else contract.level_groups
+        if not groups:
+            raise ConfigError([f"weighting.type {w.type} weighs per-level losses: set model.head.loss_per_level: "
+                               f"true (RetinaNet) or list the loss keys in weighting.groups"])
         if w.type == "avw":
-            return AVW(groups=groups, interval=w.interval, momentum=w.momentum, w_min=w.w_min,
-                       w_max=math.inf if w.w_max is None else w.w_max, sync=w.sync)
-        return RLO(groups=groups, schemes=w.schemes, interval=w.interval, lr=w.policy_lr,
-                   temperature=1.0 if w.temperature is None else w.temperature, seed=cfg.seed, sync=w.sync)
-    keys = w.keys if w.keys is not None else list(w.cls_keys) + list(w.reg_keys)
-    if w.type == "uncertainty":
-        return UncertaintyWeighting(keys, init_log_var=w.init_log_var)
-    return DWA(keys, interval=w.interval, temperature=2.0 if w.temperature is None else w.temperature, sync=w.sync)
+            strategy = AVW(groups=groups, interval=w.interval, momentum=w.momentum, w_min=w.w_min,
+                           w_max=math.inf if w.w_max is None else w.w_max, sync=w.sync)
+        else:
+            strategy = RLO(groups=groups, schemes=w.schemes, interval=w.interval, lr=w.policy_lr,
+                           temperature=w.temperature, seed=cfg.seed, sync=w.sync)
+    else:
+        keys = w.keys if w.keys is not None else list(contract.keys)
+        if w.type == "uncertainty":
+            strategy = UncertaintyWeighting(keys, init_log_var=w.init_log_var)
+        else:
+            strategy = DWA(keys, interval=w.interval, temperature=w.temperature, sync=w.sync)
+    try:
+        contract.check(strategy.configured_keys(), where, f"the {cfg.model.type} model")
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    return strategy
 
 
 def prepare_data(data: DataConfig) -> None:
@@ -217,7 +242,7 @@ def build_optimizer(cfg: Config, model: nn.Module, world_size: int = 1,
     o = cfg.optimizer
     lr = o.lr * (cfg.data.batch_size * world_size / o.base_batch_size if o.scale_lr else 1.0)
     params = [p for p in model.parameters() if p.requires_grad]
-    extra = list(weighting.parameters()) if weighting is not None and hasattr(weighting, "parameters") else []
+    extra = list(weighting.parameters()) if weighting is not None else []
     # biases and norm parameters get no weight decay only under AdamW; SGD follows mmdetection (decay on all)
     if o.type == "sgd":
         groups = [{"params": params, "weight_decay": o.weight_decay}]

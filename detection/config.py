@@ -7,33 +7,21 @@ line, each naming the dotted key and the file that set it.
 
 import copy
 import dataclasses
-import difflib
 import os
 import re
-import types
-import typing
 from collections.abc import Mapping
-from typing import Any, Dict, List, Literal, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml_tree", "apply_overrides", "build_config",
-           "load_config", "config_to_dict", "save_config", "get_by_path"]
+from detection.validation import ORDER, ROOT, ConfigError, build_config, select_variant
+
+__all__ = ["ConfigError", "load_yaml_tree", "apply_overrides", "build_config", "load_config",
+           "config_from_tree", "config_to_dict", "save_config", "get_by_path", "select_variant"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 OVERRIDE_SOURCE = "--set"
-# Provenance key of the top-level file; used when a key has no entry of its own
-# (e.g. a missing required field).
-ROOT = ""
-
-
-class ConfigError(ValueError):
-    """All validation problems of one config; ``errors`` holds one line each."""
-
-    def __init__(self, errors: Sequence[str]):
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
 
 
 # PyYAML implements YAML 1.1, which reads ``1e-3`` (no dot) as the *string*
@@ -87,6 +75,7 @@ def _load_into(path, tree, provenance, chain, referrer):
         base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
         _load_into(base_path, tree, provenance, chain + ((real, path),), path)
     _merge(tree, provenance, data, path, prefix="")
+    provenance.setdefault(ORDER, []).append(path)
 
 
 def _read_mapping(path, referrer) -> dict:
@@ -157,167 +146,9 @@ def apply_overrides(tree: dict, provenance, overrides: Sequence[str]):
         for part in reversed(key.split(".")):
             value = {part: value}
         _merge(tree, provenance, value, OVERRIDE_SOURCE, prefix="")
+    if overrides:
+        provenance.setdefault(ORDER, []).append(OVERRIDE_SOURCE)
     return tree, provenance
-
-
-# -------------------------------------------------------------- validation
-
-_INVALID = object()  # returned by converters after they have recorded an error
-
-
-class _Ctx:
-    """Shared state of one build: provenance and the list of collected errors."""
-
-    def __init__(self, provenance):
-        self.provenance = provenance or {}
-        self.errors: List[str] = []
-
-    def source(self, key: str) -> str:
-        """File that set ``key``, falling back to its nearest recorded parent."""
-        while key:
-            if key in self.provenance:
-                return self.provenance[key]
-            key = key[:max(key.rfind("."), key.rfind("["), 0)]
-        return self.provenance.get(ROOT, "<unknown>")
-
-    def fail(self, key: str, message: str):
-        self.errors.append(f"key '{key or '<root>'}' (from {self.source(key)}) {message}")
-        return _INVALID
-
-
-def build_config(schema_cls, tree: dict, provenance=None):
-    """Validate ``tree`` into an instance of the dataclass ``schema_cls``.
-
-    Raises :class:`ConfigError` listing every problem found.
-    """
-    ctx = _Ctx(provenance)
-    result = _convert(schema_cls, tree, "", ctx)
-    if ctx.errors:
-        raise ConfigError(ctx.errors)
-    return result
-
-
-def _describe(value) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def _type_name(tp) -> str:
-    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
-
-
-def _convert(tp, value, key: str, ctx: _Ctx):
-    """Check/convert ``value`` against annotation ``tp``; errors go to ``ctx``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _convert_dataclass(tp, {} if value is None else value, key, ctx)
-    if origin in (Union, types.UnionType):
-        return _convert_union(args, value, key, ctx)
-    if origin is Literal:
-        # Compare types too, so that True does not pass for Literal[1].
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        allowed = ", ".join(repr(a) for a in args)
-        return ctx.fail(key, f"expects one of {allowed}, got {_describe(value)}")
-    if tp in (list, tuple) or origin in (list, tuple):
-        return _convert_sequence(tp, origin or tp, args, value, key, ctx)
-    if tp is dict or origin is dict:
-        return _convert_dict(tp, args, value, key, ctx)
-    if tp is float and type(value) is int:  # 1 is a fine learning rate
-        return float(value)
-    if tp in (int, float, bool):
-        # Exact type check: bool is an int subclass, and "yes"/1 are not bools.
-        ok = type(value) is tp
-    elif tp is type(None):
-        ok = value is None
-    elif isinstance(tp, type):
-        ok = isinstance(value, tp)
-    else:
-        raise TypeError(f"unsupported annotation {tp!r} for config key '{key}'")
-    return value if ok else ctx.fail(key, f"expects {_type_name(tp)}, got {_describe(value)}")
-
-
-def _convert_union(args, value, key, ctx):
-    members = [a for a in args if a is not type(None)]
-    if value is None and len(members) < len(args):
-        return None
-    if len(members) == 1:  # Optional[X]: X's own, more precise, errors
-        return _convert(members[0], value, key, ctx)
-    for member in members:
-        trial = _Ctx(ctx.provenance)
-        result = _convert(member, value, key, trial)
-        if not trial.errors:
-            return result
-    names = " or ".join(_type_name(a) for a in args)
-    return ctx.fail(key, f"expects {names}, got {_describe(value)}")
-
-
-def _convert_sequence(tp, kind, args, value, key, ctx):
-    if not isinstance(value, (list, tuple)):
-        return ctx.fail(key, f"expects {_type_name(tp)}, got {_describe(value)}")
-    if kind is tuple and args and args[-1] is not Ellipsis:  # fixed-length tuple
-        if len(value) != len(args):
-            return ctx.fail(key, f"expects {len(args)} items, got {len(value)}")
-        item_types = list(args)
-    else:
-        item_types = [args[0] if args else Any] * len(value)
-    items = [_convert(t, v, f"{key}[{i}]", ctx) for i, (t, v) in enumerate(zip(item_types, value))]
-    if any(item is _INVALID for item in items):
-        return _INVALID
-    return kind(items)
-
-
-def _convert_dict(tp, args, value, key, ctx):
-    if not isinstance(value, dict):
-        return ctx.fail(key, f"expects mapping ({_type_name(tp)}), got {_describe(value)}")
-    key_type, value_type = args if args else (Any, Any)
-    out = {}
-    for k, v in value.items():
-        sub = f"{key}.{k}" if key else str(k)
-        out[_convert(key_type, k, sub, ctx)] = _convert(value_type, v, sub, ctx)
-    return _INVALID if _INVALID in out or _INVALID in out.values() else out
-
-
-def _convert_dataclass(cls, value, key, ctx):
-    if not isinstance(value, dict):
-        return ctx.fail(key, f"expects mapping (section {cls.__name__}), got {_describe(value)}")
-    # get_type_hints resolves string annotations (from __future__ import annotations).
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    prefix = f"{key}." if key else ""
-    kwargs, failed = {}, False
-    for name in value:
-        if name not in fields:
-            failed = True
-            _unknown_key(ctx, prefix, name, list(fields))
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _convert(hints[name], value[name], prefix + name, ctx)
-            failed |= kwargs[name] is _INVALID
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            failed = True
-            ctx.errors.append(f"missing required key '{prefix + name}' (from {ctx.source(key)})")
-    if failed:  # don't construct: __post_init__ would only add noise
-        return _INVALID
-    try:
-        return cls(**kwargs)
-    except ValueError as e:  # cross-field checks in __post_init__
-        label = key or "<root>"
-        ctx.errors.append(f"section '{label}' (from {ctx.source(key)}): {e}")
-        return _INVALID
-
-
-def _unknown_key(ctx, prefix, name, valid):
-    full = prefix + str(name)
-    message = f"unknown key '{full}' (from {ctx.source(full)})"
-    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
-    if close:
-        message += f"; did you mean '{prefix + close[0]}'?"
-    else:
-        message += "; valid keys are: " + ", ".join(valid)
-    ctx.errors.append(message)
 
 
 # ----------------------------------------------------------- conveniences
@@ -329,10 +160,16 @@ def load_config(schema_cls, path, overrides: Sequence[str] = ()):
     overrides) and ``_config_provenance`` as plain attributes.
     """
     tree, provenance = load_yaml_tree(path)
+    return config_from_tree(schema_cls, tree, provenance, overrides, os.fspath(path))
+
+
+def config_from_tree(schema_cls, tree: dict, provenance, overrides: Sequence[str] = (), path: str = ""):
+    """Override and validate an already loaded tree (e.g. the config saved in a checkpoint; ``provenance``
+    may be ``{"": "<where it came from>"}``). Returns the instance, with the attributes of :func:`load_config`."""
+    tree, provenance = copy.deepcopy(tree), dict(provenance)
     apply_overrides(tree, provenance, overrides)
     cfg = build_config(schema_cls, tree, provenance)
-    extras = {"_config_path": os.fspath(path), "_config_tree": copy.deepcopy(tree),
-              "_config_provenance": dict(provenance)}
+    extras = {"_config_path": path, "_config_tree": copy.deepcopy(tree), "_config_provenance": dict(provenance)}
     for name, value in extras.items():
         try:  # object.__setattr__ also works on frozen dataclasses
             object.__setattr__(cfg, name, value)

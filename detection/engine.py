@@ -11,7 +11,7 @@ import torch
 from detection import builders
 from detection import dist as dist_utils
 from detection.checkpoint import load_checkpoint, seed_everything, set_rng_state
-from detection.config import load_config, save_config
+from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
 from detection.evaluate import evaluate_coco, evaluate_voc
 from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
 from detection.schema import Config
@@ -20,6 +20,32 @@ from detection.trainer import Trainer
 
 def load(cfg_path: str, overrides: Sequence[str] = ()) -> Config:
     return load_config(Config, cfg_path, overrides)
+
+
+def checkpoint_config(state: dict, ckpt: str, overrides: Sequence[str] = ()) -> Config:
+    """The resolved config saved in a checkpoint, with ``overrides`` applied (errors name the checkpoint)."""
+    if "config" not in state:
+        raise ConfigError([f"checkpoint {ckpt} holds no config (written before checkpoints carried one): "
+                           f"give the config it was trained with, --cfg CFG"])
+    return config_from_tree(Config, state["config"], {"": f"{ckpt} (its saved config)"}, overrides, ckpt)
+
+
+def checkpoint_extra(cfg: Config, classes) -> dict:
+    """What makes a checkpoint self-describing: the resolved config and the class names."""
+    return {"config": config_to_dict(cfg), "classes": list(classes)}
+
+
+def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.nn.Module:
+    """The eval-mode detector of a checkpoint written by scripts/train.py, built from the config saved in it
+    (``overrides`` change e.g. ``model.test.score_thr``) and on ``device``; ``model.classes`` are its class
+    names. Pretrained backbone files are not read: every weight comes from the checkpoint."""
+    state = load_checkpoint(path)
+    cfg = checkpoint_config(state, path, list(overrides) + ["model.backbone.pretrained=null"])
+    classes = list(state.get("classes") or builders.class_names(cfg))
+    model = builders.build_model(cfg, len(classes))
+    model.load_state_dict(state["model"])
+    model.classes = classes
+    return model.to(torch.device(device)).eval()
 
 
 def setup(cfg: Config):
@@ -58,6 +84,9 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         print(train_set.summary(), flush=True)
     loader, sampler = builders.build_train_loader(cfg, train_set, rank, world)
     model = builders.build_model(cfg, len(names))
+    contract = model.loss_contract
+    # the weighting is checked against the model's loss keys before anything trains
+    weighting = builders.build_weighting(cfg, contract).to(device)
     if cfg.train.sync_bn and world > 1:
         if device.type != "cuda":
             raise ValueError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation); "
@@ -67,18 +96,15 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    weighting = builders.build_weighting(cfg)
-    weight_params = list(weighting.parameters()) if hasattr(weighting, "parameters") else []
-    if hasattr(weighting, "to"):
-        weighting.to(device)
+    weight_params = list(weighting.parameters())
     optimizer, lr = builders.build_optimizer(cfg, model, world, weighting)
     max_iters, steps = builders.schedule_length(cfg, len(sampler))
     scheduler = builders.build_scheduler(cfg, optimizer, steps)
 
     ckpt_dir = os.path.join(work_dir, "checkpoints")
     hooks = [MetricsLogger(os.path.join(work_dir, "metrics.jsonl") if writer else None, cfg.train.log_interval,
-                           cfg.train.progress),
-             CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval, extra={"classes": names}, writer=writer,
+                           cfg.train.progress, contract),
+             CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval, extra=checkpoint_extra(cfg, names), writer=writer,
                             keep=cfg.train.keep_checkpoints)]
     if world > 1 and weight_params:
         hooks.insert(0, WeightingGradSync(weight_params))
@@ -129,6 +155,9 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
     work_dir = work_dir or builders.default_work_dir(cfg_path)
     device, rank, world = setup(cfg)
     writer = rank == 0
+    if writer:
+        for note in getattr(cfg, "_config_notes", []):
+            print(f"config: {note}", flush=True)
     prepare_work_dir(cfg, work_dir, rank)
     trainer = build_trainer(cfg, work_dir, device, rank, world, resume)
     model = trainer.model.module if world > 1 else trainer.model
@@ -140,7 +169,7 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
     metrics: Dict = {}
     if cfg.train.eval_after:
         test_set = builders.build_dataset(cfg, train=False)
-        metrics = evaluate_dataset(model, test_set, cfg, device, progress=cfg.train.progress)
+        metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
         # the layout the run trained with: ALWA's statistics depend on the images per process (and the ranks
         # pooled or not), so reproduce.py --collect reports it beside the numbers
         metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights,
@@ -154,17 +183,19 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
     return metrics if writer else {}
 
 
-def evaluate(cfg_path: str, ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = ()) -> Dict:
-    cfg = load(cfg_path, overrides)
-    device, rank, _ = setup(cfg)
+def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = ()) -> Dict:
+    """Evaluate a checkpoint on its config's test set. ``cfg_path`` None: the config saved in the checkpoint
+    (with ``overrides``); a given config file wins over it."""
     state = load_checkpoint(ckpt)
+    cfg = load(cfg_path, overrides) if cfg_path else checkpoint_config(state, ckpt, overrides)
+    device, rank, world = setup(cfg)
     test_set = builders.build_dataset(cfg, train=False)
     names = list(test_set.classes)
     if "classes" in state and list(state["classes"]) != names:
         raise ValueError(f"checkpoint {ckpt} was trained on classes {state['classes']}, the test set has {names}")
     model = builders.build_model(cfg, len(names)).to(device)
     model.load_state_dict(state["model"])
-    metrics = evaluate_dataset(model, test_set, cfg, device, progress=cfg.train.progress)
+    metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
     metrics["checkpoint"] = os.path.abspath(ckpt)
     if rank == 0:
         print(format_metrics(metrics))
@@ -175,11 +206,13 @@ def evaluate(cfg_path: str, ckpt: str, out: Optional[str] = None, overrides: Seq
     return metrics
 
 
-def evaluate_dataset(model, dataset, cfg: Config, device, progress: bool = False) -> Dict:
-    """VOC mAP for VOC data, COCO AP (bbox, and segm for Mask R-CNN) for COCO data."""
+def evaluate_dataset(model, dataset, cfg: Config, device, rank: int = 0, world: int = 1, progress: bool = False) -> Dict:
+    """VOC mAP for VOC data, COCO AP (bbox, and segm for Mask R-CNN) for COCO data; each of ``world``
+    processes infers its shard of the test set (this one: ``rank``)."""
+    shard = builders.build_test_loader(cfg, dataset, rank, world)
     if cfg.data.format == "coco":
-        return evaluate_coco(model, dataset, cfg, device, progress=progress)
-    return evaluate_voc(model, dataset, cfg, device, list(dataset.classes), progress=progress)
+        return evaluate_coco(model, dataset, cfg, device, shard, progress=progress)
+    return evaluate_voc(model, dataset, cfg, device, shard, progress=progress)
 
 
 def format_metrics(metrics: Dict) -> str:

@@ -1,7 +1,7 @@
 """Inference over a dataset and VOC / COCO evaluation, sharded over ranks when distributed."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from detection import dist as dist_utils
 from detection.evaluation.coco import METRIC_NAMES, coco_evaluate, detections_to_coco, masks_to_rles
 from detection.evaluation.voc import voc_map
 from detection.schema import Config
-from detection.trainer import AMP_DTYPES, move_batch
+from detection.batch import autocast, move_batch
 
 
 def _to_host(v):
@@ -40,7 +40,6 @@ def run_inference(model: nn.Module, loader, device: torch.device, amp: str = "of
     ``encode_masks``; tensors in its result are moved to numpy, other values (lists of RLEs) kept as is."""
     was_training = model.training
     model.eval()
-    dtype = AMP_DTYPES[amp]
     out: List[Dict] = []
     batches = loader
     if progress:
@@ -49,7 +48,7 @@ def run_inference(model: nn.Module, loader, device: torch.device, amp: str = "of
         batches = tqdm(loader, desc="eval", dynamic_ncols=True, mininterval=1.0)
     for batch in batches:
         images, targets = move_batch(batch, device)
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(device, amp):
             dets = model(images, targets)
         for d in dets:
             if convert is not None:
@@ -59,13 +58,12 @@ def run_inference(model: nn.Module, loader, device: torch.device, amp: str = "of
     return out
 
 
-def evaluate_voc(model: nn.Module, dataset, cfg: Config, device: torch.device, class_names: List[str],
+def evaluate_voc(model: nn.Module, dataset, cfg: Config, device: torch.device, shard: Tuple[Iterable, List[int]],
                  progress: bool = False) -> Dict:
-    """VOC mAP of ``model`` on ``dataset``; every rank infers its shard, rank 0 gets the metrics."""
-    from detection.builders import build_test_loader
-
-    world = torch.distributed.get_world_size() if dist_utils.is_dist() else 1
-    loader, indices = build_test_loader(cfg, dataset, dist_utils.rank(), world)
+    """VOC mAP of ``model`` on ``dataset`` (its ``classes`` name the APs). ``shard`` is this rank's
+    ``(loader, dataset indices)``; every rank infers its shard, rank 0 gets the metrics."""
+    class_names = list(dataset.classes)
+    loader, indices = shard
     dets = run_inference(model, loader, device, cfg.train.amp, progress and dist_utils.rank() == 0)
     gathered = dist_utils.all_gather_objects(list(zip(indices, dets)))
     by_index = dict(pair for part in gathered for pair in part)
@@ -83,8 +81,8 @@ def evaluate_voc(model: nn.Module, dataset, cfg: Config, device: torch.device, c
     }
 
 
-def evaluate_coco(model: nn.Module, dataset, cfg: Config, device: torch.device, progress: bool = False,
-                  iou_types: Optional[Sequence[str]] = None) -> Dict:
+def evaluate_coco(model: nn.Module, dataset, cfg: Config, device: torch.device, shard: Tuple[Iterable, List[int]],
+                  progress: bool = False, iou_types: Optional[Sequence[str]] = None) -> Dict:
     """COCO AP of ``model`` on a single-set ``COCODataset``; every rank infers its shard, rank 0 runs
     COCOeval and all ranks return its metrics.
 
@@ -94,11 +92,8 @@ def evaluate_coco(model: nn.Module, dataset, cfg: Config, device: torch.device, 
     Returns a flat dict (for eval.json): bbox ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``; with segm
     also ``segm_AP``, ``segm_AP50``, ... ``segm_APl``; floats in [0, 1], -1.0 where pycocotools finds no
     ground truth (an area range); plus ``iou_types`` (list), ``num_images`` and ``summary`` (COCOeval's
-    summary tables as text, one per IoU type)."""
-    from detection.builders import build_test_loader
-
-    world = torch.distributed.get_world_size() if dist_utils.is_dist() else 1
-    loader, indices = build_test_loader(cfg, dataset, dist_utils.rank(), world)
+    summary tables as text, one per IoU type). ``shard``: this rank's ``(loader, dataset indices)``."""
+    loader, indices = shard
     dets = run_inference(model, loader, device, cfg.train.amp, progress and dist_utils.rank() == 0,
                          convert=encode_masks)
     gathered = dist_utils.all_gather_objects(list(zip(indices, dets)))

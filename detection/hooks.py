@@ -12,6 +12,7 @@ import torch
 from detection import dist as dist_utils
 from detection.checkpoint import rng_state, save_checkpoint
 from detection.trainer import HookBase
+from models.contract import LossContract
 
 
 def keep_records_upto(path: str, last_iter: int) -> int:
@@ -54,8 +55,12 @@ class MetricsLogger(HookBase):
     average stops training with the offending keys named. Every rank takes part in the reduction; only
     the writer (rank 0) writes ``metrics.jsonl`` and shows the progress bar."""
 
-    def __init__(self, path: Optional[str], interval: int, progress: bool = True):
+    def __init__(self, path: Optional[str], interval: int, progress: bool = True,
+                 contract: Optional[LossContract] = None):
         self.path, self.interval, self.progress = path, max(1, interval), progress
+        # the model's loss keys and groups, written into every record (plots and comparisons read them)
+        self.contract = contract
+        self._contract_written = False
         self._sums: Dict[str, torch.Tensor] = {}
         self._squares: Dict[str, torch.Tensor] = {}
         self._count = 0
@@ -132,31 +137,41 @@ class MetricsLogger(HookBase):
             raise FloatingPointError(f"non-finite loss at iteration {t.iter}: {', '.join(bad)} "
                                      f"(values {[values[k] for k in bad]}); lower the learning rate or check the data")
         elapsed = time.perf_counter() - self._tic
+        raw_keys = [k for k in keys if k != "loss" and not k.startswith("weighted/")]
         record = {"iter": t.iter, "epoch": t.epoch, "lr": t.lr, "loss": values.pop("loss")}
-        record.update({k: v for k, v in values.items() if not k.startswith("weighted/")})
+        record.update({k: values[k] for k in raw_keys})
         record["weighted"] = {k[len("weighted/"):]: v for k, v in values.items() if k.startswith("weighted/")}
         # λ of the interval's last recorded step (the weights its weighted losses were computed with)
         record["weights"] = {k: float(v) for k, v in self._weights.items()}
-        record["std"] = {k: v for k, v in stds.items() if k.startswith("loss_")}
+        record["std"] = {k: stds[k] for k in raw_keys}
         record["weighted_std"] = {k[len("weighted/"):]: v for k, v in stds.items() if k.startswith("weighted/")}
         record["time"] = elapsed / self._count
         record["data_time"] = self._data_time / self._count
         record["eta_s"] = record["time"] * (t.max_iters - t.iter)
         if self._skipped:
             record["skipped_steps"], record["skipped_keys"] = self._skipped, dict(self._skipped_keys)
+        if self.contract is not None and not self._contract_written:  # once per run: its first record
+            record["contract"] = self.contract.to_record()
+            self._contract_written = True
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
         if self._bar is not None:
+            label = (self.contract or LossContract(tuple(raw_keys))).label
             shown = {k: f"{record[k]:.3f}" for k in ["loss"] + [k for k in record["weighted"]][:3]}
-            shown.update({f"w_{k.removeprefix('loss_')}": f"{v:.3f}" for k, v in record["weights"].items() if v != 1.0})
+            shown.update({f"w_{label(k)}": f"{v:.3f}" for k, v in record["weights"].items() if v != 1.0})
             self._bar.set_postfix(shown, refresh=False)
         self._sums, self._squares, self._count, self._data_time = {}, {}, 0, 0.0
         self._skipped, self._skipped_keys = 0, {}
         self._tic = time.perf_counter()
 
     def after_train(self):
-        if self._count or self._skipped:  # stopped between log points (non-finite guard)
-            self.flush()
+        try:
+            if self._count or self._skipped:  # stopped between log points
+                self.flush()
+        except FloatingPointError:
+            if self.trainer.stop_reason is None:
+                raise
+            # already stopping on an error: the non-finite interval is not written, the error is reported
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:
@@ -212,7 +227,9 @@ class CheckpointHook(HookBase):
             self.save()
 
     def after_train(self):
-        self.save()
+        # after an error the state may be half-updated: the last periodic checkpoint is left as it was
+        if self.trainer.stop_reason in (None, "non_finite"):
+            self.save()
 
 
 class WeightingGradSync(HookBase):

@@ -24,10 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from detection import dist as dist_utils
+from detection.batch import autocast, move_batch
 from losses.weighting import WeightingStrategy
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class HookBase:
     trainer: "Trainer"
@@ -56,18 +54,6 @@ class StepOutput:
     skipped: Optional[List[str]] = None  # offending loss keys ("gradients") when the step was skipped
 
 
-def move_batch(batch, device: torch.device, channels_last: bool = False):
-    images, targets = batch
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    moved = []
-    for t in targets:
-        moved.append({k: v.to(device, non_blocking=True) if isinstance(v, Tensor) and k in ("boxes", "labels", "ignore_boxes", "masks")
-                      else v for k, v in t.items()})
-    return images, moved
-
-
 def _all_finite_flags(values: List[Tensor]) -> List[bool]:
     """Per-tensor finiteness, AND-ed over ranks; one host read."""
     flags = torch.stack([torch.isfinite(v).all() for v in values]).float()
@@ -88,8 +74,7 @@ def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting:
                amp: str = "off", grad_clip: Optional[float] = None, after_backward=None,
                check_finite: bool = True) -> StepOutput:
     """Forward, weighting, backward and optimizer step. AMP is a flag; DDP is whatever ``model`` is."""
-    dtype = AMP_DTYPES[amp]
-    with torch.autocast(device_type=images.device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(images.device, amp):
         losses = model(images, targets)
     # the weighting sees float32 losses whatever the autocast dtype
     losses = {k: v.float() for k, v in losses.items()}
@@ -142,6 +127,9 @@ class Trainer:
         self.data_time = 0.0
         self.check_finite, self.max_bad_steps, self.channels_last = check_finite, max_bad_steps, channels_last
         self.bad_steps = 0  # skipped steps in total
+        # why train() stopped: None (max_iters reached), "non_finite" (the guard stopped it, weights finite) or
+        # "error" (any other exception); set before the after_train hooks run
+        self.stop_reason: Optional[str] = None
         self.consecutive_bad = 0
         self.hooks: List[HookBase] = []
         for h in hooks or []:
@@ -158,6 +146,7 @@ class Trainer:
     def train(self) -> None:
         self.model.train()
         self._call("before_train")
+        self.stop_reason = "error"  # until the loop ends normally, or the guard stops it
         try:
             while self.iter < self.max_iters:
                 self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
@@ -169,11 +158,16 @@ class Trainer:
                     if self.iter >= self.max_iters:
                         break
                     tic = time.perf_counter()
+            self.stop_reason = None
         except FloatingPointError:
-            if self.check_finite:  # the guard kept the weights finite: flush the log and checkpoint them
-                self._call("after_train")
+            if self.check_finite:  # the guard kept the weights finite: they may be checkpointed
+                self.stop_reason = "non_finite"
             raise
-        self._call("after_train")
+        finally:
+            # whatever stopped the loop (the end, the guard, any error, Ctrl-C), the hooks close the log and the
+            # progress bar; the checkpoint hook saves only a state it may save (stop_reason None or
+            # "non_finite"), so after an error the last periodic checkpoint stays as it was
+            self._call("after_train")
 
     def run_step(self, batch) -> None:
         self._call("before_step")

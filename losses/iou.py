@@ -21,15 +21,15 @@ float32 (float64 if an input is float64) regardless of input dtype or autocast.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Optional, Tuple, Union
+from typing import Tuple
 
 import torch
 
-from .reduction import _at_least_float32, _no_autocast, reduce_loss
+from .reduction import _at_least_float32, _no_autocast, with_reduction
 
 _Pair = Tuple[torch.Tensor, torch.Tensor]
-_AvgFactor = Optional[Union[float, torch.Tensor]]
 _FOUR_OVER_PI_SQ = 4.0 / math.pi**2
 
 
@@ -89,110 +89,32 @@ def _matched_boxes(pred: torch.Tensor, target: torch.Tensor) -> _Pair:
     return pred.to(dtype), target.to(dtype)
 
 
-def _iou_family_loss(
-    kind: str,
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    eps: float,
-    reduction: str,
-    weight: Optional[torch.Tensor],
-    avg_factor: _AvgFactor,
-) -> torch.Tensor:
-    """Shared forward for the four public losses; ``kind`` picks the penalty terms."""
+def _iou_family(kind: str, pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Element-wise loss of the IoU family; ``kind`` picks the penalty terms."""
     with _no_autocast(pred.device):
         pred, target = _matched_boxes(pred, target)
         inter, union = _intersection_union(pred, target, eps)
         iou = inter / union
         loss = 1 - iou
         if kind == "iou":
-            return reduce_loss(loss, reduction, weight, avg_factor)
+            return loss
         enc_w, enc_h = _enclosing_width_height(pred, target)
         if kind == "giou":
             enclosing = (enc_w * enc_h).clamp(min=eps)
-            loss = loss + (enclosing - union) / enclosing
-        else:  # diou / ciou
-            diag_sq = (enc_w * enc_w + enc_h * enc_h).clamp(min=eps)
-            loss = loss + _centre_distance_sq(pred, target) / diag_sq
-            if kind == "ciou":
-                v = _aspect_penalty(pred, target, eps)
-                # The CIoU authors treat alpha as a constant trade-off weight so
-                # that only v (not alpha) drives the aspect-ratio gradient.
-                with torch.no_grad():
-                    alpha = v / (1 - iou + v).clamp(min=eps)
-                loss = loss + alpha * v
-        return reduce_loss(loss, reduction, weight, avg_factor)
+            return loss + (enclosing - union) / enclosing
+        diag_sq = (enc_w * enc_w + enc_h * enc_h).clamp(min=eps)
+        loss = loss + _centre_distance_sq(pred, target) / diag_sq
+        if kind == "ciou":
+            v = _aspect_penalty(pred, target, eps)
+            # The CIoU authors treat alpha as a constant trade-off weight so
+            # that only v (not alpha) drives the aspect-ratio gradient.
+            with torch.no_grad():
+                alpha = v / (1 - iou + v).clamp(min=eps)
+            loss = loss + alpha * v
+        return loss
 
 
-def iou_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    eps: float = 1e-7,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """``1 - IoU`` per matched box pair; see the module docstring for args/shapes."""
-    return _iou_family_loss("iou", pred, target, eps, reduction, weight, avg_factor)
-
-
-def giou_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    eps: float = 1e-7,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """``1 - IoU + |C minus (A union B)| / |C|``, C = smallest enclosing box.
-
-    Range ``[0, 2)``; unlike plain IoU it still has a gradient for disjoint boxes.
-    """
-    return _iou_family_loss("giou", pred, target, eps, reduction, weight, avg_factor)
-
-
-def diou_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    eps: float = 1e-7,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """``1 - IoU + rho^2 / c^2``: rho = centre distance, c = enclosing-box diagonal."""
-    return _iou_family_loss("diou", pred, target, eps, reduction, weight, avg_factor)
-
-
-def ciou_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    eps: float = 1e-7,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """``DIoU + alpha * v`` with ``v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2``.
-
-    ``alpha = v / ((1 - IoU) + v)`` is computed under ``no_grad`` (a constant
-    weight, as in the CIoU authors' implementation); no IoU > 0.5 gating.
-    """
-    return _iou_family_loss("ciou", pred, target, eps, reduction, weight, avg_factor)
-
-
-def ciou_mmdet_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    eps: float = 1e-7,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """CIoU as mmdetection 2.x (2.7, the ALWA authors' fork) computes it: ``1 - IoU + rho^2 / c^2 + alpha * v``
-    with ``alpha = v / (1 - IoU + v)`` *not* detached, so the gradient also flows through alpha.
-
-    The small constants sit where mmdetection puts them: ``eps`` is added to the union, to ``c^2`` and to the
-    two box heights inside ``atan(w / h)``; areas are not clamped (decoded boxes are valid). On valid,
-    non-degenerate boxes the value equals :func:`ciou_loss` to float rounding; the gradients differ.
-    """
+def _ciou_mmdet(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     with _no_autocast(pred.device):
         pred, target = _matched_boxes(pred, target)
         wp, hp = pred[..., 2] - pred[..., 0], pred[..., 3] - pred[..., 1]
@@ -203,8 +125,27 @@ def ciou_mmdet_loss(
         enc_w, enc_h = _enclosing_width_height(pred, target)
         rho2_over_c2 = _centre_distance_sq(pred, target) / (enc_w * enc_w + enc_h * enc_h + eps)
         v = _FOUR_OVER_PI_SQ * (torch.atan(wt / (ht + eps)) - torch.atan(wp / (hp + eps))) ** 2
-        loss = 1 - iou + rho2_over_c2 + v * v / (1 - iou + v)
-        return reduce_loss(loss, reduction, weight, avg_factor)
+        return 1 - iou + rho2_over_c2 + v * v / (1 - iou + v)
+
+
+_SIGNATURE = "``(pred, target, eps=1e-7, reduction='none', weight=None, avg_factor=None)``; see the module docstring.\n"
+iou_loss = with_reduction(functools.partial(_iou_family, "iou"), "iou_loss",
+                          "``1 - IoU`` per matched box pair " + _SIGNATURE)
+giou_loss = with_reduction(functools.partial(_iou_family, "giou"), "giou_loss", (
+    "``1 - IoU + |C minus (A union B)| / |C|``, C = smallest enclosing box; range ``[0, 2)``, and unlike plain IoU "
+    "it still has a gradient for disjoint boxes. " + _SIGNATURE))
+diou_loss = with_reduction(functools.partial(_iou_family, "diou"), "diou_loss", (
+    "``1 - IoU + rho^2 / c^2``: rho = centre distance, c = enclosing-box diagonal. " + _SIGNATURE))
+ciou_loss = with_reduction(functools.partial(_iou_family, "ciou"), "ciou_loss", (
+    "``DIoU + alpha * v`` with ``v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2`` and ``alpha = v / ((1 - IoU) + v)`` "
+    "computed under ``no_grad`` (a constant weight, as in the CIoU authors' implementation); no IoU > 0.5 gating. "
+    + _SIGNATURE))
+ciou_mmdet_loss = with_reduction(_ciou_mmdet, "ciou_mmdet_loss", (
+    "CIoU as mmdetection 2.x (2.7, the ALWA authors' fork) computes it: ``1 - IoU + rho^2 / c^2 + alpha * v`` with "
+    "``alpha = v / (1 - IoU + v)`` *not* detached, so the gradient also flows through alpha. The small constants sit "
+    "where mmdetection puts them: ``eps`` is added to the union, to ``c^2`` and to the two box heights inside "
+    "``atan(w / h)``; areas are not clamped (decoded boxes are valid). On valid, non-degenerate boxes the value "
+    "equals :func:`ciou_loss` to float rounding; the gradients differ. " + _SIGNATURE))
 
 
 def box_iou_aligned(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -21,17 +21,14 @@ inputs or under ``torch.autocast``.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .focal import sigmoid_focal_loss
-from .reduction import _at_least_float32, _no_autocast, reduce_loss
+from .reduction import _at_least_float32, _no_autocast, with_reduction
 from .regression import _check_same_shape, _elementwise_smooth_l1
-
-_AvgFactor = Optional[Union[float, torch.Tensor]]
-
 
 NORMALISERS = ("level", "batch")
 
@@ -88,117 +85,86 @@ def iou_balanced_weight(loss: torch.Tensor, pos: torch.Tensor, ious: torch.Tenso
     return _balanced_weight(flat.detach(), pos.reshape(-1), u_pow, g, num_groups).view_as(loss)
 
 
-def iou_balanced_sigmoid_focal_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    ious: torch.Tensor,
-    eta: float = 1.5,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-    reduction: str = "none",
-    avg_factor: _AvgFactor = None,
-    groups: Optional[torch.Tensor] = None,
-    num_groups: int = 1,
-) -> torch.Tensor:
-    """IoU-balanced sigmoid focal loss for dense (single-stage) heads.
-
-    Args:
-        logits: ``[N, C]`` raw scores, one column per foreground class.
-        targets: ``[N, C]`` one-hot floats; all-zero rows are negatives.
-        ious: ``[N]`` IoU of each anchor's regressed box with its ground truth;
-            entries of negative rows are ignored.
-        eta: exponent of the IoU weight (paper default 1.5).
-        alpha, gamma: see :func:`losses.focal.sigmoid_focal_loss`.
-        reduction, avg_factor: see :func:`losses.reduction.reduce_loss`.
-        groups: optional ``[N]`` ids in ``[0, num_groups)`` (e.g. each anchor's
-            FPN level): ``Z`` is then computed per group, as the authors'
-            released code does per level; default one group (the whole batch).
-
-    Returns:
-        ``[N, C]`` float32 loss for ``"none"``, else a scalar. Entries with
-        ``targets > 0`` are scaled by the detached ``u**eta * Z``; others are
-        plain focal loss.
-    """
+def _balanced_focal(logits: torch.Tensor, targets: torch.Tensor, ious: torch.Tensor, eta: float = 1.5,
+                    alpha: float = 0.25, gamma: float = 2.0, groups: Optional[torch.Tensor] = None,
+                    num_groups: int = 1) -> torch.Tensor:
     loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
     with _no_autocast(loss.device):
         u_pow = _iou_power(ious, logits.shape[0], eta, loss.dtype).unsqueeze(-1)
-        pos = targets.to(loss.dtype) > 0
         g = None if groups is None else groups.reshape(-1, 1)
-        weight = _balanced_weight(loss, pos, u_pow.expand_as(loss), g, num_groups)
-        return reduce_loss(loss * weight, reduction, None, avg_factor)
+        return loss * _balanced_weight(loss, targets.to(loss.dtype) > 0, u_pow.expand_as(loss), g, num_groups)
 
 
-def iou_balanced_cross_entropy(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ious: torch.Tensor,
-    eta: float = 1.5,
-    background: Optional[int] = None,
-    reduction: str = "none",
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """IoU-balanced softmax cross-entropy for two-stage RoI classification heads.
-
-    Args:
-        logits: ``[N, K + 1]`` raw scores (``K`` foreground classes + background).
-        labels: ``[N]`` int64 in ``[0, K]``; ``background`` marks negatives.
-        ious: ``[N]`` IoU of each RoI's regressed box with its ground truth;
-            entries of background rows are ignored.
-        eta: exponent of the IoU weight.
-        background: background label, default ``K = logits.shape[1] - 1``.
-        reduction, avg_factor: see :func:`losses.reduction.reduce_loss`.
-
-    Returns:
-        ``[N]`` float32 per-row loss for ``"none"``, else a scalar; positive rows
-        are scaled by the detached ``u**eta * Z``, background rows are plain CE.
-    """
+def _balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ious: torch.Tensor, eta: float = 1.5,
+                            background: Optional[int] = None) -> torch.Tensor:
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(
-            f"expected logits [N, K+1] and labels [N], got "
-            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
+        raise ValueError(f"expected logits [N, K+1] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
     bg = logits.shape[1] - 1 if background is None else background
     with _no_autocast(logits.device):
         logits = _at_least_float32(logits)
         loss = F.cross_entropy(logits, labels.long(), reduction="none")
-        u_pow = _iou_power(ious, logits.shape[0], eta, loss.dtype)
-        weight = _balanced_weight(loss, labels != bg, u_pow)
-        return reduce_loss(loss * weight, reduction, None, avg_factor)
+        return loss * _balanced_weight(loss, labels != bg, _iou_power(ious, logits.shape[0], eta, loss.dtype))
 
 
-def iou_balanced_smooth_l1_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    ious: torch.Tensor,
-    lam: float = 1.5,
-    beta: float = 1.0,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: _AvgFactor = None,
-) -> torch.Tensor:
-    """IoU-balanced smooth L1 on encoded deltas: per-box loss times ``u**lam``.
+def _balanced_smooth_l1(pred: torch.Tensor, target: torch.Tensor, ious: torch.Tensor, lam: float = 1.5,
+                        beta: float = 1.0) -> torch.Tensor:
+    _check_same_shape(pred, target)
+    with _no_autocast(pred.device):
+        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+        per_box = _elementwise_smooth_l1(pred.to(dtype), target.to(dtype), beta).sum(dim=-1)
+        return per_box * _iou_power(ious, per_box.shape[0], lam, dtype)
 
-    The smooth L1 is summed over the 4 coordinates, then multiplied by the
-    detached ``clamp(ious, 0, 1) ** lam``. There is no normalisation, so the
-    loss shrinks overall; the authors' released configs compensate with a
-    constant regression loss weight of about 2.3-3.0.
+
+iou_balanced_sigmoid_focal_loss = with_reduction(_balanced_focal, "iou_balanced_sigmoid_focal_loss", """IoU-balanced
+    sigmoid focal loss for dense (single-stage) heads: ``iou_balanced_sigmoid_focal_loss(logits, targets, ious,
+    eta=1.5, alpha=0.25, gamma=2.0, groups=None, num_groups=1, reduction='none', avg_factor=None)``.
+
+    Args:
+        logits: ``[N, C]`` raw scores, one column per foreground class.
+        targets: ``[N, C]`` one-hot floats; all-zero rows are negatives.
+        ious: ``[N]`` IoU of each anchor's regressed box with its ground truth; entries of negative rows are ignored.
+        eta: exponent of the IoU weight (paper default 1.5).
+        alpha, gamma: see :func:`losses.focal.sigmoid_focal_loss`.
+        groups: optional ``[N]`` ids in ``[0, num_groups)`` (e.g. each anchor's FPN level): ``Z`` is then computed
+            per group, as the authors' released code does per level; default one group (the whole batch).
+        reduction, weight, avg_factor: see :func:`losses.reduction.reduce_loss`.
+
+    Returns:
+        ``[N, C]`` float32 loss for ``"none"``, else a scalar. Entries with ``targets > 0`` are scaled by the
+        detached ``u**eta * Z``; others are plain focal loss.
+    """)
+
+iou_balanced_cross_entropy = with_reduction(_balanced_cross_entropy, "iou_balanced_cross_entropy", """IoU-balanced
+    softmax cross-entropy for two-stage RoI classification heads: ``iou_balanced_cross_entropy(logits, labels, ious,
+    eta=1.5, background=None, reduction='none', avg_factor=None)``.
+
+    Args:
+        logits: ``[N, K + 1]`` raw scores (``K`` foreground classes + background).
+        labels: ``[N]`` int64 in ``[0, K]``; ``background`` marks negatives (default ``K``).
+        ious: ``[N]`` IoU of each RoI's regressed box with its ground truth; entries of background rows are ignored.
+        eta: exponent of the IoU weight.
+        reduction, weight, avg_factor: see :func:`losses.reduction.reduce_loss`.
+
+    Returns:
+        ``[N]`` float32 per-row loss for ``"none"``, else a scalar; positive rows are scaled by the detached
+        ``u**eta * Z``, background rows are plain CE.
+    """)
+
+iou_balanced_smooth_l1_loss = with_reduction(_balanced_smooth_l1, "iou_balanced_smooth_l1_loss", """IoU-balanced
+    smooth L1 on encoded deltas, per-box loss times ``u**lam``: ``iou_balanced_smooth_l1_loss(pred, target, ious,
+    lam=1.5, beta=1.0, reduction='none', weight=None, avg_factor=None)``.
+
+    The smooth L1 is summed over the 4 coordinates, then multiplied by the detached ``clamp(ious, 0, 1) ** lam``.
+    There is no normalisation, so the loss shrinks overall; the authors' released configs compensate with a constant
+    regression loss weight of about 2.3-3.0.
 
     Args:
         pred, target: ``[N, 4]`` encoded box deltas.
         ious: ``[N]`` IoU of each regressed (decoded) box with its ground truth.
         lam: exponent of the IoU weight (paper default 1.5).
-        beta: smooth L1 quadratic-zone width, see
-            :func:`losses.regression.smooth_l1_loss`.
-        reduction, weight (per box, ``[N]``), avg_factor: see
-            :func:`losses.reduction.reduce_loss`.
+        beta: smooth L1 quadratic-zone width, see :func:`losses.regression.smooth_l1_loss`.
+        reduction, weight (per box, ``[N]``), avg_factor: see :func:`losses.reduction.reduce_loss`.
 
     Returns:
-        ``[N]`` float32 loss for ``"none"``, else a scalar; ``N == 0`` gives
-        ``[0]`` or a graph-attached 0.
-    """
-    _check_same_shape(pred, target)
-    with _no_autocast(pred.device):
-        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
-        per_box = _elementwise_smooth_l1(pred.to(dtype), target.to(dtype), beta).sum(dim=-1)
-        u_pow = _iou_power(ious, per_box.shape[0], lam, dtype)
-        return reduce_loss(per_box * u_pow, reduction, weight, avg_factor)
+        ``[N]`` float32 loss for ``"none"``, else a scalar; ``N == 0`` gives ``[0]`` or a graph-attached 0.
+    """)

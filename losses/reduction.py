@@ -8,7 +8,7 @@ across focal, L1 and IoU-family losses.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional, Union
+from typing import Callable, ContextManager, Optional, Union
 
 import torch
 
@@ -77,6 +77,21 @@ def reduce_loss(
         # the graph connected so backward() still works on empty batches.
         return loss.sum() * 0
     return loss.mean()
+
+
+def with_reduction(elementwise: Callable[..., torch.Tensor], name: str, doc: str) -> Callable[..., torch.Tensor]:
+    """The public form of an element-wise loss: ``name(*args, reduction="none", weight=None, avg_factor=None,
+    **kwargs)`` computes ``elementwise(*args, **kwargs)`` and hands it to :func:`reduce_loss`, the one
+    reduction path of every loss in this package. ``doc`` becomes its docstring."""
+
+    def loss(*args, reduction: str = "none", weight: Optional[torch.Tensor] = None,
+             avg_factor: Optional[Union[float, torch.Tensor]] = None, **kwargs) -> torch.Tensor:
+        return reduce_loss(elementwise(*args, **kwargs), reduction, weight, avg_factor)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    loss.elementwise = elementwise
+    return loss
 
 
 def _no_autocast(device: torch.device) -> ContextManager:

@@ -8,13 +8,9 @@ entries used in :data:`losses.REGRESSION_LOSSES`.
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 
-from .reduction import reduce_loss
-
-AvgFactor = Optional[Union[float, torch.Tensor]]
+from .reduction import with_reduction
 
 
 def _check_same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -36,80 +32,33 @@ def _elementwise_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float
     return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
 
 
-def l1_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: AvgFactor = None,
-) -> torch.Tensor:
-    """Element-wise ``|pred - target|``.
-
-    Args:
-        pred, target: same shape, typically ``[N, 4]`` encoded deltas.
-        reduction, weight, avg_factor: see :func:`losses.reduction.reduce_loss`.
-
-    Returns:
-        ``[N, 4]`` (same shape as ``pred``) for ``"none"``, else a scalar.
-    """
+def _l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _check_same_shape(pred, target)
-    return reduce_loss((pred - target).abs(), reduction, weight, avg_factor)
+    return (pred - target).abs()
 
 
-def smooth_l1_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    beta: float = 1.0,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: AvgFactor = None,
-) -> torch.Tensor:
-    """Element-wise smooth L1 (Huber-like) loss.
-
-    With ``d = |pred - target|``: ``0.5 * d**2 / beta`` if ``d < beta`` else
-    ``d - 0.5 * beta``. Both pieces and their slopes meet at ``d == beta``.
-
-    Args:
-        pred, target: same shape, typically ``[N, 4]`` encoded deltas.
-        beta: width of the quadratic zone; ``0`` degenerates to L1, negative
-            values raise ``ValueError``.
-        reduction, weight, avg_factor: see :func:`losses.reduction.reduce_loss`.
-
-    Returns:
-        ``[N, 4]`` (same shape as ``pred``) for ``"none"``, else a scalar.
-    """
+def _smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     _check_same_shape(pred, target)
-    return reduce_loss(_elementwise_smooth_l1(pred, target, beta), reduction, weight, avg_factor)
+    return _elementwise_smooth_l1(pred, target, beta)
 
 
-def l1_loss_per_box(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: AvgFactor = None,
-) -> torch.Tensor:
-    """L1 summed over the 4 coordinates: ``[N, 4] -> [N]`` for ``"none"``.
-
-    ``weight`` is per box (``[N]``), applied after the coordinate sum.
-    """
-    _check_same_shape(pred, target)
-    per_box = (pred - target).abs().sum(dim=-1)
-    return reduce_loss(per_box, reduction, weight, avg_factor)
+def _per_box(elementwise):
+    """The coordinate sum of an element-wise delta loss: ``[N, 4] -> [N]``."""
+    return lambda pred, target, *args, **kwargs: elementwise(pred, target, *args, **kwargs).sum(dim=-1)
 
 
-def smooth_l1_loss_per_box(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    beta: float = 1.0,
-    reduction: str = "none",
-    weight: Optional[torch.Tensor] = None,
-    avg_factor: AvgFactor = None,
-) -> torch.Tensor:
-    """Smooth L1 summed over the 4 coordinates: ``[N, 4] -> [N]`` for ``"none"``.
-
-    ``weight`` is per box (``[N]``), applied after the coordinate sum.
-    """
-    _check_same_shape(pred, target)
-    per_box = _elementwise_smooth_l1(pred, target, beta).sum(dim=-1)
-    return reduce_loss(per_box, reduction, weight, avg_factor)
+_ARGS = ("Args: pred, target (same shape, typically ``[N, 4]`` encoded deltas){beta}; reduction, weight, avg_factor: "
+         "see :func:`losses.reduction.reduce_loss`. ")
+_BETA = ", beta (width of the quadratic zone; ``0`` degenerates to L1, negative values raise ``ValueError``)"
+l1_loss = with_reduction(_l1, "l1_loss", "Element-wise ``|pred - target|``. " + _ARGS.format(beta="")
+                         + "Returns ``[N, 4]`` for ``'none'``, else a scalar.")
+smooth_l1_loss = with_reduction(_smooth_l1, "smooth_l1_loss", (
+    "Element-wise smooth L1 (Huber-like) loss, ``smooth_l1_loss(pred, target, beta=1.0, reduction=...)``: with "
+    "``d = |pred - target|``, ``0.5 * d**2 / beta`` if ``d < beta`` else ``d - 0.5 * beta`` (both pieces and their "
+    "slopes meet at ``d == beta``). " + _ARGS.format(beta=_BETA) + "Returns ``[N, 4]`` for ``'none'``, else a scalar."))
+l1_loss_per_box = with_reduction(_per_box(_l1), "l1_loss_per_box", (
+    "L1 summed over the 4 coordinates: ``[N, 4] -> [N]`` for ``'none'``; ``weight`` is per box (``[N]``), applied "
+    "after the coordinate sum. " + _ARGS.format(beta="")))
+smooth_l1_loss_per_box = with_reduction(_per_box(_smooth_l1), "smooth_l1_loss_per_box", (
+    "Smooth L1 summed over the 4 coordinates: ``[N, 4] -> [N]`` for ``'none'``; ``weight`` is per box (``[N]``), "
+    "applied after the coordinate sum. " + _ARGS.format(beta=_BETA)))

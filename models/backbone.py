@@ -93,64 +93,98 @@ def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Op
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-class FoldedConv2d(nn.Conv2d):
-    """A convolution followed by a BatchNorm with frozen statistics, computed as one convolution with the
-    scaled weight ``W * s`` and the bias ``b * s + t`` (``s``, ``t``: the BN's scale and shift). Equal to the
-    two modules in sequence up to float rounding; it saves the BN's two passes over the activation in the
-    forward and one in the backward, and the weight scaling (a few million multiplies) is redone every call
-    so that loaded or edited BN buffers always take effect. When the BN's affine map is trainable
-    (``FrozenStatsBatchNorm2d``) its gradient flows through ``s`` and ``t``. Made by :func:`fold_frozen_bn`."""
+class FoldedBN(nn.Module):
+    """What remains of a BN with frozen statistics once :class:`FoldedConv2d` applies its affine map: the
+    identity, holding the BN's parameters and buffers under the same names (the state dict is unchanged,
+    and a loaded checkpoint or pretrained file lands here). ``trainable_affine`` mirrors
+    ``FrozenStatsBatchNorm2d`` (weight and bias are parameters) against ``FrozenBatchNorm2d`` (buffers)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        bn = self.__dict__["_folded_bn"]  # kept out of _modules: the BN stays where the state dict has it
-        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-        shift = bn.bias - bn.running_mean * scale
-        bias = shift if self.bias is None else self.bias * scale + shift
-        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.eps = bn.eps
+        for name, p in bn.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in bn.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.trainable_affine = isinstance(self.weight, nn.Parameter)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # as the frozen BNs do
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
-class _Identity:
-    """Mixin: a BN whose affine map a :class:`FoldedConv2d` applies is the identity, buffers and
-    parameters kept where the state dict has them."""
+    def scale_shift(self):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: Tensor) -> Tensor:
         return x
 
-
-class _FoldedAway(_Identity, FrozenBatchNorm2d):
-    pass
-
-
-class _FoldedAwayStats(_Identity, FrozenStatsBatchNorm2d):
-    pass
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, folded into the convolution before it"
 
 
-_FOLDED_AWAY = {FrozenBatchNorm2d: _FoldedAway, FrozenStatsBatchNorm2d: _FoldedAwayStats}
+class FoldedConv2d(nn.Module):
+    """A convolution followed by a BN with frozen statistics, computed as one convolution with the scaled
+    weight ``W * s`` and the bias ``b * s + t`` (``s``, ``t``: the BN's scale and shift). Equal to the two
+    modules in sequence up to float rounding; it saves the BN's two passes over the activation in the forward
+    and one in the backward. The weight scaling (a few million multiplies) is redone every call so that
+    loaded or edited BN values always take effect, and a trainable affine map gets its gradient through
+    ``s`` and ``t``. It holds the convolution's ``weight`` (and ``bias``) under the same names, so the state
+    dict is the unfolded one; the BN itself stays where it was, as a :class:`FoldedBN`. Made by
+    :func:`fold_frozen_bn`."""
+
+    def __init__(self, conv: nn.Conv2d, bn: FoldedBN):
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only zero-padded convolutions fold, got padding_mode={conv.padding_mode!r}")
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+        self.__dict__["_folded_bn"] = bn  # out of _modules: the BN's state stays where the state dict has it
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.__dict__["_folded_bn"].scale_shift()
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return F.conv2d(x, self.weight * scale.reshape(-1, 1, 1, 1), bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, folded BN")
 
 
-def _conv_bn_pairs(net: nn.Module):
-    """(conv, bn) pairs of a torchvision ResNet: the stem, conv<i>/bn<i> of every block, the downsample."""
-    yield net.conv1, net.bn1
+_FROZEN_BNS = (FrozenBatchNorm2d, FrozenStatsBatchNorm2d)
+
+
+def _conv_bn_slots(net: nn.Module):
+    """(parent, conv name, bn name) of each conv + BN pair of a torchvision ResNet: the stem, conv<i>/bn<i> of
+    every block, and the downsample branch (``0`` / ``1``)."""
+    yield net, "conv1", "bn1"
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
             i = 1
             while hasattr(block, f"conv{i}"):
-                yield getattr(block, f"conv{i}"), getattr(block, f"bn{i}")
+                yield block, f"conv{i}", f"bn{i}"
                 i += 1
             if block.downsample is not None:
-                yield block.downsample[0], block.downsample[1]
+                yield block.downsample, "0", "1"
 
 
 def fold_frozen_bn(net: nn.Module) -> int:
     """Fold every BN with frozen statistics (FrozenBatchNorm2d, FrozenStatsBatchNorm2d) of a torchvision
-    ResNet into the convolution before it, in place (classes swapped, parameters, buffers and state-dict keys
-    unchanged); returns the number folded."""
+    ResNet into the convolution before it, in place: each pair is replaced by a :class:`FoldedConv2d` and a
+    :class:`FoldedBN` sharing the original parameters and buffers (state-dict keys unchanged); returns the
+    number folded."""
     folded = 0
-    for conv, bn in _conv_bn_pairs(net):
-        if type(bn) in _FOLDED_AWAY and type(conv) is nn.Conv2d:
-            conv.__class__ = FoldedConv2d
-            conv.__dict__["_folded_bn"] = bn
-            bn.__class__ = _FOLDED_AWAY[type(bn)]
+    for parent, conv_name, bn_name in _conv_bn_slots(net):
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        if type(bn) in _FROZEN_BNS and type(conv) is nn.Conv2d:
+            remains = FoldedBN(bn)
+            setattr(parent, conv_name, FoldedConv2d(conv, remains))
+            setattr(parent, bn_name, remains)
             folded += 1
     return folded
 

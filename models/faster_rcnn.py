@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
+from models.contract import LossContract, merge_contracts
 from models.postprocess import image_metas, rescale_to_original
 from models.roi_heads import RoIHeads
 from models.rpn import RegionProposalNetwork
@@ -26,6 +27,16 @@ class FasterRCNN(nn.Module):
         super().__init__()
         self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
         self.num_classes = roi_heads.num_classes
+
+    @property
+    def loss_contract(self) -> LossContract:
+        return merge_contracts({"rpn": self.rpn.loss_contract, "roi": self.roi_heads.loss_contract})
+
+    @staticmethod
+    def contract_for(with_masks: bool) -> LossContract:
+        """The RPN's pair, then the RoI head's losses (``loss_mask`` last with a mask branch); groups ``rpn``,
+        ``roi`` and each stage's own (``rpn_cls``, ``roi_reg``, ...)."""
+        return merge_contracts({"rpn": RegionProposalNetwork.contract(), "roi": RoIHeads.contract_for(with_masks)})
 
     def forward(self, images: Tensor, targets: Optional[List[Dict]] = None):
         if self.training and targets is None:

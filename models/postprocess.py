@@ -5,11 +5,25 @@ per level, and NMS runs once over all images with ``image * num_classes + label`
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Test-time settings of a detector: score threshold, class-wise NMS IoU and detections kept per image;
+    dense heads (RetinaNet) also take ``pre_nms_top_k`` candidates per FPN level, ranked as ``(anchor,
+    class)`` pairs (``"pairs"``) or as anchors by their best class (``"anchors"``, mmdetection 2.x)."""
+
+    score_thr: float = 0.05
+    nms_iou: float = 0.5
+    max_per_img: int = 100
+    pre_nms_top_k: int = 1000
+    pre_nms_rank: str = "pairs"
 
 
 def select_topk_per_level(scores: Tensor, counts: Sequence[int], k: int):

@@ -17,18 +17,20 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from losses import sigmoid_focal_loss
-from losses.iou_balanced import check_normaliser, iou_balanced_sigmoid_focal_loss
-from models.anchors import AnchorGenerator, flatten_level_outputs, level_groups
-from models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
-from models.box_coder import DeltaBoxCoder
-from models.box_loss import BoxRegressionLoss
-from models.postprocess import (image_metas, nms_per_image, rescale_to_original, select_topk_anchors_per_level,
-                               select_topk_per_level)
+from models.anchors import AnchorGenerator, flatten_level_outputs
+from models.contract import LossContract, head_contract
+from models.head_loss import DenseHeadLoss
+from models.postprocess import (DetectConfig, image_metas, nms_per_image, rescale_to_original,
+                               select_topk_anchors_per_level, select_topk_per_level)
 
 # test-time pre-NMS selection per level: the top (anchor, class) pairs, or the top anchors by their best class
 # score with all their classes (mmdetection 2.x)
 PRE_NMS_SELECT = {"pairs": select_topk_per_level, "anchors": select_topk_anchors_per_level}
+
+
+def level_names(strides: Sequence[int]) -> List[str]:
+    """``p3`` ... ``p7`` for strides 8 ... 128."""
+    return [f"p{int(math.log2(s))}" for s in strides]
 
 
 class RetinaHead(nn.Module):
@@ -70,46 +72,31 @@ class RetinaHead(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    def __init__(
-        self,
-        backbone: nn.Module,
-        head: RetinaHead,
-        anchor_generator: AnchorGenerator,
-        assigner: MaxIoUAssigner,
-        coder: DeltaBoxCoder,
-        reg_loss: str = "l1",
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        smooth_l1_beta: float = 0.11,
-        loss_per_level: bool = False,
-        iou_balanced_eta: Optional[float] = None,
-        iou_balanced_lambda: Optional[float] = None,
-        score_thr: float = 0.05,
-        nms_iou: float = 0.5,
-        pre_nms_top_k: int = 1000,
-        max_per_img: int = 100,
-        pre_nms_rank: str = "pairs",
-        reg_weight: float = 1.0,
-        iou_balanced_norm: str = "level",
-    ):
+    """``RetinaNet(backbone, head, anchor_generator, loss, test_cfg, loss_per_level)``: the head's outputs on
+    the generated anchors go to ``loss`` (a :class:`DenseHeadLoss`: assignment, focal and box losses) in
+    training and through top-k, decoding and NMS (``test_cfg``) in eval mode."""
+
+    def __init__(self, backbone: nn.Module, head: RetinaHead, anchor_generator: AnchorGenerator, loss: DenseHeadLoss,
+                 test_cfg: Optional[DetectConfig] = None, loss_per_level: bool = False):
         super().__init__()
-        self.backbone, self.head = backbone, head
-        self.anchor_generator, self.assigner, self.coder = anchor_generator, assigner, coder
+        self.backbone, self.head, self.anchor_generator, self.loss = backbone, head, anchor_generator, loss
+        self.coder = loss.box_loss.coder
         self.num_classes = head.num_classes
-        self.reg_loss = reg_loss
-        self.box_loss = BoxRegressionLoss(reg_loss, coder, smooth_l1_beta, reg_weight)
-        self.focal_alpha, self.focal_gamma, self.smooth_l1_beta = focal_alpha, focal_gamma, smooth_l1_beta
         self.loss_per_level = loss_per_level
-        # IoU-balanced losses (Wu et al.): None switches each part off; the classification normaliser Z is
-        # computed per FPN level (the authors' released code) or over the whole batch
-        self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
-        self.iou_balanced_norm = iou_balanced_norm
-        check_normaliser(iou_balanced_norm)
-        self.level_names = [f"p{int(math.log2(s))}" for s in anchor_generator.strides]
-        if pre_nms_rank not in PRE_NMS_SELECT:
-            raise ValueError(f"pre_nms_rank must be one of {sorted(PRE_NMS_SELECT)}, got {pre_nms_rank!r}")
-        self.test_cfg = dict(score_thr=score_thr, nms_iou=nms_iou, pre_nms_top_k=pre_nms_top_k, max_per_img=max_per_img,
-                             pre_nms_rank=pre_nms_rank)
+        self.level_names = level_names(anchor_generator.strides)
+        self.test_cfg = test_cfg or DetectConfig()
+        if self.test_cfg.pre_nms_rank not in PRE_NMS_SELECT:
+            raise ValueError(f"pre_nms_rank must be one of {sorted(PRE_NMS_SELECT)}, got {self.test_cfg.pre_nms_rank!r}")
+
+    @property
+    def loss_contract(self) -> LossContract:
+        return self.contract_for(self.anchor_generator.strides, self.loss_per_level)
+
+    @staticmethod
+    def contract_for(strides: Sequence[int], loss_per_level: bool) -> LossContract:
+        """The loss keys of a RetinaNet on FPN levels of these anchor strides: ``loss_cls`` / ``loss_bbox``, or
+        ``loss_cls_p3`` / ``loss_bbox_p3`` ... level by level when ``loss_per_level``."""
+        return head_contract("loss_cls", "loss_bbox", level_names(strides) if loss_per_level else ())
 
     def forward(self, images: Tensor, targets: Optional[List[Dict]] = None):
         feats = self.backbone(images)
@@ -124,35 +111,9 @@ class RetinaNet(nn.Module):
         return self.detect(cls, reg, anchors, counts, targets, tuple(images.shape[-2:]))
 
     def losses(self, cls: Tensor, reg: Tensor, anchors: Tensor, counts: List[int], targets: List[Dict]) -> Dict[str, Tensor]:
-        gt_boxes, gt_valid, gt_labels = pad_boxes([t["boxes"].to(anchors) for t in targets], [t["labels"] for t in targets])
-        ignore = ignore_valid = None
-        if any("ignore_boxes" in t for t in targets):
-            ignore, ignore_valid, _ = pad_boxes([t.get("ignore_boxes", anchors.new_zeros(0, 4)).to(anchors) for t in targets])
-        assign = self.assigner(anchors, gt_boxes, gt_valid, ignore, ignore_valid)
-        pos = assign.positive
-        idx = assign.gt_index.clamp(min=0)
-        labels = gt_labels.gather(1, idx)
-        # non-positive anchors regress onto themselves: a valid box keeps every loss finite before masking
-        matched = torch.where(pos[..., None], gt_boxes.gather(1, idx[..., None].expand(-1, -1, 4)), anchors[None])
-        # focal-loss normaliser: positives in this process's batch, at least 1 (empty images)
-        num_pos = pos.sum().clamp(min=1).float()
-        one_hot = nn.functional.one_hot(labels.clamp(min=0), self.num_classes).float() * pos[..., None]
-        ious = None
-        if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
-            ious = self.box_loss.regressed_iou(reg, anchors[None], matched, pos)
-        if self.iou_balanced_eta is not None:
-            groups, num_groups = level_groups(counts, cls.device, check_normaliser(self.iou_balanced_norm))
-            if groups is not None:  # one row per (image, anchor)
-                groups = groups.expand(cls.shape[0], -1).flatten()
-            cls_elem = iou_balanced_sigmoid_focal_loss(
-                cls.flatten(0, 1), one_hot.flatten(0, 1), ious.flatten(), eta=self.iou_balanced_eta,
-                alpha=self.focal_alpha, gamma=self.focal_gamma, groups=groups, num_groups=num_groups).view_as(one_hot)
-        else:
-            cls_elem = sigmoid_focal_loss(cls, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma)
-        cls_per_anchor = cls_elem.sum(-1) * (assign.gt_index != IGNORED)
-        reg_per_anchor = self.box_loss(reg, anchors[None], matched) * pos
-        if self.iou_balanced_lambda is not None:
-            reg_per_anchor = reg_per_anchor * ious.pow(self.iou_balanced_lambda)
+        """Focal and box losses summed over anchors and divided by the batch's positives (at least 1), whole or
+        per FPN level (their sums are the whole ones)."""
+        cls_per_anchor, reg_per_anchor, num_pos = self.loss(cls, reg, anchors, counts, targets)
         if not self.loss_per_level:
             return {"loss_cls": cls_per_anchor.sum() / num_pos, "loss_bbox": reg_per_anchor.sum() / num_pos}
         out = {}
@@ -166,9 +127,9 @@ class RetinaNet(nn.Module):
         cfg = self.test_cfg
         b = cls.shape[0]
         img_hw, scale, orig_hw = image_metas(targets, b, padded_hw, cls.device)
-        scores, anchor_idx, labels = PRE_NMS_SELECT[cfg["pre_nms_rank"]](cls.sigmoid(), counts, cfg["pre_nms_top_k"])
+        scores, anchor_idx, labels = PRE_NMS_SELECT[cfg.pre_nms_rank](cls.sigmoid(), counts, cfg.pre_nms_top_k)
         deltas = reg.gather(1, anchor_idx[..., None].expand(-1, -1, 4))
         boxes = self.coder.decode(anchors[anchor_idx], deltas, max_shape=img_hw[:, None, :])
-        dets = nms_per_image(boxes, scores.float(), labels, cfg["score_thr"], cfg["nms_iou"], cfg["max_per_img"],
+        dets = nms_per_image(boxes, scores.float(), labels, cfg.score_thr, cfg.nms_iou, cfg.max_per_img,
                              self.num_classes)
         return rescale_to_original(dets, scale, orig_hw)

@@ -15,15 +15,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from losses.iou_balanced import iou_balanced_cross_entropy
-from models.assigner import MaxIoUAssigner, pad_boxes
+from models.assigner import MaxIoUAssigner
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
-from models.postprocess import nms_per_image
+from models.contract import LossContract
+from models.head_loss import DUMMY_BOX, RoIHeadLoss
+from models.postprocess import DetectConfig, nms_per_image
 from models.sampler import RandomSampler
-
-# stands in for padding slots so that no zero-size box reaches RoIAlign or the coder
-_DUMMY_BOX = (0.0, 0.0, 1.0, 1.0)
 
 
 def map_roi_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
@@ -87,37 +85,36 @@ class TwoFCBoxHead(nn.Module):
         return self.cls(x), self.reg(x)
 
 
+def default_roi_loss(box_loss: str = "l1", smooth_l1_beta: float = 1.0) -> RoIHeadLoss:
+    """mmdetection's RoI head loss: max-IoU 0.5 / 0.5 without low-quality matches, ground truths added to
+    the proposals, 512 RoIs per image with at most 25% positive, deltas normalised by (0.1, 0.1, 0.2, 0.2)."""
+    return RoIHeadLoss(MaxIoUAssigner(0.5, 0.5, min_pos_iou=0.5, low_quality_match=False), RandomSampler(512, 0.25),
+                       BoxRegressionLoss(box_loss, DeltaBoxCoder(stds=(0.1, 0.1, 0.2, 0.2)), smooth_l1_beta))
+
+
 class RoIHeads(nn.Module):
-    def __init__(
-        self,
-        extractor: RoIFeatureExtractor,
-        box_head: TwoFCBoxHead,
-        assigner: Optional[MaxIoUAssigner] = None,
-        sampler: Optional[RandomSampler] = None,
-        coder: Optional[DeltaBoxCoder] = None,
-        reg_loss: str = "l1",
-        smooth_l1_beta: float = 1.0,
-        add_gt_as_proposals: bool = True,
-        score_thr: float = 0.05,
-        nms_iou: float = 0.5,
-        max_per_img: int = 100,
-        mask_branch: Optional[nn.Module] = None,
-        iou_balanced_eta: Optional[float] = None,
-        iou_balanced_lambda: Optional[float] = None,
-        reg_loss_weight: float = 1.0,
-    ):
+    """``RoIHeads(extractor, box_head, loss, test_cfg, mask_branch)``: RoIAlign features of sampled RoIs
+    through the box head into ``loss`` (a :class:`RoIHeadLoss`, :func:`default_roi_loss` when omitted) in
+    training; class-specific decoding and per-class NMS (``test_cfg``) at test time; the optional
+    ``mask_branch`` (Mask R-CNN) adds ``loss_mask`` and masks."""
+
+    def __init__(self, extractor: RoIFeatureExtractor, box_head: TwoFCBoxHead, loss: Optional[RoIHeadLoss] = None,
+                 test_cfg: Optional[DetectConfig] = None, mask_branch: Optional[nn.Module] = None):
         super().__init__()
         self.extractor, self.box_head, self.mask_branch = extractor, box_head, mask_branch
         self.num_classes = box_head.num_classes
-        self.assigner = assigner or MaxIoUAssigner(0.5, 0.5, min_pos_iou=0.5, low_quality_match=False)
-        self.sampler = sampler or RandomSampler(512, 0.25)
-        self.coder = coder or DeltaBoxCoder(stds=(0.1, 0.1, 0.2, 0.2))
-        self.box_loss = BoxRegressionLoss(reg_loss, self.coder, smooth_l1_beta, reg_loss_weight)
-        self.add_gt_as_proposals = add_gt_as_proposals
-        # IoU-balanced losses (Wu et al.): softmax CE of positives weighted by IoU^eta (sum kept), regression
-        # by IoU^lambda, with the IoU of each positive's regressed box; None switches either off
-        self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
-        self.test_cfg = dict(score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img)
+        self.loss = loss or default_roi_loss()
+        self.coder = self.loss.box_loss.coder
+        self.test_cfg = test_cfg or DetectConfig()
+
+    @property
+    def loss_contract(self) -> LossContract:
+        return self.contract_for(self.mask_branch is not None)
+
+    @staticmethod
+    def contract_for(with_masks: bool) -> LossContract:
+        keys = ("loss_cls", "loss_bbox") + (("loss_mask",) if with_masks else ())
+        return LossContract(keys, {"cls": ("loss_cls",), "reg": ("loss_bbox",)})
 
     def _box_forward(self, feats: Sequence[Tensor], rois: Tensor):
         """rois [B, S, 4] -> class logits [B, S, C + 1] and deltas [B, S, C, 4]."""
@@ -128,52 +125,20 @@ class RoIHeads(nn.Module):
 
     def forward(self, feats: Sequence[Tensor], proposals: Tensor, valid: Tensor, targets: List[Dict]) -> Dict[str, Tensor]:
         """Training losses ``loss_cls``, ``loss_bbox`` (and ``loss_mask``) for proposals [B, P, 4] / valid [B, P]."""
-        gt_boxes, gt_valid, gt_labels = pad_boxes([t["boxes"].to(proposals) for t in targets],
-                                                  [t["labels"] for t in targets])
-        candidates, cand_valid = proposals, valid
-        if self.add_gt_as_proposals:  # guarantees positives for every object early in training
-            candidates = torch.cat([proposals, gt_boxes], dim=1)
-            cand_valid = torch.cat([valid, gt_valid], dim=1)
-        candidates = torch.where(cand_valid[..., None], candidates, candidates.new_tensor(_DUMMY_BOX))
-        ignore = ignore_valid = None
-        if any("ignore_boxes" in t for t in targets):
-            ignore, ignore_valid, _ = pad_boxes([t.get("ignore_boxes", proposals.new_zeros(0, 4)).to(proposals)
-                                                 for t in targets])
-        assign = self.assigner(candidates, gt_boxes, gt_valid, ignore, ignore_valid)
-        index, pos, neg = self.sampler.select(assign.gt_index, cand_valid)
-        rois = candidates.gather(1, index[..., None].expand(-1, -1, 4))
-        gt_index = assign.gt_index.gather(1, index).clamp(min=0)
-        labels = torch.where(pos, gt_labels.gather(1, gt_index), torch.full_like(gt_index, self.num_classes))
-        matched = torch.where(pos[..., None], gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4)), rois)
-        sampled = pos | neg
-        num = sampled.sum().clamp(min=1).float()
-
-        cls, reg = self._box_forward(feats, rois)
-        # deltas of each RoI's own class (background RoIs read class 0; their loss is masked out)
-        own = reg.gather(2, labels.clamp(max=self.num_classes - 1)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
-        ious = None
-        if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
-            ious = self.box_loss.regressed_iou(own, rois, matched, pos)
-        if self.iou_balanced_eta is not None:
-            loss_cls = iou_balanced_cross_entropy(cls.flatten(0, 1), labels.flatten(), ious.flatten(),
-                                                  eta=self.iou_balanced_eta)
-        else:
-            loss_cls = nn.functional.cross_entropy(cls.float().flatten(0, 1), labels.flatten(), reduction="none")
-        loss_box = self.box_loss(own, rois, matched)
-        if self.iou_balanced_lambda is not None:
-            loss_box = loss_box * ious.pow(self.iou_balanced_lambda)
-        losses = {"loss_cls": (loss_cls * sampled.flatten()).sum() / num, "loss_bbox": (loss_box * pos).sum() / num}
+        sample = self.loss.sample(proposals, valid, targets, self.num_classes)
+        cls, reg = self._box_forward(feats, sample.rois)
+        losses = self.loss(cls, reg, sample)
         if self.mask_branch is not None:
-            b_idx, s_idx = pos.nonzero(as_tuple=True)  # positives only: data-dependent count, one sync
+            b_idx, s_idx = sample.pos.nonzero(as_tuple=True)  # positives only: data-dependent count, one sync
             losses["loss_mask"] = self.mask_branch.loss(
-                feats, rois[b_idx, s_idx], b_idx, gt_index[b_idx, s_idx], labels[b_idx, s_idx],
+                feats, sample.rois[b_idx, s_idx], b_idx, sample.gt_index[b_idx, s_idx], sample.labels[b_idx, s_idx],
                 [t["masks"] for t in targets])
         return losses
 
     @torch.no_grad()
     def detect(self, feats: Sequence[Tensor], proposals: Tensor, valid: Tensor, img_hw: Tensor) -> List[Dict]:
         """Per-image detections in input pixels: ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D]."""
-        proposals = torch.where(valid[..., None], proposals, proposals.new_tensor(_DUMMY_BOX))
+        proposals = torch.where(valid[..., None], proposals, proposals.new_tensor(DUMMY_BOX))
         cls, reg = self._box_forward(feats, proposals)
         b, p, c = reg.shape[:3]
         scores = cls.float().softmax(-1)[..., :c] * valid[..., None]
@@ -181,4 +146,4 @@ class RoIHeads(nn.Module):
         labels = torch.arange(c, device=cls.device).expand(b, p, c)
         cfg = self.test_cfg
         return nms_per_image(boxes.reshape(b, p * c, 4), scores.reshape(b, p * c), labels.reshape(b, p * c),
-                             cfg["score_thr"], cfg["nms_iou"], cfg["max_per_img"], c)
+                             cfg.score_thr, cfg.nms_iou, cfg.max_per_img, c)

@@ -17,11 +17,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from losses.iou_balanced import check_normaliser, iou_balanced_weight
-from models.anchors import AnchorGenerator, flatten_level_outputs, level_groups, level_index
-from models.assigner import MaxIoUAssigner, pad_boxes
+from models.anchors import AnchorGenerator, flatten_level_outputs, level_index
+from models.assigner import MaxIoUAssigner
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
+from models.contract import LossContract
+from models.head_loss import BCE, DenseHeadLoss
 from models.postprocess import nms_padded, select_topk_per_level
 from models.sampler import RandomSampler
 
@@ -51,37 +52,38 @@ class RPNHead(nn.Module):
         return [self.obj(h) for h in hidden], [self.reg(h) for h in hidden]
 
 
+def default_rpn_loss(box_loss: str = "l1", smooth_l1_beta: float = 1.0 / 9.0) -> DenseHeadLoss:
+    """mmdetection's RPN loss: max-IoU 0.7 / 0.3 with low-quality matches (min IoU 0.3), 256 anchors
+    sampled per image with at most half positive, objectness BCE, ``box_loss`` on deltas (means 0, stds 1)."""
+    return DenseHeadLoss(MaxIoUAssigner(0.7, 0.3, min_pos_iou=0.3, low_quality_match=True),
+                         BoxRegressionLoss(box_loss, DeltaBoxCoder(), smooth_l1_beta), BCE, RandomSampler(256, 0.5))
+
+
 class RegionProposalNetwork(nn.Module):
-    def __init__(
-        self,
-        head: RPNHead,
-        anchor_generator: AnchorGenerator,
-        assigner: Optional[MaxIoUAssigner] = None,
-        sampler: Optional[RandomSampler] = None,
-        coder: Optional[DeltaBoxCoder] = None,
-        reg_loss: str = "l1",
-        smooth_l1_beta: float = 1.0 / 9.0,
-        train_proposals: Optional[ProposalConfig] = None,
-        test_proposals: Optional[ProposalConfig] = None,
-        iou_balanced_eta: Optional[float] = None,
-        iou_balanced_lambda: Optional[float] = None,
-        reg_loss_weight: float = 1.0,
-        iou_balanced_norm: str = "level",
-    ):
+    """``RegionProposalNetwork(head, anchor_generator, loss, train_proposals, test_proposals)``: objectness
+    and deltas on the anchors, their losses through ``loss`` (a :class:`DenseHeadLoss` with a sampler and
+    BCE, :func:`default_rpn_loss` when omitted), and proposals made with the train or test settings."""
+
+    loss_keys = ("loss_rpn_cls", "loss_rpn_bbox")
+
+    def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, loss: Optional[DenseHeadLoss] = None,
+                 train_proposals: Optional[ProposalConfig] = None, test_proposals: Optional[ProposalConfig] = None):
         super().__init__()
         self.head, self.anchor_generator = head, anchor_generator
-        self.assigner = assigner or MaxIoUAssigner(0.7, 0.3, min_pos_iou=0.3, low_quality_match=True)
-        self.sampler = sampler or RandomSampler(256, 0.5)
-        self.coder = coder or DeltaBoxCoder()
-        self.box_loss = BoxRegressionLoss(reg_loss, self.coder, smooth_l1_beta, reg_loss_weight)
+        self.loss = loss or default_rpn_loss()
+        if self.loss.sampler is None:
+            raise ValueError("the RPN's loss needs a sampler (the sampled anchors are its normaliser)")
+        self.coder = self.loss.box_loss.coder
         self.train_proposals = train_proposals or ProposalConfig(2000, 1000, 0.7, 0.0)
         self.test_proposals = test_proposals or ProposalConfig(1000, 1000, 0.7, 0.0)
-        # IoU-balanced losses (Wu et al.): objectness BCE of positives weighted by IoU^eta (sum kept),
-        # regression by IoU^lambda, with the IoU of each positive anchor's regressed box; None: off. The sum is
-        # kept per FPN level ("level", as the authors' anchor-head code) or over the batch ("batch")
-        self.iou_balanced_eta, self.iou_balanced_lambda = iou_balanced_eta, iou_balanced_lambda
-        self.iou_balanced_norm = iou_balanced_norm
-        check_normaliser(iou_balanced_norm)
+
+    @property
+    def loss_contract(self) -> LossContract:
+        return self.contract()
+
+    @classmethod
+    def contract(cls) -> LossContract:
+        return LossContract(cls.loss_keys, {"cls": cls.loss_keys[:1], "reg": cls.loss_keys[1:]})
 
     def forward(self, feats: Sequence[Tensor], img_hw: Tensor, targets: Optional[List[Dict]] = None):
         """Proposals for a batch, and the RPN losses in training mode.
@@ -109,32 +111,10 @@ class RegionProposalNetwork(nn.Module):
 
     def losses(self, obj: Tensor, reg: Tensor, anchors: Tensor, targets: List[Dict],
                counts: Optional[List[int]] = None) -> Dict[str, Tensor]:
-        """Objectness BCE and box loss on the sampled anchors; ``counts`` (anchors per level) is needed for
-        the per-level IoU-balanced normaliser."""
-        gt_boxes, gt_valid, _ = pad_boxes([t["boxes"].to(anchors) for t in targets])
-        ignore = ignore_valid = None
-        if any("ignore_boxes" in t for t in targets):
-            ignore, ignore_valid, _ = pad_boxes([t.get("ignore_boxes", anchors.new_zeros(0, 4)).to(anchors) for t in targets])
-        assign = self.assigner(anchors, gt_boxes, gt_valid, ignore, ignore_valid)
-        sample = self.sampler(assign.gt_index)
-        pos, sampled = sample.pos, sample.sampled
-        num = sampled.sum().clamp(min=1).float()
-        cls = nn.functional.binary_cross_entropy_with_logits(obj.float(), pos.float(), reduction="none")
-        idx = assign.gt_index.clamp(min=0)
-        # unsampled anchors regress onto themselves so that every loss value is finite before masking
-        matched = torch.where(pos[..., None], gt_boxes.gather(1, idx[..., None].expand(-1, -1, 4)), anchors[None])
-        box = self.box_loss(reg, anchors[None], matched)
-        if self.iou_balanced_eta is not None or self.iou_balanced_lambda is not None:
-            ious = self.box_loss.regressed_iou(reg, anchors[None], matched, pos)
-            if self.iou_balanced_eta is not None:
-                per_level = check_normaliser(self.iou_balanced_norm)
-                if per_level and counts is None:
-                    raise ValueError("the per-level IoU-balanced normaliser needs the anchors per level (counts)")
-                groups, num_groups = level_groups(counts, obj.device, per_level)
-                cls = cls * iou_balanced_weight(cls, pos & sampled, ious, self.iou_balanced_eta, groups, num_groups)
-            if self.iou_balanced_lambda is not None:
-                box = box * ious.pow(self.iou_balanced_lambda)
-        return {"loss_rpn_cls": (cls * sampled).sum() / num, "loss_rpn_bbox": (box * pos).sum() / num}
+        """Objectness BCE and box loss of the sampled anchors, both divided by their number; ``counts``
+        (anchors per level) matter only for the per-level IoU-balanced normaliser."""
+        cls, box, num = self.loss(obj[..., None], reg, anchors, counts, targets)
+        return {"loss_rpn_cls": cls.sum() / num, "loss_rpn_bbox": box.sum() / num}
 
     def proposals(self, obj: Tensor, reg: Tensor, anchors: Tensor, counts: List[int], img_hw: Tensor,
                   cfg: ProposalConfig) -> Tuple[Tensor, Tensor]:

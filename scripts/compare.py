@@ -22,7 +22,7 @@ import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection.compare import PRESETS, VARIANT_PRESETS, run_grid
+from detection.experiments.compare import PRESETS, VARIANT_PRESETS, run_grid
 from detection.config import ConfigError
 
 

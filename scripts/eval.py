@@ -1,4 +1,6 @@
-"""Evaluate a checkpoint: python scripts/eval.py --cfg CFG --ckpt CKPT [--out FILE] [--set k=v ...]"""
+"""Evaluate a checkpoint: python scripts/eval.py --ckpt CKPT [--cfg CFG] [--out FILE] [--set k=v ...]
+
+Without --cfg the config saved in the checkpoint is used (with the --set overrides, e.g. data.root=...)."""
 import argparse
 import sys
 
@@ -11,7 +13,7 @@ from datasets import DataError  # noqa: I001
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cfg", required=True, help="YAML config file the checkpoint was trained with")
+    parser.add_argument("--cfg", default=None, help="YAML config file (default: the config saved in the checkpoint)")
     parser.add_argument("--ckpt", required=True, help="checkpoint file, e.g. work_dirs/<name>/checkpoints/last.pth")
     parser.add_argument("--out", default=None, help="write the metrics as JSON to this file")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")

@@ -8,7 +8,7 @@ import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection import tables
+from detection.experiments import tables
 
 
 def main(argv=None):

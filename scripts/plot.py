@@ -8,7 +8,7 @@ import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection.plots import plot_alwa_stationary, plot_runs
+from detection.experiments.plots import plot_alwa_stationary, plot_runs
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection import reproduce
+from detection.experiments import reproduce, tables
 from detection.config import ConfigError
 
 
@@ -40,7 +40,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work_root = args.work_root or reproduce.default_work_root(args.scale, args.data_fraction)
     try:
-        numbers = reproduce.parse_tables(args.table)
+        numbers = tables.parse_tables(args.table)
         if args.collect:
             print(reproduce.collect(numbers, work_root, args.out_dir))
             return

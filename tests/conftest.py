@@ -19,3 +19,22 @@ def host_reads(monkeypatch):
         return calls
 
     return start
+
+
+@pytest.fixture
+def overfit():
+    """``overfit(model, images, targets, steps, lr=2e-3) -> (first, last)``: AdamW steps on one fixed batch,
+    returning the first step's total loss (a float) and the last step's (a tensor)."""
+
+    def run(model, images, targets, steps, lr=2e-3):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        first = None
+        for _ in range(steps):
+            total = sum(model(images, targets).values())
+            first = first if first is not None else total.item()
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+        return first, total
+
+    return run

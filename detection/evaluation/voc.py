@@ -57,31 +57,34 @@ def _labels(x, n, kind, idx, num_classes):
     return lab.astype(np.int64)
 
 
+def _per_box(values, dtype, n: int, where: str, what: str) -> np.ndarray:
+    """One value per box as a flat array, or an error naming the image and the counts."""
+    arr = _to_numpy(values).astype(dtype).reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{where}: {arr.shape[0]} {what} for {n} boxes")
+    return arr
+
+
+def _append(out: dict, i: int, boxes, labels, extra: str, values) -> None:
+    out["boxes"].append(boxes)
+    out["labels"].append(labels)
+    out[extra].append(values)
+    out["img"].append(np.full(len(boxes), i, dtype=np.int64))
+
+
 def _gather(detections, annotations, num_classes):
     """Concatenate per-image inputs into flat arrays tagged with image index."""
     det = {"boxes": [], "scores": [], "labels": [], "img": []}
     gt = {"boxes": [], "labels": [], "difficult": [], "img": []}
     for i, (d, a) in enumerate(zip(detections, annotations)):
         boxes = _boxes(d["boxes"], "detections", i)
-        scores = _to_numpy(d["scores"]).astype(np.float64).reshape(-1)
-        if scores.shape[0] != boxes.shape[0]:
-            raise ValueError(f"detections[{i}]: {scores.shape[0]} scores for "
-                             f"{boxes.shape[0]} boxes")
-        det["labels"].append(_labels(d["labels"], len(boxes), "detections", i, num_classes))
-        det["boxes"].append(boxes)
-        det["scores"].append(scores)
-        det["img"].append(np.full(len(boxes), i, dtype=np.int64))
+        scores = _per_box(d["scores"], np.float64, len(boxes), f"detections[{i}]", "scores")
+        _append(det, i, boxes, _labels(d["labels"], len(boxes), "detections", i, num_classes), "scores", scores)
         gboxes = _boxes(a["boxes"], "annotations", i)
         diff = a.get("difficult")
         diff = (np.zeros(len(gboxes), bool) if diff is None
-                else _to_numpy(diff).astype(bool).reshape(-1))
-        if diff.shape[0] != gboxes.shape[0]:
-            raise ValueError(f"annotations[{i}]: {diff.shape[0]} difficult flags "
-                             f"for {gboxes.shape[0]} boxes")
-        gt["labels"].append(_labels(a["labels"], len(gboxes), "annotations", i, num_classes))
-        gt["boxes"].append(gboxes)
-        gt["difficult"].append(diff)
-        gt["img"].append(np.full(len(gboxes), i, dtype=np.int64))
+                else _per_box(diff, bool, len(gboxes), f"annotations[{i}]", "difficult flags"))
+        _append(gt, i, gboxes, _labels(a["labels"], len(gboxes), "annotations", i, num_classes), "difficult", diff)
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64),
              "difficult": np.zeros(0, bool), "img": np.zeros(0, np.int64)}
     cat = lambda dd: {k: np.concatenate(v) if v else empty[k] for k, v in dd.items()}

@@ -26,7 +26,7 @@ def test_cpu_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
         assert syncs[model]["pass"] and syncs[model]["updates"] == 2
         places = {s["place"].split(":")[0]: s for s in syncs[model]["sites"]}
         assert places["detection/trainer.py"]["per_other_step"] >= 1
-        assert places["losses/loss_window.py"]["per_other_step"] == 0 and places["losses/loss_window.py"]["per_window_step"] > 0
+        assert places["losses/weighting/window.py"]["per_other_step"] == 0 and places["losses/weighting/window.py"]["per_window_step"] > 0
     train = results["train_fp32_b2"]["data"]["results"]
     assert {(r["model"], r["impl"]) for r in train} == {(m, i) for m in ("retinanet", "frcnn") for i in ("ours", "torchvision")}
     assert all(r["median_s"] > 0 and r["mfu"] > 0 for r in train)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detection import builders, engine
-from losses.level_weighting import AVW, RLO
-from losses.multitask_weighting import DWA, UncertaintyWeighting
+from losses.weighting.level import AVW, RLO
+from losses.weighting.multitask import DWA, UncertaintyWeighting
 from losses.weighting import ALWA, Fixed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

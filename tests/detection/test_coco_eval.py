@@ -161,7 +161,7 @@ def test_evaluate_coco_bbox_and_segm(eval_setup):
 
     ds, by_id = eval_setup
     model = FakeModel(by_id, with_masks=True).train()
-    m = evaluate_coco(model, ds, cfg(), torch.device("cpu"))
+    m = evaluate_coco(model, ds, cfg(), torch.device("cpu"), build_test_loader(cfg(), ds))
     assert model.training and model.calls == 6  # 16 images in batches of 3; train mode restored
     assert m["AP"] == pytest.approx(1.0) and m["segm_AP"] == pytest.approx(1.0) and m["AP75"] == pytest.approx(1.0)
     assert m["num_images"] == 16 and m["iou_types"] == ["bbox", "segm"]
@@ -175,10 +175,11 @@ def test_evaluate_coco_bbox_and_segm(eval_setup):
 
 
 def test_evaluate_coco_defaults_to_bbox_without_masks(eval_setup):
+    from detection.builders import build_test_loader
     from detection.evaluate import evaluate_coco
 
     ds, by_id = eval_setup
-    m = evaluate_coco(FakeModel(by_id, with_masks=False).eval(), ds, cfg(), torch.device("cpu"))
+    m = evaluate_coco(FakeModel(by_id, with_masks=False).eval(), ds, cfg(), torch.device("cpu"), build_test_loader(cfg(), ds))
     assert m["iou_types"] == ["bbox"] and not any(k.startswith("segm_") for k in m)
     assert m["AP"] == pytest.approx(1.0)
 
@@ -203,6 +204,6 @@ def test_evaluate_coco_merges_rank_shards(eval_setup, monkeypatch):
     monkeypatch.setattr(dist_utils, "rank", lambda: 0)
     monkeypatch.setattr(dist_utils, "all_gather_objects", fake_gather)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
-    m = ev.evaluate_coco(model, ds, cfg(), torch.device("cpu"))
+    m = ev.evaluate_coco(model, ds, cfg(), torch.device("cpu"), build_test_loader(cfg(), ds, 0, 2))
     assert [i for i, _ in gathers[0]] == list(range(0, 16, 2))  # this rank's shard
     assert m["num_images"] == 16 and m["AP"] == pytest.approx(1.0) and m["segm_AP"] == pytest.approx(1.0)

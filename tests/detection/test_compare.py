@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from detection.compare import (GridRun, execution_order, grid_markdown, mean_sd, parse_scheme, pending_runs, plan_grid,
+from detection.experiments.compare import (GridRun, execution_order, grid_markdown, mean_sd, parse_scheme, pending_runs, plan_grid,
                                run_grid)
 
 
@@ -25,7 +25,7 @@ def test_grid_layout_and_override_order():
     last = runs[-1]
     assert last.work_dir == os.path.join("root", "ciou", "x", "seed7")
     # common, then the variant, then the scheme, then the seed: later keys win in the config loader
-    assert last.overrides == ("a=1", "model.loss.reg=ciou", "weighting.type=alwa", "seed=7")
+    assert last.overrides == ("a=1", "model.loss.reg_loss=ciou", "weighting.type=alwa", "seed=7")
     # trained seed by seed: a grid stopped part way has every cell at the same number of seeds
     assert [r.label for r in execution_order(runs)][:4] == ["l1/fixed/seed0", "l1/x/seed0", "ciou/fixed/seed0", "ciou/x/seed0"]
 
@@ -45,7 +45,7 @@ def test_resumed_grid_finishes_the_first_seed_first(tmp_path):
     (dict(schemes=["fixed", "fixed"]), "scheme names must be distinct"),
     (dict(schemes=["fixed"], seeds=[1, 1]), "seed names must be distinct"),
     (dict(schemes=["fixed"], variants=["l2"]), "unknown variant 'l2'"),
-    (dict(schemes=["fixed"], variants=["v:model.loss.reg"]), "variant 'v:model.loss.reg': expected"),
+    (dict(schemes=["fixed"], variants=["v:model.loss.reg_loss"]), "variant 'v:model.loss.reg_loss': expected"),
 ])
 def test_grid_input_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -56,7 +56,7 @@ def test_presets_follow_the_detector_or_refuse():
     """On Faster / Mask R-CNN the regression-loss rows change the RoI head (the RPN keeps L1, as released) and
     ALWA acts on the RPN pair; RetinaNet-only schemes are refused with what to do instead, never a no-op."""
     one = plan_grid(["alwa1"], "root", variants=["smoothl1", "ciou"], model_type="retinanet")
-    assert one[0].overrides == ("model.loss.reg=smooth_l1", "model.loss.smooth_l1_beta=1.0", "weighting.type=alwa",
+    assert one[0].overrides == ("model.loss.reg_loss=smooth_l1", "model.loss.smooth_l1_beta=1.0", "weighting.type=alwa",
                                 "weighting.variant=1", "weighting.cls_keys=[loss_cls]", "weighting.reg_keys=[loss_bbox]")
     two = plan_grid(["alwa2", "uncertainty"], "root", variants=["smoothl1", "ciou"], model_type="faster_rcnn")
     assert two[0].overrides == ("model.roi_head.reg_loss=smooth_l1", "model.roi_head.smooth_l1_beta=1.0",
@@ -128,7 +128,7 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retina
         with open(os.path.join(work, "eval.json")) as f:
             assert json.load(f)["iter"] == 2
         saved = open(os.path.join(work, "config.yaml")).read()
-        assert f"reg: {variant}" in saved and "seed: 3" in saved
+        assert f"reg_loss: {variant}" in saved and "seed: 3" in saved
         assert os.path.isfile(os.path.join(root, f"losses_{variant}.png"))
     assert "| l1 |" in text and "| giou |" in text and "(1)" in text
     assert open(os.path.join(root, "compare.csv")).readline().strip() == "variant,scheme,seed,mAP,train_time_s"
@@ -152,7 +152,7 @@ def test_iou_balanced_preset_is_the_released_voc_r50_config():
     configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     released = engine.load(os.path.join(configs, "retinanet_r50_voc_iou_balanced.yaml"))
     loss = released.model.loss
-    assert (loss.reg, loss.smooth_l1_beta, loss.reg_weight, loss.iou_balanced_eta, loss.iou_balanced_lambda,
+    assert (loss.reg_loss, loss.smooth_l1_beta, loss.reg_loss_weight, loss.iou_balanced_eta, loss.iou_balanced_lambda,
             loss.iou_balanced_norm) == ("smooth_l1", 0.11, 2.34, 1.5, 1.5, "level")
     _, overrides = parse_scheme("iou_balanced")
     preset = engine.load(os.path.join(configs, "_base_", "retinanet_r50_voc.yaml"), overrides)

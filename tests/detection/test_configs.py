@@ -5,7 +5,7 @@ import os
 import pytest
 
 from detection import builders, engine
-from detection.tables import GENERATED_MARKER
+from detection.experiments.tables import GENERATED_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
@@ -37,7 +37,7 @@ def test_config_builds(path):
 
 def test_paper_settings():
     cfg = engine.load(os.path.join(REPO, "configs", "retinanet_r50_voc_ciou_alwa1.yaml"))
-    assert cfg.model.loss.reg == "ciou_mmdet" and cfg.model.backbone.name == "resnet50"
+    assert cfg.model.loss.reg_loss == "ciou_mmdet" and cfg.model.backbone.name == "resnet50"
     assert (cfg.train.epochs, cfg.train.lr_steps, cfg.optimizer.lr, cfg.optimizer.base_batch_size) == (12, [8, 11], 0.01, 8)
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
     w = cfg.weighting

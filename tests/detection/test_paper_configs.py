@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from detection import engine, tables
+from detection import engine
+from detection.experiments import tables
 
 SPEC = tables.load_spec()
 IMAGENET = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
@@ -34,13 +35,13 @@ RETINANET = {"optimizer.lr": 0.01, "model.fpn.in_levels": [3, 4, 5], "model.fpn.
              "model.assigner.pos_iou_thr": 0.5, "model.assigner.neg_iou_thr": 0.4, "model.assigner.min_pos_iou": 0.0,
              "model.assigner.low_quality_match": True, "model.coder.means": [0.0] * 4, "model.coder.stds": [1.0] * 4,
              "model.head.num_convs": 4, "model.head.feat_channels": 256, "model.head.norm": "none",
-             "model.loss.focal_alpha": 0.25, "model.loss.focal_gamma": 2.0, "model.loss.reg_weight": 1.0,
+             "model.loss.focal_alpha": 0.25, "model.loss.focal_gamma": 2.0, "model.loss.reg_loss_weight": 1.0,
              "model.loss.iou_balanced_eta": None, "model.loss.iou_balanced_lambda": None,
              "model.test.pre_nms_top_k": 1000, "model.test.pre_nms_rank": "anchors", "model.test.score_thr": 0.05,
              "model.test.nms_iou": 0.5, "model.test.max_per_img": 100}
-RETINANET_ROWS = {"l1": {"model.loss.reg": "l1"},
-                  "smoothl1": {"model.loss.reg": "smooth_l1", "model.loss.smooth_l1_beta": 1.0},
-                  "ciou": {"model.loss.reg": "ciou_mmdet"}}
+RETINANET_ROWS = {"l1": {"model.loss.reg_loss": "l1"},
+                  "smoothl1": {"model.loss.reg_loss": "smooth_l1", "model.loss.smooth_l1_beta": 1.0},
+                  "ciou": {"model.loss.reg_loss": "ciou_mmdet"}}
 # configs/_base_/models/faster_rcnn_r50_fpn_voc.py (and mmdetection's mask_rcnn_r50_fpn.py)
 RCNN = {"optimizer.lr": 0.02, "model.fpn.in_levels": [2, 3, 4, 5], "model.fpn.extra": "maxpool",
         "model.rpn.anchors.strides": [4, 8, 16, 32, 64], "model.rpn.anchors.ratios": [0.5, 1.0, 2.0],
@@ -117,5 +118,5 @@ def test_the_pinned_table_covers_every_knob_that_moved():
     """The settings the released configs changed against our old defaults are all pinned."""
     pinned = set(released(SPEC.tables[2].cells[1])) | set(released(SPEC.tables[3].cells[4]))
     assert {"data.repeat", "optimizer.grad_clip", "model.backbone.norm", "model.fpn.p7_relu",
-            "model.test.pre_nms_rank", "model.loss.reg", "model.roi_head.reg_loss_weight", "model.rpn.reg_loss",
+            "model.test.pre_nms_rank", "model.loss.reg_loss", "model.roi_head.reg_loss_weight", "model.rpn.reg_loss",
             "weighting.sync"} <= pinned

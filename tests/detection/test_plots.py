@@ -4,8 +4,8 @@ import statistics
 
 import pytest
 
-from detection.compare import PRESETS, parse_scheme
-from detection.plots import markdown_table, plot_runs, read_metrics, series, summary_rows, windowed
+from detection.experiments.compare import PRESETS, parse_scheme
+from detection.experiments.plots import markdown_table, plot_runs, read_metrics, series, summary_rows, windowed
 
 
 def log_records(values, interval):
@@ -78,10 +78,25 @@ def test_scheme_parsing():
 
 
 def test_alwa_stationary_lambdas_alternate_only_with_weighted_stats(tmp_path):
-    from detection.plots import alwa_stationary_lambdas, plot_alwa_stationary
+    from detection.experiments.plots import alwa_stationary_lambdas, plot_alwa_stationary
 
     weighted, raw = alwa_stationary_lambdas("weighted", windows=12), alwa_stationary_lambdas("raw", windows=12)
     assert max(weighted) - min(weighted) > 0.5 > max(raw) - min(raw)
     assert all(abs(lam - 1 / 3) < 0.15 for lam in raw)  # REG/CLS = 0.1 / 0.3, up to window noise
     out = plot_alwa_stationary(str(tmp_path / "s.png"), windows=4)
     assert open(out, "rb").read(4) == b"\x89PNG"
+
+
+def test_curves_follow_the_logged_contract():
+    """A run's contract (written by the logger) names its keys and per-level splits; plots read it instead
+    of parsing names: a split whose parts are not named ``_p<N>`` is still summed."""
+    from detection.experiments.plots import loss_keys, series, summary_keys
+
+    contract = {"keys": ["loss_a_low", "loss_a_high", "loss_b"], "groups": {},
+                "levels": {"loss_a": ["loss_a_low", "loss_a_high"]}}
+    records = [{"iter": 5, "contract": contract, "loss_a_low": 1.0, "loss_a_high": 2.0, "loss_b": 4.0,
+                "std": {}, "weighted": {"loss_a_low": 1.0, "loss_a_high": 2.0, "loss_b": 4.0, "log_var/x": 0.1}},
+               {"iter": 10, "loss_a_low": 3.0, "loss_a_high": 1.0, "loss_b": 2.0, "std": {}, "weighted": {}}]
+    assert loss_keys(records) == ["loss_a_low", "loss_a_high", "loss_b"]
+    assert summary_keys(records) == ["loss_a", "loss_b"]
+    assert series(records, "loss_a") == ([5, 10], [3.0, 4.0], [0.0, 0.0])

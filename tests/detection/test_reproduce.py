@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from detection import reproduce
-from detection.tables import CONFIG_DIR, REPO
+from detection.experiments import reproduce
+from detection.experiments.tables import CONFIG_DIR, REPO
 
 COUNTS = {1: 33, 2: 18, 3: 9, 4: 9, 5: 10, 6: 9, 7: 12, 8: 12}
 
@@ -231,7 +231,7 @@ def test_alwa_statistics_pooled_or_per_process(tmp_path):
 
 def test_collect_with_no_finished_run_prints_every_paper_number(tmp_path):
     """Every number of the paper's eight tables appears in --collect's output before anything was trained."""
-    from detection.tables import load_spec
+    from detection.experiments.tables import load_spec
 
     spec = load_spec()
     text = reproduce.collect(range(1, 9), str(tmp_path))

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from detection import builders, engine, tables
+from detection import builders, engine
+from detection.experiments import tables
 from detection.config import config_to_dict
 
 SPEC = tables.load_spec()
@@ -64,10 +65,13 @@ def test_sample_cells_have_the_tables_settings(name, typ, backbone, reg, fmt, we
     cfg = _load(name)
     assert (cfg.model.type, cfg.model.backbone.name, cfg.data.format) == (typ, backbone, fmt)
     # RetinaNet's box loss, or the RoI head's (the RPN keeps L1 in every row, as released)
-    assert (cfg.model.loss.reg if typ == "retinanet" else cfg.model.roi_head.reg_loss) == reg
+    assert (cfg.model.loss.reg_loss if typ == "retinanet" else cfg.model.roi_head.reg_loss) == reg
     assert typ == "retinanet" or cfg.model.rpn.reg_loss == "l1"
     w = cfg.weighting
-    assert (w.type, w.variant, w.interval, w.init_weight, w.cls_keys, w.reg_keys, w.weights) == weighting
+    # each weighting type has its own section: the keys of the other types read as their defaults
+    got = (w.type, getattr(w, "variant", 2), getattr(w, "interval", 100), getattr(w, "init_weight", 1.0),
+           getattr(w, "cls_keys", ["loss_cls"]), getattr(w, "reg_keys", ["loss_bbox"]), getattr(w, "weights", {}))
+    assert got == weighting
     # the paper's schedule is untouched by the table overrides
     lr = 0.01 if typ == "retinanet" else 0.02
     assert (cfg.train.epochs, cfg.train.lr_steps, cfg.optimizer.lr) == (12, [8, 11], lr)
@@ -136,12 +140,12 @@ def test_shared_cells_point_at_the_other_tables_configs():
 def test_render_orders_keys_like_the_schema():
     cell = tables.Cell(9, "r", "c", "x", "_base_/retinanet_r50_voc.yaml",
                        {"weighting.stats": "raw", "weighting.cls_keys": ["loss_cls"], "weighting.type": "alwa",
-                        "model.loss.reg": "giou", "model.backbone.name": "resnet101"}, {"mAP": None})
+                        "model.loss.reg_loss": "giou", "model.backbone.name": "resnet101"}, {"mAP": None})
     spec = tables.Spec({9: tables.Table(9, "T", ["mAP"], 4, "h", ["r"], ["c"], "s", [cell])})
     assert tables.render_cell(spec, cell) == (
         '# Table 9, T: row "r" (h), column "c".\n' + tables.GENERATED_MARKER + "\n"
         "_base_: _base_/retinanet_r50_voc.yaml\n"
-        "model:\n  backbone:\n    name: resnet101\n  loss:\n    reg: giou\n"
+        "model:\n  backbone:\n    name: resnet101\n  loss:\n    reg_loss: giou\n"
         "weighting:\n  type: alwa\n  cls_keys: [loss_cls]\n  stats: raw\n")
 
 

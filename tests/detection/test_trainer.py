@@ -1,4 +1,5 @@
 """The trainer on a tiny in-memory overfit set: the loss falls, hooks fire in order, state round-trips."""
+import json
 import math
 
 import pytest
@@ -11,6 +12,8 @@ from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
 from models.backbone import BackboneFPN, build_body
 from models.box_coder import DeltaBoxCoder
+from models.box_loss import BoxRegressionLoss
+from models.head_loss import DenseHeadLoss
 from models.retinanet import RetinaHead, RetinaNet
 
 
@@ -38,8 +41,8 @@ class Loader:
 def make_trainer(max_iters, weighting, hooks=(), amp="off", size=64):
     torch.manual_seed(0)
     bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 16, [3, 4, 5], "p6p7")
-    model = RetinaNet(bb, RetinaHead(16, 2, 9, 16, 1, norm="gn"), AnchorGenerator(octave_base_scale=2),
-                      MaxIoUAssigner(), DeltaBoxCoder())
+    loss = DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss("l1", DeltaBoxCoder(), 0.11))
+    model = RetinaNet(bb, RetinaHead(16, 2, 9, 16, 1, norm="gn"), AnchorGenerator(octave_base_scale=2), loss)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(2, 3, size, size, generator=g)
     targets = [{"boxes": torch.tensor([[8.0, 8, 40, 48]]), "labels": torch.tensor([1])},
@@ -185,7 +188,7 @@ def test_metrics_logger_reads_the_host_only_at_log_points(tmp_path, host_reads):
     from types import SimpleNamespace
 
     from detection.trainer import StepOutput
-    from losses.multitask_weighting import UncertaintyWeighting
+    from losses.weighting.multitask import UncertaintyWeighting
 
     # learned weights live on the device: reading them per step would synchronise a GPU every step
     weighting = UncertaintyWeighting(["loss_cls", "loss_bbox"])
@@ -348,7 +351,7 @@ def test_logged_weighted_losses_are_the_ones_backpropagated_at_window_boundaries
 def test_logged_terms_of_learned_weights_sum_to_the_total(tmp_path):
     import json
 
-    from losses.multitask_weighting import UncertaintyWeighting
+    from losses.weighting.multitask import UncertaintyWeighting
 
     path = tmp_path / "m.jsonl"
     weighting = UncertaintyWeighting(["loss_cls", "loss_bbox"], init_log_var=0.5)
@@ -359,3 +362,28 @@ def test_logged_terms_of_learned_weights_sum_to_the_total(tmp_path):
         assert r["loss"] == pytest.approx(sum(r["weighted"].values()), abs=1e-6)
         assert r["weights"]["loss_cls"] == pytest.approx(math.exp(-0.5))  # lr 0: s stays at 0.5
         assert r["weighted"]["log_var/loss_cls"] == pytest.approx(0.5)
+
+
+def test_an_error_mid_run_still_closes_the_log_and_leaves_the_last_checkpoint(tmp_path):
+    """after_train hooks run in ``finally``: an exception in step 3 closes the metrics file and the progress
+    bar, and the periodic checkpoint of iteration 2 is not overwritten with the interrupted state."""
+    import os
+
+    from detection.checkpoint import load_checkpoint
+    from detection.hooks import CheckpointHook
+
+    logger = MetricsLogger(str(tmp_path / "m.jsonl"), 1, progress=True)
+    ckpt = CheckpointHook(str(tmp_path / "ckpt"), 2)
+
+    class Boom(HookBase):
+        def before_step(self):
+            if self.trainer.iter == 2:
+                raise RuntimeError("data went away")
+
+    trainer = make_trainer(4, Fixed(), hooks=[logger, ckpt, Boom()])
+    with pytest.raises(RuntimeError, match="data went away"):
+        trainer.train()
+    assert trainer.stop_reason == "error"
+    assert logger._file.closed and logger._bar.disable  # tqdm marks a closed bar disabled
+    assert load_checkpoint(os.path.join(tmp_path, "ckpt", "last.pth"))["iter"] == 2
+    assert [json.loads(line)["iter"] for line in open(tmp_path / "m.jsonl")] == [1, 2]

@@ -72,8 +72,7 @@ model:
   fpn: {{out_channels: 16}}
   rpn: {{feat_channels: 16}}
   roi_head: {{fc_channels: 32, sampler: {{num: 32, pos_fraction: 0.25}}}}
-  mask_head: {{conv_channels: 8, num_convs: 1}}
-data:
+{mask_head}data:
   root: {root}
   shapes: {{num_train: 8, num_val: 2, num_test: 6, image_size: 64, seed: 5}}
   min_size: 64
@@ -97,7 +96,9 @@ def shapes_root(tmp_path_factory):
 ])
 def test_tiny_training_run_and_evaluation(demo, metric_keys, shapes_root, tmp_path):
     cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(TINY.format(base=os.path.join(REPO, "configs/demo", demo), root=shapes_root))
+    # a mask head section only where the model has one (elsewhere the key does not apply: an error)
+    mask_head = "  mask_head: {conv_channels: 8, num_convs: 1}\n" if demo.startswith("maskrcnn") else ""
+    cfg_path.write_text(TINY.format(base=os.path.join(REPO, "configs/demo", demo), root=shapes_root, mask_head=mask_head))
     work = str(tmp_path / "work")
     metrics = engine.train(str(cfg_path), work)
     assert metric_keys <= set(metrics) and metrics["num_images"] == 6

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses.level_weighting import AVW, RLO
+from losses.weighting.level import AVW, RLO
 
 
 def D(**values):

@@ -136,20 +136,6 @@ def test_weight_and_avg_factor():
     torch.testing.assert_close(out, (full * weight).sum() / 3)
 
 
-@pytest.mark.parametrize(
-    "reduction,avg_factor", [("none", None), ("sum", None), ("mean", None), ("mean", 2.0)]
-)
-def test_empty_input(reduction, avg_factor):
-    logits = torch.zeros(0, 4, requires_grad=True)
-    out = sigmoid_focal_loss(logits, torch.zeros(0, 4), reduction=reduction, avg_factor=avg_factor)
-    if reduction == "none":
-        assert out.shape == (0, 4)
-    else:
-        assert out.shape == () and out.item() == 0.0
-    out.sum().backward()
-    assert logits.grad.shape == (0, 4)
-
-
 def test_invalid_arguments():
     with pytest.raises(ValueError):
         sigmoid_focal_loss(torch.zeros(2, 3), torch.zeros(2, 4))

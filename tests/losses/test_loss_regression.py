@@ -6,6 +6,7 @@ from losses import (
     REGRESSION_LOSSES,
     l1_loss,
     regression_loss_is_box_based,
+    sigmoid_focal_loss,
     smooth_l1_loss,
 )
 
@@ -70,7 +71,8 @@ def test_weight_and_avg_factor():
     assert out.item() == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("fn", [l1_loss, smooth_l1_loss])
+# the focal loss's empty-input case lives here too: one reduction path serves every element-wise loss
+@pytest.mark.parametrize("fn", [l1_loss, smooth_l1_loss, sigmoid_focal_loss])
 @pytest.mark.parametrize(
     "reduction,avg_factor", [("none", None), ("sum", None), ("mean", None), ("mean", 2.0)]
 )

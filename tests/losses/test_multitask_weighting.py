@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses.multitask_weighting import DWA, UncertaintyWeighting
+from losses.weighting.multitask import DWA, UncertaintyWeighting
 
 
 def D(**values):

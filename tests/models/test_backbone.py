@@ -22,11 +22,16 @@ def test_frozen_stages_follow_mmdetection():
     assert all(p.requires_grad for p in build_body("resnet18", "bn", -1, None).parameters())
 
 
+def saved(tmp_path, name, make, seed):
+    """A torchvision model made with ``seed`` and its state dict saved as ``name`` in tmp_path."""
+    torch.manual_seed(seed)
+    ref = make()
+    torch.save(ref.state_dict(), tmp_path / name)
+    return ref, tmp_path / name
+
+
 def test_pretrained_from_local_file(tmp_path):
-    torch.manual_seed(3)
-    ref = torchvision.models.resnet18()
-    path = tmp_path / "r18.pth"
-    torch.save(ref.state_dict(), path)
+    ref, path = saved(tmp_path, "r18.pth", torchvision.models.resnet18, 3)
     body = build_body("resnet18", "frozen_bn", 1, str(path))
     assert torch.equal(body.stem[0].weight, ref.conv1.weight)
     assert torch.equal(body.stages[3][1].conv2.weight, ref.layer4[1].conv2.weight)
@@ -62,10 +67,7 @@ def test_unknown_backbone():
 
 
 def test_mobilenet_pretrained_strict(tmp_path):
-    torch.manual_seed(0)
-    ref = torchvision.models.mobilenet_v3_large()
-    good = tmp_path / "mbv3.pth"
-    torch.save(ref.state_dict(), good)
+    ref, good = saved(tmp_path, "mbv3.pth", torchvision.models.mobilenet_v3_large, 0)
     body = build_body("mobilenet_v3_large", "frozen_bn", 0, str(good))
     assert torch.equal(body.features[0][0].weight, ref.features[0][0].weight)
     small = tmp_path / "small.pth"
@@ -112,6 +114,32 @@ def test_frozen_bn_folding_equals_conv_then_bn(name, expected, tmp_path):
     body.stages[3][-1].bn1.running_var.mul_(4.0)
     ref.layer4[-1].bn1.running_var.mul_(4.0)
     torch.testing.assert_close(body(x)[-1], feats(x), rtol=1e-4, atol=1e-4)
+
+
+def test_folding_replaces_modules_instead_of_swapping_classes():
+    """Folding builds explicit modules (FoldedConv2d, FoldedBN) that share the original tensors; no object's
+    class is changed at run time, and a folded model's state dict loads into an unfolded one and back."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from models.backbone import FoldedBN, FoldedConv2d, FrozenStatsBatchNorm2d, fold_frozen_bn
+
+    for norm in (FrozenBatchNorm2d, FrozenStatsBatchNorm2d):
+        net = torchvision.models.resnet18(norm_layer=norm)
+        conv, bn = net.layer1[0].conv1, net.layer1[0].bn1
+        before = {k: v for k, v in net.state_dict().items()}
+        assert fold_frozen_bn(net) == 20
+        assert type(conv) is torch.nn.Conv2d and type(bn) is norm  # the originals are untouched objects
+        folded, remains = net.layer1[0].conv1, net.layer1[0].bn1
+        assert type(folded) is FoldedConv2d and type(remains) is FoldedBN
+        assert folded.weight is conv.weight and remains.running_var is bn.running_var
+        assert remains.trainable_affine == (norm is FrozenStatsBatchNorm2d)
+        after = net.state_dict()
+        assert list(after) == [k for k in before if not k.endswith("num_batches_tracked")]
+        assert all(torch.equal(after[k], before[k]) for k in after)
+        plain = torchvision.models.resnet18(norm_layer=norm)
+        plain.load_state_dict(after)
+        net.load_state_dict(plain.state_dict())
+        assert fold_frozen_bn(net) == 0  # already folded
 
 
 def test_bn_frozen_stats_is_eval_mode_batchnorm_with_trainable_affine(tmp_path):

@@ -7,8 +7,8 @@ from models.backbone import BackboneFPN, build_body
 from models.faster_rcnn import FasterRCNN
 from models.mask_head import MaskHead
 from models.mask_rcnn import MaskBranch, MaskRCNN
-from models.roi_heads import RoIFeatureExtractor, RoIHeads, TwoFCBoxHead
-from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead
+from models.roi_heads import RoIFeatureExtractor, RoIHeads, TwoFCBoxHead, default_roi_loss
+from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead, default_rpn_loss
 from models.sampler import RandomSampler
 
 
@@ -16,12 +16,14 @@ def tiny(masks=False, reg_loss="l1", seed=0):
     torch.manual_seed(seed)
     backbone = BackboneFPN(build_body("resnet18", "bn", -1, None), 16, [2, 3, 4, 5], "maxpool")
     anchors = AnchorGenerator(strides=[4, 8, 16, 32, 64], ratios=[0.5, 1.0, 2.0], scales=[2.0])
-    rpn = RegionProposalNetwork(RPNHead(16, 3, 16), anchors, sampler=RandomSampler(64, 0.5), reg_loss=reg_loss,
-                                train_proposals=ProposalConfig(100, 50, 0.7), test_proposals=ProposalConfig(100, 50, 0.7))
+    rpn_loss = default_rpn_loss(reg_loss)
+    rpn_loss.sampler = RandomSampler(64, 0.5)
+    rpn = RegionProposalNetwork(RPNHead(16, 3, 16), anchors, rpn_loss, ProposalConfig(100, 50, 0.7), ProposalConfig(100, 50, 0.7))
     strides = [4, 8, 16, 32]
     branch = MaskBranch(RoIFeatureExtractor(strides, 14, 1, 14.0), MaskHead(16, 3, 16, 1)) if masks else None
-    heads = RoIHeads(RoIFeatureExtractor(strides, 7, 1, 14.0), TwoFCBoxHead(16, 7, 3, 32), sampler=RandomSampler(32, 0.25),
-                     reg_loss=reg_loss, mask_branch=branch)
+    roi_loss = default_roi_loss(reg_loss)
+    roi_loss.sampler = RandomSampler(32, 0.25)
+    heads = RoIHeads(RoIFeatureExtractor(strides, 7, 1, 14.0), TwoFCBoxHead(16, 7, 3, 32), roi_loss, mask_branch=branch)
     return (MaskRCNN if masks else FasterRCNN)(backbone, rpn, heads)
 
 
@@ -78,18 +80,10 @@ def test_eval_outputs_in_original_pixels_with_masks():
     assert (d["labels"] < 3).all() and (d["scores"] >= 0.05).all()
 
 
-def test_overfits_one_image():
+def test_overfits_one_image(overfit):
     model = tiny(False).train()
     images = torch.randn(1, 3, 64, 64)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    first = None
-    for _ in range(40):
-        losses = model(images, [ONE])
-        total = sum(losses.values())
-        first = first if first is not None else total.item()
-        opt.zero_grad()
-        total.backward()
-        opt.step()
+    first, total = overfit(model, images, [ONE], 40)
     assert total.item() < 0.4 * first
     model.eval()
     with torch.no_grad():

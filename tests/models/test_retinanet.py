@@ -6,6 +6,9 @@ from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
 from models.backbone import BackboneFPN, build_body
 from models.box_coder import DeltaBoxCoder
+from models.box_loss import BoxRegressionLoss
+from models.head_loss import DenseHeadLoss, IoUBalanced
+from models.postprocess import DetectConfig
 from models.retinanet import RetinaHead, RetinaNet
 
 
@@ -13,8 +16,8 @@ def tiny(reg_loss="l1", per_level=False, seed=0):
     torch.manual_seed(seed)
     bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 32, [3, 4, 5], "p6p7")
     head = RetinaHead(32, 3, 9, 32, 1, norm="gn")
-    return RetinaNet(bb, head, AnchorGenerator(octave_base_scale=2), MaxIoUAssigner(), DeltaBoxCoder(),
-                     reg_loss=reg_loss, loss_per_level=per_level)
+    loss = DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss(reg_loss, DeltaBoxCoder(), 0.11))
+    return RetinaNet(bb, head, AnchorGenerator(octave_base_scale=2), loss, loss_per_level=per_level)
 
 
 def target(boxes, labels):
@@ -62,20 +65,12 @@ def test_per_level_losses_sum_to_totals():
     assert torch.allclose(sum(v for k, v in split.items() if k.startswith("loss_bbox")), whole["loss_bbox"], rtol=1e-5)
 
 
-def test_loss_falls_when_overfitting_two_images():
+def test_loss_falls_when_overfitting_two_images(overfit):
     model = tiny("giou")
     torch.manual_seed(1)
     x = torch.randn(2, 3, 64, 64)
     t = [ONE, target([[30, 2, 62, 20]], [0])]
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    first = None
-    for step in range(25):
-        losses = model(x, t)
-        total = sum(losses.values())
-        first = first if first is not None else total.item()
-        opt.zero_grad()
-        total.backward()
-        opt.step()
+    first, total = overfit(model, x, t, 25)
     assert total.item() < 0.5 * first
 
 
@@ -101,7 +96,7 @@ def test_unknown_regression_loss():
 
 def _losses_with(eta=None, lam=None, reg_loss="smooth_l1"):
     model = tiny(reg_loss)
-    model.iou_balanced_eta, model.iou_balanced_lambda = eta, lam
+    model.loss.iou_balanced = IoUBalanced(eta, lam)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     return model, model(images, [ONE, target([[30, 4, 60, 30], [2, 30, 20, 62]], [0, 2])])
 
@@ -134,7 +129,7 @@ def test_iou_balanced_normaliser_keeps_each_levels_sum_or_only_the_total():
     out = {}
     for name, eta, norm in (("plain", None, "level"), ("level", 1.5, "level"), ("batch", 1.5, "batch")):
         model = tiny("smooth_l1", per_level=True)
-        model.iou_balanced_eta, model.iou_balanced_norm = eta, norm
+        model.loss.iou_balanced = IoUBalanced(eta, None, norm)
         out[name] = model(images, gts)
     cls_keys = [k for k in out["plain"] if k.startswith("loss_cls_")]
     for k in cls_keys:
@@ -149,7 +144,7 @@ def test_regression_loss_weight_scales_only_the_box_loss():
     gts = [ONE, target([[30, 4, 60, 30]], [0])]
     plain = tiny("smooth_l1")(images, gts)
     model = tiny("smooth_l1")
-    model.box_loss.weight = 2.34
+    model.loss.box_loss.weight = 2.34
     weighted = model(images, gts)
     torch.testing.assert_close(weighted["loss_bbox"], 2.34 * plain["loss_bbox"])
     assert torch.equal(weighted["loss_cls"], plain["loss_cls"])
@@ -157,7 +152,7 @@ def test_regression_loss_weight_scales_only_the_box_loss():
 
 def test_pre_nms_rank_anchors_keeps_every_class_of_the_top_anchors():
     model = tiny().eval()
-    model.test_cfg.update(pre_nms_rank="anchors", pre_nms_top_k=5, score_thr=0.0, max_per_img=1000, nms_iou=1.0)
+    model.test_cfg = DetectConfig(pre_nms_rank="anchors", pre_nms_top_k=5, score_thr=0.0, max_per_img=1000, nms_iou=1.0)
     with torch.no_grad():
         dets = model(torch.randn(1, 3, 64, 64))
     # nothing suppressed (NMS at IoU 1): 5 anchors x 3 classes per level, 5 levels

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from models.box_coder import DeltaBoxCoder
-from models.roi_heads import RoIFeatureExtractor, RoIHeads, TwoFCBoxHead, map_roi_levels
+from models.head_loss import IoUBalanced
+from models.postprocess import DetectConfig
+from models.roi_heads import RoIFeatureExtractor, RoIHeads, TwoFCBoxHead, default_roi_loss, map_roi_levels
 from models.sampler import RandomSampler
 
 
@@ -51,8 +53,15 @@ class FixedBoxHead(nn.Module):
         return self.cls.repeat(n // self.cls.shape[0], 1) * self.weight, self.reg.repeat(n // self.reg.shape[0], 1) * self.weight
 
 
-def fixed_heads(cls, reg, num_classes=2, **kw):
-    return RoIHeads(RoIFeatureExtractor([4], 2, 1), FixedBoxHead(torch.tensor(cls), torch.tensor(reg), num_classes), **kw)
+def fixed_heads(cls, reg, num_classes=2, sampler=None, reg_loss="l1", coder=None, iou_balanced_eta=None,
+                iou_balanced_lambda=None, add_gt_as_proposals=True, score_thr=0.05, nms_iou=0.5, max_per_img=100):
+    loss = default_roi_loss(reg_loss)
+    loss.sampler = sampler or loss.sampler
+    loss.box_loss.coder = coder or loss.box_loss.coder
+    loss.iou_balanced = IoUBalanced(iou_balanced_eta, iou_balanced_lambda, "batch")
+    loss.add_gt_as_proposals = add_gt_as_proposals
+    test = DetectConfig(score_thr, nms_iou, max_per_img)
+    return RoIHeads(RoIFeatureExtractor([4], 2, 1), FixedBoxHead(torch.tensor(cls), torch.tensor(reg), num_classes), loss, test)
 
 
 FEATS = [torch.zeros(1, 1, 16, 16)]
@@ -107,7 +116,7 @@ def test_training_with_empty_image_is_finite_and_background_only():
 def test_crowd_region_proposals_are_not_positives():
     # the only annotation is a crowd region: proposals on it may be ignored but never positive
     heads = fixed_heads([[0.0, 0.0, 0.0]], [[0.0] * 8], sampler=RandomSampler(8, 0.5))
-    heads.assigner.ignore_iof_thr = 0.5
+    heads.loss.assigner.ignore_iof_thr = 0.5
     props = torch.tensor([[[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 60.0, 60.0]]])
     target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
               "ignore_boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]])}

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.anchors import AnchorGenerator
-from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead
+from models.head_loss import IoUBalanced
+from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead, default_rpn_loss
 from models.sampler import RandomSampler
 
 # one level of stride 16 on a 2x2 map, one 16 px square anchor per cell:
@@ -14,9 +15,12 @@ from models.sampler import RandomSampler
 ANCHORS = torch.tensor([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32], [16, 16, 32, 32]], dtype=torch.float32)
 
 
-def rpn(**kw):
+def rpn(sampler=None, iou_balanced_eta=None, iou_balanced_lambda=None, iou_balanced_norm="level", **kw):
     gen = AnchorGenerator(strides=[16], ratios=[1.0], scales=[1.0], center_offset=0.5)
-    return RegionProposalNetwork(RPNHead(8, 1, 8), gen, **kw)
+    loss = default_rpn_loss()
+    loss.sampler = sampler or loss.sampler
+    loss.iou_balanced = IoUBalanced(iou_balanced_eta, iou_balanced_lambda, iou_balanced_norm)
+    return RegionProposalNetwork(RPNHead(8, 1, 8), gen, loss, **kw)
 
 
 def logit(p):
@@ -97,7 +101,7 @@ def test_losses_are_normalised_by_the_sampled_anchors():
 
 def test_crowd_region_is_never_positive_and_empty_image_is_finite():
     model = rpn(sampler=RandomSampler(4, 0.5))
-    model.assigner.ignore_iof_thr = 0.5
+    model.loss.assigner.ignore_iof_thr = 0.5
     obj = torch.zeros(2, 4, requires_grad=True)
     reg = torch.zeros(2, 4, 4, requires_grad=True)
     # image 0: only a crowd region over a0; image 1: no annotations at all

@@ -3,7 +3,7 @@
 The spec is the one source of truth: every cell of Tables 1-8 names its config, the config's ``_base_``
 and its overrides (dotted keys, as with ``--set``), and the paper's number(s) for the table's metrics. :func:`render_configs` turns the spec into the text of every ``configs/<name>.yaml``;
 ``scripts/gen_configs.py`` writes them, and a test checks that the committed files are exactly this output,
-so no table config drifts from the spec. ``detection/reproduce.py`` runs and tabulates the same cells.
+so no table config drifts from the spec. ``detection/experiments/reproduce.py`` runs and tabulates the same cells.
 
 Generated files carry :data:`GENERATED_MARKER`; a file with the marker that the spec no longer produces is
 reported as an orphan by :func:`check_configs`.
@@ -18,7 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from detection.config import select_variant
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs")
 SPEC_PATH = os.path.join(CONFIG_DIR, "tables.yaml")
 GENERATED_MARKER = "# Generated from configs/tables.yaml by scripts/gen_configs.py: edit the spec, not this file."
@@ -80,6 +82,19 @@ def load_spec(path: str = SPEC_PATH) -> Spec:
     spec = Spec(tables, dict(data.get("aliases") or {}))
     _check(spec)
     return spec
+
+
+def parse_tables(items: List[str], spec: Optional[Spec] = None) -> List[int]:
+    """``["2", "3"]`` or ``["all"]`` -> table numbers (in the order given)."""
+    known = sorted((spec or load_spec()).tables)
+    if list(items) == ["all"]:
+        return known
+    numbers = []
+    for item in items:
+        if not item.isdigit() or int(item) not in known:
+            raise ValueError(f"--table takes numbers from {known} or 'all', got {item!r}")
+        numbers.append(int(item))
+    return numbers
 
 
 TABLE_KEYS = {"title", "metrics", "digits", "gpus", "images_per_gpu", "row_header", "rows", "cols", "source", "cells"}
@@ -161,10 +176,11 @@ def nest(dotted: Dict[str, Any]) -> dict:
 
 
 def _schema_order(tree: dict, cls) -> dict:
-    """Keys in the schema's field order (so files read like detection/schema.py, whatever the spec's
+    """Keys in the schema's field order (so files read like detection/schema/, whatever the spec's
     order); keys the schema does not know stay last and are reported when the config is loaded."""
     if not dataclasses.is_dataclass(cls):
         return tree
+    cls = select_variant(cls, tree) or cls  # the section of the tree's type (model, weighting)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     out = {}

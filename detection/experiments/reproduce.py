@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-from detection.tables import CONFIG_DIR, REPO, Spec, Table, load_spec
+from detection.experiments.tables import CONFIG_DIR, REPO, Spec, Table, load_spec
 
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "train.py")
 DEFAULT_WORK_ROOT = os.path.join("work_dirs", "reproduce")
@@ -390,17 +390,3 @@ def collect(numbers: Sequence[int], work_root: str, out_dir: Optional[str] = Non
 
 def _csv(value) -> str:
     return "" if value is None else repr(value)
-
-
-def parse_tables(items: Sequence[str], spec: Optional[Spec] = None) -> List[int]:
-    """``["2", "3"]`` or ``["all"]`` -> table numbers (in the order given)."""
-    known = sorted((spec or load_spec()).tables)
-    if list(items) == ["all"]:
-        return known
-    numbers = []
-    for item in items:
-        if not item.isdigit() or int(item) not in known:
-            raise ValueError(f"--table takes numbers from {known} or 'all', got {item!r}")
-        numbers.append(int(item))
-    return numbers
-

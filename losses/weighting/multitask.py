@@ -15,8 +15,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .loss_window import normalise_groups
-from .weighting import WeightingStrategy, WindowedWeighting
+from .window import normalise_groups
+from .base import WeightingStrategy, WindowedWeighting
 
 
 class UncertaintyWeighting(WeightingStrategy):

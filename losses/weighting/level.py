@@ -26,8 +26,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .loss_window import normalise_groups
-from .weighting import WindowedWeighting
+from .window import normalise_groups
+from .base import WindowedWeighting
 
 
 def group_variances(values: Tensor, groups: List[List[str]], keys: List[str]) -> List[Tensor]:

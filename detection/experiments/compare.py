@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from detection.plots import markdown_table, metric_columns, plot_runs, summary_rows
+from detection.experiments.plots import markdown_table, metric_columns, plot_runs, summary_rows
 
 ONE_STAGE, TWO_STAGE = "one_stage", "two_stage"  # RetinaNet; Faster / Mask R-CNN
 
@@ -48,8 +48,8 @@ PRESETS: Dict[str, Dict[str, List[str]]] = {
     "rlo": {ONE_STAGE: ["weighting.type=rlo", "model.head.loss_per_level=true"]},
     # Wu et al. as released for RetinaNet R50 on VOC: eta = lambda = 1.5, smooth L1 (beta 0.11) x 2.34, the
     # classification normaliser per FPN level; it sets the regression loss itself (not for a loss grid)
-    "iou_balanced": {ONE_STAGE: ["weighting.type=fixed", "model.loss.reg=smooth_l1", "model.loss.smooth_l1_beta=0.11",
-                                 "model.loss.reg_weight=2.34", "model.loss.iou_balanced_eta=1.5",
+    "iou_balanced": {ONE_STAGE: ["weighting.type=fixed", "model.loss.reg_loss=smooth_l1", "model.loss.smooth_l1_beta=0.11",
+                                 "model.loss.reg_loss_weight=2.34", "model.loss.iou_balanced_eta=1.5",
                                  "model.loss.iou_balanced_lambda=1.5", "model.loss.iou_balanced_norm=level"]},
     "uncertainty": {ONE_STAGE: ["weighting.type=uncertainty"],
                     TWO_STAGE: ["weighting.type=uncertainty", f"weighting.keys={_TWO_STAGE_KEYS}"]},
@@ -67,7 +67,7 @@ NOT_TWO_STAGE = {
 
 
 def _rows(one_stage_key: str, two_stage_key: str, two_stage_weight: str = "1.0") -> Dict[str, List[str]]:
-    return {ONE_STAGE: [f"model.loss.reg={one_stage_key}"],
+    return {ONE_STAGE: [f"model.loss.reg_loss={one_stage_key}"],
             TWO_STAGE: [f"model.roi_head.reg_loss={two_stage_key}", f"model.roi_head.reg_loss_weight={two_stage_weight}"]}
 
 
@@ -75,7 +75,7 @@ def _rows(one_stage_key: str, two_stage_key: str, two_stage_weight: str = "1.0")
 # head's (the RPN keeps its L1 in every row), SmoothL1 with beta 1.0 (x 1.1 in the RoI head)
 VARIANT_PRESETS: Dict[str, Dict[str, List[str]]] = {
     "l1": _rows("l1", "l1"),
-    "smoothl1": {ONE_STAGE: ["model.loss.reg=smooth_l1", "model.loss.smooth_l1_beta=1.0"],
+    "smoothl1": {ONE_STAGE: ["model.loss.reg_loss=smooth_l1", "model.loss.smooth_l1_beta=1.0"],
                  TWO_STAGE: ["model.roi_head.reg_loss=smooth_l1", "model.roi_head.smooth_l1_beta=1.0",
                              "model.roi_head.reg_loss_weight=1.1"]},
     **{name: _rows(name, name) for name in ("iou", "giou", "diou", "ciou", "ciou_mmdet")},
@@ -172,7 +172,7 @@ def _prepare_data(cfg_path: str, runs: Sequence[GridRun]) -> None:
 
 def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Optional[int]) -> List[str]:
     """Train ``runs`` with at most ``jobs`` subprocesses at a time; returns the labels of failed runs."""
-    from detection.reproduce import train_command
+    from detection.experiments.reproduce import train_command
 
     env = dict(os.environ)
     if threads:
@@ -202,11 +202,12 @@ def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Op
 
 def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Sequence[str] = (),
              seeds: Sequence[int] = (), overrides: Sequence[str] = (), window: int = 100,
-             plot_keys: Sequence[str] = ("loss_cls", "loss_bbox"), jobs: int = 1,
+             plot_keys: Optional[Sequence[str]] = None, jobs: int = 1,
              threads: Optional[int] = None, report_only: bool = False) -> str:
     """Train every unfinished run of the grid, then write ``compare.md`` (per-run table, and with variants or
     seeds the grid of mean ± sd and the paired differences to the first scheme), ``compare.csv`` and the loss
-    plots (``losses.png``, or ``losses_<variant>.png``; the first seed's runs). Returns the Markdown.
+    plots (``losses.png``, or ``losses_<variant>.png``; the first seed's runs; ``plot_keys`` default: every loss
+    of the runs' contracts, per-level splits summed). Returns the Markdown.
     ``report_only``: train nothing and report the runs finished so far (an error when there are none)."""
     from detection import engine
 
@@ -234,7 +235,7 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
 
 
 def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrides: Sequence[str] = (),
-                 window: int = 100, plot_keys: Sequence[str] = ("loss_cls", "loss_bbox")) -> str:
+                 window: int = 100, plot_keys: Optional[Sequence[str]] = None) -> str:
     rows = summary_rows([r.work_dir for r in runs], [r.label for r in runs])
     text = f"config: `{cfg_path}`, overrides: `{' '.join(overrides) or '-'}`\n\n"
     if any(r.seed is not None or r.variant is not None for r in runs):

@@ -31,19 +31,39 @@ def read_metrics(work_dir: str) -> List[dict]:
     return [by_iter[i] for i in sorted(by_iter)]
 
 
+def contract(records: Sequence[dict]) -> dict:
+    """The run's loss contract as the logger wrote it (``keys``, ``groups``, ``levels``: see
+    ``models.contract.LossContract``). Logs written before records carried it get the keys logged both raw
+    and weighted, and per-level splits recognised by name (``<key>_p<N>``)."""
+    for r in records:
+        if "contract" in r:
+            return r["contract"]
+    keys: List[str] = []
+    for r in records:
+        keys.extend(k for k in r.get("weighted", {}) if k not in keys and k in r)
+    levels: Dict[str, List[str]] = {}
+    for r in records:
+        for k in list(r) + list(r.get("weighted", {})):
+            base, _, level = k.rpartition("_p")
+            if base and level.isdigit() and k not in levels.setdefault(base, []):
+                levels[base].append(k)
+    return {"keys": keys, "groups": {}, "levels": levels}
+
+
 def series(records: Sequence[dict], key: str, kind: str = "raw"):
     """(iters, means, stds) of one loss key; ``kind`` is ``raw`` or ``weighted``.
 
-    A key the run split per FPN level (``loss_cls`` logged as ``loss_cls_p3`` ...) is summed over its
-    levels; its std is then approximate (levels treated as independent)."""
+    A key the run split per FPN level (``loss_cls`` logged as ``loss_cls_p3`` ..., the contract's
+    ``levels``) is summed over its levels; its std is then approximate (levels treated as independent)."""
     iters, means, stds = [], [], []
+    levels = contract(records)["levels"]
     for r in records:
         values = r if kind == "raw" else r.get("weighted", {})
         spread = (r.get("std") if kind == "raw" else r.get("weighted_std")) or {}
         if key in values:
             mean, std = values[key], spread.get(key, 0.0)
         else:
-            parts = [k for k in values if k.startswith(key + "_p") and k[len(key) + 2:].isdigit()]
+            parts = [k for k in levels.get(key, ()) if k in values]
             if not parts:
                 continue
             mean = sum(values[k] for k in parts)
@@ -79,12 +99,17 @@ def windowed(iters: Sequence[int], means: Sequence[float], stds: Sequence[float]
 
 
 def loss_keys(records: Sequence[dict]) -> List[str]:
-    """The loss keys of a run: weighted terms that are also logged raw (not e.g. uncertainty weighting's
-    ``log_var/...`` terms, which have no raw value)."""
-    keys = []
-    for r in records:
-        keys.extend(k for k in r.get("weighted", {}) if k not in keys and k in r)
-    return keys
+    """The loss keys of a run, from its contract (not e.g. uncertainty weighting's ``log_var/...`` terms,
+    which are weighted terms without a raw loss)."""
+    return list(contract(records)["keys"])
+
+
+def summary_keys(records: Sequence[dict]) -> List[str]:
+    """The run's loss keys with each per-level split replaced by its unsplit name (``loss_cls`` for
+    ``loss_cls_p3`` ... ``loss_cls_p7``, which :func:`series` sums): one curve per loss."""
+    c = contract(records)
+    part_of = {k: whole for whole, parts in c["levels"].items() for k in parts}
+    return list(dict.fromkeys(part_of.get(k, k) for k in c["keys"]))
 
 
 def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] = None, window: Optional[int] = None,
@@ -103,7 +128,7 @@ def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for r_idx, (records, label) in enumerate(zip(runs, labels)):
         colour = colours[r_idx % len(colours)]
-        run_keys = list(keys) if keys else loss_keys(records)
+        run_keys = list(keys) if keys else summary_keys(records)
         for k_idx, key in enumerate(run_keys):
             style = styles[k_idx % len(styles)]
             for ax, kind in ((axes[0], "raw"), (axes[1], "weighted")):
@@ -125,7 +150,8 @@ def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] 
 
     axes[0].legend([Line2D([], [], color=colours[i % len(colours)]) for i in range(len(runs))], labels, fontsize=7,
                    loc="upper right", title="run", title_fontsize=7)
-    key_styles = ", ".join(f"{k} {'solid dashed dotted dash-dot'.split()[i % 4]}" for i, k in enumerate(keys or []))
+    named = list(keys) if keys else (summary_keys(runs[0]) if runs else [])
+    key_styles = ", ".join(f"{k} {'solid dashed dotted dash-dot'.split()[i % 4]}" for i, k in enumerate(named))
     per = f" (mean ± std per {window} iterations)" if window else " (mean ± std per log interval)"
     for ax, name in zip(axes, ("raw losses" + per, "weighted losses" + per, "loss weights λ (keys whose λ moved)")):
         ax.set_title(name + (f"\n{key_styles}" if key_styles and ax is not axes[2] else ""), fontsize=9)

@@ -1,0 +1,224 @@
+"""The ``model`` section: one typed section per detector kind, selected by ``model.type``.
+
+``retinanet`` has ``anchors`` / ``assigner`` / ``coder`` / ``head`` / ``loss`` / ``test`` (with RetinaNet's
+pre-NMS settings); ``faster_rcnn`` has ``rpn`` / ``roi_head`` / ``test``; ``mask_rcnn`` adds ``mask_head``.
+A key of another kind (``model.head`` in a Faster R-CNN config) is an error naming the closest valid key.
+Every head's loss settings use the same keys (``HeadLossConfig``). Defaults follow mmdetection's R50-FPN 1x.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Literal, Optional
+
+from losses import REGRESSION_LOSSES
+
+MODEL_TYPES = ("retinanet", "faster_rcnn", "mask_rcnn")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"
+    pretrained: Optional[str] = None  # null, "torchvision" (hub cache, never downloaded) or a file path
+    # frozen_bn: BN statistics and affine frozen (torchvision detection); bn_frozen_stats: statistics frozen,
+    # affine trained (mmdetection's requires_grad=True + norm_eval=True: the ALWA paper's configs); bn: plain BN
+    norm: Literal["frozen_bn", "bn_frozen_stats", "bn"] = "frozen_bn"
+    frozen_stages: int = 1  # stem + this many ResNet stages get no gradient
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256
+    in_levels: List[int] = field(default_factory=lambda: [3, 4, 5])
+    extra: Literal["p6p7", "p6p7_p5", "maxpool", "none"] = "p6p7"
+    p7_relu: bool = True  # P7 = conv(relu(P6)) (torchvision); false: conv(P6) (mmdetection 2.x, the ALWA configs)
+
+
+@dataclass
+class AnchorConfig:
+    strides: List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    octave_base_scale: float = 4.0
+    scales_per_octave: int = 3
+    scales: Optional[List[float]] = None
+    center_offset: float = 0.0
+
+
+@dataclass
+class AssignerConfig:
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.4
+    min_pos_iou: float = 0.0
+    low_quality_match: bool = True
+    ignore_iof_thr: float = -1.0
+
+
+@dataclass
+class CoderConfig:
+    means: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    stds: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class SamplerConfig:
+    num: int = 256  # sampled per image
+    pos_fraction: float = 0.5
+    neg_pos_ub: float = -1  # negatives per positive at most (-1: no cap)
+
+
+@dataclass
+class HeadLossConfig:
+    """A head's box loss and IoU-balanced weights: the same keys in RetinaNet's ``model.loss``,
+    ``model.rpn`` and ``model.roi_head``."""
+
+    reg_loss: str = "l1"  # l1, smooth_l1 (encoded deltas), iou, giou, diou, ciou, ciou_mmdet (decoded boxes)
+    reg_loss_weight: float = 1.0  # constant factor of the box loss (mmdetection's loss_weight)
+    smooth_l1_beta: float = 1.0
+    # IoU-balanced losses (Wu et al.): eta weights positives' classification loss by IoU^eta (their sum kept),
+    # lambda scales each positive's box loss by IoU^lambda; null switches either off
+    iou_balanced_eta: Optional[float] = None
+    iou_balanced_lambda: Optional[float] = None
+
+    def __post_init__(self):
+        if self.reg_loss not in REGRESSION_LOSSES:
+            raise ValueError(f"reg_loss must be one of {sorted(REGRESSION_LOSSES)}, got '{self.reg_loss}'")
+        if not self.reg_loss_weight >= 0:
+            raise ValueError(f"reg_loss_weight must be >= 0, got {self.reg_loss_weight}")
+
+
+@dataclass
+class DenseLossConfig(HeadLossConfig):
+    smooth_l1_beta: float = 1.0 / 9.0
+    iou_balanced_norm: Literal["level", "batch"] = "level"  # where the IoU-balanced sum is kept
+
+
+@dataclass
+class RetinaLossConfig(DenseLossConfig):
+    renamed: ClassVar[Dict[str, str]] = {"reg": "reg_loss", "reg_weight": "reg_loss_weight"}
+
+    smooth_l1_beta: float = 0.11
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class HeadConfig:
+    feat_channels: int = 256
+    num_convs: int = 4
+    prior_prob: float = 0.01
+    norm: Literal["none", "gn"] = "none"
+    loss_per_level: bool = False  # emit loss_cls_p3.. / loss_bbox_p3.. instead of loss_cls / loss_bbox
+
+
+@dataclass
+class TestConfig:
+    score_thr: float = 0.05
+    nms_iou: float = 0.5
+    max_per_img: int = 100
+
+
+@dataclass
+class DenseTestConfig(TestConfig):
+    pre_nms_top_k: int = 1000  # per FPN level
+    # per level, the top pre_nms_top_k (anchor, class) pairs, or the top anchors by their best class score with
+    # all their classes (mmdetection 2.x's nms_pre, the ALWA configs)
+    pre_nms_rank: Literal["pairs", "anchors"] = "pairs"
+
+
+@dataclass
+class ProposalsConfig:
+    pre_nms_top_k: int = 1000  # per FPN level and image
+    post_nms_top_k: int = 1000  # per image
+    nms_iou: float = 0.7
+    min_size: float = 0.0
+
+
+def _rpn_anchors() -> AnchorConfig:
+    return AnchorConfig(strides=[4, 8, 16, 32, 64], ratios=[0.5, 1.0, 2.0], scales=[8.0])
+
+
+@dataclass
+class RPNConfig(DenseLossConfig):
+    """Faster / Mask R-CNN region proposal network (mmdetection's R50-FPN 1x defaults)."""
+
+    anchors: AnchorConfig = field(default_factory=_rpn_anchors)
+    assigner: AssignerConfig = field(default_factory=lambda: AssignerConfig(0.7, 0.3, 0.3, True, -1.0))
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(256, 0.5))
+    coder: CoderConfig = field(default_factory=CoderConfig)
+    feat_channels: int = 256
+    train_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(2000, 1000, 0.7, 0.0))
+    test_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(1000, 1000, 0.7, 0.0))
+
+
+@dataclass
+class RoIHeadConfig(HeadLossConfig):
+    """Faster / Mask R-CNN box head; ``strides`` are the FPN levels RoIs are pooled from (P2-P5)."""
+
+    strides: List[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    roi_size: int = 7
+    sampling_ratio: int = 0  # 0: adaptive, ceil(RoI size / output size) samples per bin
+    finest_scale: float = 56.0
+    fc_channels: int = 1024
+    assigner: AssignerConfig = field(default_factory=lambda: AssignerConfig(0.5, 0.5, 0.5, False, -1.0))
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(512, 0.25))
+    add_gt_as_proposals: bool = True
+    coder: CoderConfig = field(default_factory=lambda: CoderConfig(stds=[0.1, 0.1, 0.2, 0.2]))
+
+
+@dataclass
+class MaskHeadConfig:
+    """Mask R-CNN's mask branch: RoIAlign ``roi_size`` features, ``num_convs`` convolutions of ``conv_channels``,
+    masks of ``mask_size`` pixels per RoI."""
+
+    roi_size: int = 14
+    num_convs: int = 4
+    conv_channels: int = 256
+    mask_size: int = 28
+    mask_thr: float = 0.5  # probability threshold when pasting masks back
+
+
+@dataclass
+class ModelConfig:
+    """What every detector has; the section of ``type`` adds the rest (see ``variants``)."""
+
+    variants: ClassVar[dict] = {}  # type -> section class
+
+    type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "retinanet"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+
+
+@dataclass
+class RetinaNetConfig(ModelConfig):
+    """RetinaNet: anchors, max-IoU assignment, delta coder, the shared dense head, focal + box loss, and the
+    test-time selection (pre-NMS top-k per level, NMS)."""
+
+    type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "retinanet"
+    # training targets: anchors per level, which anchors match which object, the regression targets
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    coder: CoderConfig = field(default_factory=CoderConfig)
+    # the head and its losses
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: RetinaLossConfig = field(default_factory=RetinaLossConfig)
+    test: DenseTestConfig = field(default_factory=DenseTestConfig)
+
+
+@dataclass
+class FasterRCNNConfig(ModelConfig):
+    """Faster R-CNN: the region proposal network and the RoI box head; test-time NMS settings."""
+
+    type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "faster_rcnn"
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class MaskRCNNConfig(FasterRCNNConfig):
+    """Mask R-CNN: Faster R-CNN with a mask branch in the RoI heads."""
+
+    type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "mask_rcnn"
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+
+
+ModelConfig.variants = {"retinanet": RetinaNetConfig, "faster_rcnn": FasterRCNNConfig, "mask_rcnn": MaskRCNNConfig}

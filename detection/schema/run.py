@@ -1,0 +1,133 @@
+"""The run's sections (data, optimizer, train, eval) and the root ``Config`` that holds them with the
+model and weighting sections.
+
+Defaults follow mmdetection's RetinaNet R50-FPN 1x and the ALWA paper's setup (SGD, momentum 0.9,
+weight decay 1e-4, 12 epochs, lr steps at epochs 8 and 11, lr 0.01 for 8 images per step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional
+
+from detection.schema.model import ModelConfig, RetinaNetConfig
+from detection.schema.weighting import FixedConfig, WeightingConfig
+
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+@dataclass
+class ShapesConfig:
+    """Synthetic data generated into ``data.root`` when it is missing (the demo and tests)."""
+
+    num_train: int = 1000
+    num_val: int = 100
+    num_test: int = 300
+    image_size: int = 128
+    seed: int = 0
+    classes: List[str] = field(default_factory=lambda: ["circle", "rectangle", "triangle"])
+
+
+@dataclass
+class DataConfig:
+    """``train_sets`` / ``test_sets``: VOC ``"SUBDIR/split"`` entries; COCO set names ``S`` meaning
+    ``root/annotations/instances_S.json`` with images in ``root/S/`` (or ``root/<coco_image_dir>/``)."""
+
+    format: Literal["voc", "coco"] = "voc"
+    root: str = "data/VOCdevkit"
+    train_sets: List[str] = field(default_factory=lambda: ["VOC2012/trainval"])
+    test_sets: List[str] = field(default_factory=lambda: ["VOC2007/test"])
+    coco_image_dir: Optional[str] = None
+    classes: Optional[List[str]] = None  # null: the 20 VOC classes
+    train_difficult: bool = False  # mmdetection trains without difficult boxes
+    min_size: int = 800
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    size_divisor: int = 32
+    batch_size: int = 2  # images per process
+    test_batch_size: int = 4
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+    # < 1: train on a fixed random subset of that fraction of the training images (quick passes, --scale);
+    # the subset depends on the image list only, not on the run's seed
+    train_fraction: float = 1.0
+    # passes over the training images per epoch (mmdetection's RepeatDataset; the ALWA VOC configs use 3):
+    # epochs, lr_steps in epochs and the epoch-based schedule count repeated epochs
+    repeat: int = 1
+    shapes: Optional[ShapesConfig] = None
+
+    def __post_init__(self):
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"data.train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.repeat < 1:
+            raise ValueError(f"data.repeat must be a positive integer, got {self.repeat}")
+
+
+@dataclass
+class OptimizerConfig:
+    type: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = None  # max gradient norm
+    base_batch_size: int = 8  # lr is for this many images per step; scaled linearly when scale_lr
+    scale_lr: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: Optional[int] = 12
+    max_iters: Optional[int] = None  # overrides epochs when set
+    lr_steps: List[float] = field(default_factory=lambda: [8, 11])  # epochs, or iterations with max_iters
+    lr_gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    log_interval: int = 50
+    checkpoint_interval: int = 1000  # iterations between checkpoints (and always at the end)
+    keep_checkpoints: int = 1  # > 1: also keep the newest K as checkpoints/iter_NNNNNNN.pth
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    eval_after: bool = True
+    progress: bool = True
+    sync_bn: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP on GPUs
+    channels_last: bool = False  # NHWC model and images: faster convs on GPUs and oneDNN CPUs (docs/benchmarks.md)
+    cudnn_benchmark: bool = False  # cuDNN autotuning: for inputs of few distinct sizes (ignored when deterministic)
+    check_finite: bool = True  # skip steps with non-finite losses or gradients (one host read per step)
+    max_bad_steps: int = 5  # stop (after a checkpoint) after this many consecutive skipped steps
+
+    def __post_init__(self):
+        if self.epochs is None and self.max_iters is None:
+            raise ValueError("set train.epochs or train.max_iters")
+        if list(self.lr_steps) != sorted(self.lr_steps):
+            raise ValueError(f"lr_steps must be increasing, got {list(self.lr_steps)}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class EvalConfig:
+    """VOC evaluation. The VOC loader turns 1-based inclusive pixels into continuous extents
+    (x1 = xmin - 1, x2 = xmax), in which the devkit's "+1" widths are already included: with
+    ``legacy_coords: false`` the IoUs equal the devkit's exactly. ``true`` adds another pixel."""
+
+    metric: Literal["11point", "area"] = "11point"
+    iou_thr: float = 0.5
+    legacy_coords: bool = False
+
+
+@dataclass
+class Config:
+    """A whole run. ``model`` and ``weighting`` are typed by their ``type`` (the section classes in
+    ``detection.schema.model`` / ``detection.schema.weighting``)."""
+
+    model: ModelConfig = field(default_factory=RetinaNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # how the model's raw losses become the total (ALWA and the baselines)
+    weighting: WeightingConfig = field(default_factory=FixedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    seed: int = 0
+    deterministic: bool = False

@@ -1,0 +1,94 @@
+"""ALWA: Adaptive Loss Weight Adjustment (variants 1 and 2).
+
+``ALWA`` follows the authors' released code (docs/design.md, "Loss weighting"; docs/paper.md for the source):
+
+* ``λcls`` and ``λreg`` start at ``init_weight``; ``λreg`` never changes.
+* each step appends the detached group values (``λcls·Lcls`` and ``λreg·Lreg`` with ``stats="weighted"``,
+  the raw ``Lcls`` and ``Lreg`` with ``stats="raw"``) to a window kept on the device;
+* when ``interval`` values are in the window: ``CLS = mean + std`` (variant 1) or ``CLS = std``
+  (variant 2), sample std with ddof = 1, likewise ``REG``; if ``CLS > REG`` then
+  ``λcls = 1 - (CLS - REG) / CLS``, else ``λcls`` is kept; the window is emptied. The step that
+  completes a window is weighted with the old ``λ``.
+* with ``sync=True`` under an initialised ``torch.distributed`` process group, the windows of all ranks
+  are gathered at the boundary so every rank computes the same ``λ``; ``sync=False`` keeps them per process
+  (each rank its own ``λ``), as the released code does.
+
+The per-step work is tensor writes into a preallocated window; the host reads the window only at a
+boundary (one synchronisation every ``interval`` steps).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Sequence
+
+from torch import Tensor
+
+from .base import WeightingStrategy
+from .window import LossWindow
+
+
+class ALWA(WeightingStrategy):
+    """Adaptive Loss Weight Adjustment (variants 1 and 2), see the module docstring."""
+
+    def __init__(
+        self,
+        variant: int = 2,
+        interval: int = 100,
+        cls_keys: Sequence[str] = ("loss_cls",),
+        reg_keys: Sequence[str] = ("loss_bbox",),
+        init_weight: float = 1.0,
+        stats: str = "weighted",
+        sync: bool = True,
+    ):
+        if variant not in (1, 2):
+            raise ValueError(f"ALWA variant must be 1 or 2, got {variant!r}")
+        if interval < 2:
+            raise ValueError(f"ALWA interval must be >= 2 (a sample std needs two values), got {interval}")
+        if stats not in ("weighted", "raw"):
+            raise ValueError(f"ALWA stats must be 'weighted' or 'raw', got {stats!r}")
+        if not cls_keys or not reg_keys or set(cls_keys) & set(reg_keys):
+            raise ValueError(f"ALWA needs two disjoint, non-empty key groups, got {list(cls_keys)} and {list(reg_keys)}")
+        if not (math.isfinite(init_weight) and init_weight > 0):
+            raise ValueError(f"ALWA init_weight must be positive, got {init_weight}")
+        self.variant, self.interval, self.stats, self.sync = variant, int(interval), stats, sync
+        self.cls_keys, self.reg_keys = list(cls_keys), list(reg_keys)
+        self.lambda_cls = float(init_weight)
+        self.lambda_reg = float(init_weight)
+        self._window = LossWindow(["cls", "reg"], self.interval, sync)  # the two group values per step
+        self.num_updates = 0
+
+    def configured_keys(self) -> List[str]:
+        return self.cls_keys + self.reg_keys
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        out = {k: self.lambda_cls for k in self.cls_keys}
+        out.update({k: self.lambda_reg for k in self.reg_keys})
+        return out
+
+    def observe(self, losses: Mapping[str, Tensor]) -> None:
+        cls = sum(losses[k].detach().float() for k in self.cls_keys)
+        reg = sum(losses[k].detach().float() for k in self.reg_keys)
+        if self.stats == "weighted":
+            cls, reg = cls * self.lambda_cls, reg * self.lambda_reg
+        if self._window.push({"cls": cls, "reg": reg}):
+            self._update(self._window.collect())
+
+    def _update(self, values: Tensor) -> None:
+        """``values`` [n, 2]: the window's (cls, reg) group values on the host, all ranks pooled."""
+        std = values.std(dim=0, unbiased=True)
+        stat = std if self.variant == 2 else values.mean(dim=0) + std
+        cls_stat, reg_stat = float(stat[0]), float(stat[1])
+        if cls_stat > reg_stat:
+            self.lambda_cls = 1.0 - (cls_stat - reg_stat) / cls_stat
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"lambda_cls": self.lambda_cls, "lambda_reg": self.lambda_reg, "num_updates": self.num_updates,
+                **self._window.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lambda_cls = float(state["lambda_cls"])
+        self.lambda_reg = float(state["lambda_reg"])
+        self.num_updates = int(state.get("num_updates", 0))
+        self._window.load_state_dict(state)

@@ -28,7 +28,8 @@ from detection import builders, engine
 from detection.trainer import train_step
 from losses.weighting import ALWA, Fixed
 
-KEYS = {"retinanet": (["loss_cls"], ["loss_bbox"]), "frcnn": (["loss_rpn_cls"], ["loss_rpn_bbox"])}
+# ALWA's pair from the model's loss contract: the head's losses (RetinaNet) or the RPN's (Faster R-CNN)
+ALWA_GROUPS = {"retinanet": ("cls", "reg"), "frcnn": ("rpn_cls", "rpn_reg")}
 
 
 def our_site() -> str:
@@ -74,7 +75,7 @@ def check_model(kind, args, device, images, targets) -> dict:
     model = builders.build_model(cfg, args.num_classes).to(device).train()
     optimizer, _ = builders.build_optimizer(cfg, model)
     train_step(model, images, targets, Fixed(), optimizer, amp=args.amp)  # warm-up: cuDNN / allocator set-up
-    cls_keys, reg_keys = KEYS[kind]
+    cls_keys, reg_keys = (list(model.loss_contract.groups[g]) for g in ALWA_GROUPS[kind])
     alwa = ALWA(variant=2, interval=args.interval, cls_keys=cls_keys, reg_keys=reg_keys)
     counts = {"boundary": defaultdict(int), "other": defaultdict(int)}
     for step in range(1, args.steps + 1):

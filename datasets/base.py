@@ -17,10 +17,39 @@ import torch
 from .report import DataError, missing_files_error
 
 
+# A JPEG ends with the end-of-image marker FF D9. Entropy-coded data byte-stuffs every FF, so the marker
+# cannot occur by chance; a file cut short (an interrupted copy) lacks it, yet OpenCV still decodes it,
+# filling the missing rows with grey and warning on stderr without naming the file. Some writers pad after
+# the marker, hence a search in the tail rather than a test of the last 2 bytes.
+_JPEG_SOI, _JPEG_EOI, _TAIL = b"\xff\xd8", b"\xff\xd9", 1024
+
+
+def file_problem(path: str) -> Optional[str]:
+    """What is wrong with an existing image file before decoding (``None``: nothing): 0 bytes, or a JPEG
+    without its end marker. Two small reads: the first bytes and the last KiB."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - _TAIL))
+            tail = f.read()
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return f"{path}: empty file (0 bytes)"
+    if head == _JPEG_SOI and _JPEG_EOI not in tail:
+        return f"{path}: truncated JPEG (no end-of-image marker); the decoder fills the missing part with grey"
+    return None
+
+
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; a clear error for missing or undecodable files."""
+    """RGB uint8 [H, W, 3]; a clear error naming the file for missing, empty, truncated (JPEG) or
+    undecodable files."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"image {problem}")
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"image {path} is unreadable or corrupt")
@@ -38,6 +67,11 @@ class DetectionRecords(torch.utils.data.Dataset):
         missing = self.check_files()
         if missing:
             raise missing_files_error(missing, len(self.records), f"{self.sets} under {self.root}")
+        empty = self.empty_files()
+        if empty:
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise DataError(f"{len(empty)} of {len(self.records)} images of {self.sets} under {self.root} are "
+                            f"empty (0 bytes): {shown}")
 
     def summary(self) -> str:
         """What was repaired or skipped (``report``), one line per non-zero counter, under a header."""
@@ -75,6 +109,10 @@ class DetectionRecords(torch.utils.data.Dataset):
     def check_files(self) -> List[str]:
         """Paths of listed images that are missing (empty when all exist)."""
         return [r["path"] for r in self.records if not os.path.isfile(r["path"])]
+
+    def empty_files(self) -> List[str]:
+        """Paths of listed images of 0 bytes (the size comes with the same stat as the existence check)."""
+        return [r["path"] for r in self.records if os.path.getsize(r["path"]) == 0]
 
     def _read(self, r: dict) -> np.ndarray:
         image = read_image(r["path"])

@@ -21,8 +21,11 @@ Bad input (the policy of ``datasets/report.py``)
   ``id``/``file_name``/``width``/``height``, an annotation without ``id``/``image_id``/``category_id``/
   ``bbox`` (or ``segmentation`` when ``with_masks``), a ``bbox`` that is not 4 finite numbers, an unknown
   ``category_id`` or ``image_id``, duplicate category / image / annotation ids in a file, and an image id
-  found in two of the concatenated files. Missing image files are one ``FileNotFoundError`` listing them.
-  ``iscrowd`` defaults to 0; a missing ``area`` is filled in as ``w * h`` (COCOeval needs it).
+  found in two of the concatenated files, an ``iscrowd`` other than 0 / 1 (the string ``"0"`` is truthy), and,
+  whenever masks are used (``with_masks`` for training, ``check_masks`` for a Mask R-CNN test set), a
+  segmentation that is no usable mask (``segmentation_problem``: fewer than 3 polygon points, an odd
+  coordinate count, no polygon, an RLE of another size). Missing image files are one ``FileNotFoundError``
+  listing them. ``iscrowd`` defaults to 0; a missing ``area`` is filled in as ``w * h`` (COCOeval needs it).
 * Boxes (crowd regions included) are repaired and counted in ``report``: clipped to the image when
   partly outside, dropped when under 1 px wide or high (``w < 1`` or ``h < 1``, as mmdetection drops from
   real COCO, which holds a few) or when less than 1 px of them lies inside the image. Images without
@@ -61,8 +64,35 @@ COCO_CLASSES = (
 )
 
 
+def segmentation_problem(segm, h: int, w: int) -> Optional[str]:
+    """What makes a COCO ``segmentation`` unusable as a mask of an ``h`` x ``w`` image (``None``: nothing):
+    polygons must be a non-empty list of lists of finite numbers, an even count of at least 6 each (3 points);
+    an RLE needs ``counts`` (a list of integers, or a compressed string) and ``size`` equal to ``[h, w]``."""
+    if isinstance(segm, list):
+        if not segm:
+            return "an empty polygon list (no mask)"
+        for poly in segm:
+            if not (isinstance(poly, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and math.isfinite(v) for v in poly)):
+                return f"a polygon that is not a list of numbers: {str(poly)[:60]}"
+            if len(poly) % 2:
+                return f"a polygon with an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"a polygon with {len(poly) // 2} point(s); a polygon needs at least 3"
+        return None
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [h, w]:
+            return f"an RLE of size {segm['size']} for an image of [{h}, {w}] (height, width)"
+        counts = segm["counts"]
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(isinstance(c, int) for c in counts))):
+            return f"RLE counts of type {type(counts).__name__}, expected a list of integers or a string"
+        return None
+    return f"a segmentation of type {type(segm).__name__} (expected polygons or an RLE)"
+
+
 def load_coco_json(path: str, with_masks: bool = False):
-    """Validated ``pycocotools.coco.COCO`` for ``path`` (see the module docstring for the checks)."""
+    """Validated ``pycocotools.coco.COCO`` for ``path`` (see the module docstring for the checks). With
+    ``with_masks`` every annotation needs a usable ``segmentation`` (checked here, at start-up)."""
     from pycocotools.coco import COCO
 
     if not os.path.isfile(path):
@@ -98,9 +128,13 @@ def load_coco_json(path: str, with_masks: bool = False):
         # json accepts NaN / Infinity; no repair makes sense of them
         if not (isinstance(bbox, list) and len(bbox) == 4
                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-            raise DataError(f"COCO annotation file {path}: annotation {ann['id']} has 'bbox' {bbox!r}, "
+            raise DataError(f"COCO annotation file {path}: annotation {ann['id']!r} has 'bbox' {bbox!r}, "
                             f"expected [x, y, w, h]")
         ann.setdefault("iscrowd", 0)
+        if ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], (str, float)):
+            # "0" as a string is truthy: it would make the object a crowd region
+            raise DataError(f"COCO annotation file {path}: annotation {ann['id']!r} has 'iscrowd' "
+                            f"{ann['iscrowd']!r}, expected 0 or 1")
         ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
     for kind, items in (("category", data["categories"]), ("image", data["images"]),
                         ("annotation", data["annotations"])):
@@ -111,11 +145,18 @@ def load_coco_json(path: str, with_masks: bool = False):
     cat_set, img_set = {c["id"] for c in data["categories"]}, {i["id"] for i in data["images"]}
     for ann in data["annotations"]:
         if ann["category_id"] not in cat_set:
-            raise DataError(f"COCO annotation file {path}: annotation {ann['id']} has category_id "
-                            f"{ann['category_id']}, not among the categories {sorted(cat_set)}")
+            raise DataError(f"COCO annotation file {path}: annotation {ann['id']!r} has category_id "
+                            f"{ann['category_id']!r}, not among the categories {sorted(cat_set, key=repr)}")
         if ann["image_id"] not in img_set:
-            raise DataError(f"COCO annotation file {path}: annotation {ann['id']} has image_id "
-                            f"{ann['image_id']}, not among the images")
+            raise DataError(f"COCO annotation file {path}: annotation {ann['id']!r} has image_id "
+                            f"{ann['image_id']!r}, not among the images")
+    if with_masks:
+        size = {i["id"]: (i["height"], i["width"]) for i in data["images"]}
+        for ann in data["annotations"]:
+            problem = segmentation_problem(ann["segmentation"], *size[ann["image_id"]])
+            if problem:
+                raise DataError(f"COCO annotation file {path}: annotation {ann['id']!r} (image {ann['image_id']!r}) "
+                                f"has {problem}")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
@@ -160,7 +201,8 @@ class COCODataset(DetectionRecords):
     FORMAT = "COCO"
 
     def __init__(self, root: str, sets: Sequence[str], image_dir: Optional[str] = None,
-                 classes: Optional[Sequence[str]] = None, with_masks: bool = False, transforms=None):
+                 classes: Optional[Sequence[str]] = None, with_masks: bool = False, transforms=None,
+                 check_masks: bool = False):
         if isinstance(sets, str):
             sets = [sets]
         if not sets:
@@ -172,7 +214,8 @@ class COCODataset(DetectionRecords):
         first_file = {}  # image id -> annotation file that holds it
         for s in self.sets:
             path = os.path.join(root, "annotations", f"instances_{s}.json")
-            coco = load_coco_json(path, with_masks)
+            # masks are checked whenever they will be used: decoded for training, or scored by segm evaluation
+            coco = load_coco_json(path, with_masks or check_masks)
             cats = sorted((c["id"], c["name"]) for c in coco.dataset["categories"])
             if categories is None:
                 categories = cats

@@ -116,7 +116,7 @@ class VOCDataset(DetectionRecords):
                 f"split file {split_file} not found: set '{spec}' expects {base}/JPEGImages, {base}/Annotations "
                 f"and {base}/ImageSets/Main/{split}.txt (the VOC devkit layout)"
                 + ("" if os.path.isdir(self.root) else f"; the root {self.root} itself does not exist"))
-        with open(split_file) as f:
+        with open(split_file, encoding="utf-8-sig") as f:  # a UTF-8 BOM (Windows editors) is not part of an id
             ids = [line.split()[0] for line in f if line.strip()]
         records = []
         for image_id in ids:

@@ -12,6 +12,7 @@ import datasets
 from datasets.shapes import make_shapes
 from detection.config import ConfigError
 from detection.schema import Config, DataConfig
+from detection.signals import ignore_stop_signals
 from losses.weighting import ALWA, AVW, DWA, RLO, Fixed, UncertaintyWeighting, WeightingStrategy
 from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
@@ -190,7 +191,8 @@ def build_dataset(cfg: Config, train: bool):
         # ground-truth masks are only decoded when a mask branch trains on them
         with_masks = train and cfg.model.type == "mask_rcnn"
         dataset = datasets.COCODataset(d.root, sets, image_dir=d.coco_image_dir, classes=classes,
-                                       with_masks=with_masks, transforms=transforms)
+                                       with_masks=with_masks, transforms=transforms,
+                                       check_masks=cfg.model.type == "mask_rcnn")
     else:
         dataset = datasets.VOCDataset(d.root, sets, classes=class_names(cfg),
                                       include_difficult=d.train_difficult if train else True, transforms=transforms)
@@ -211,7 +213,7 @@ def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1)
                          f"data.batch_size={d.batch_size} per process on {world_size} process(es)")
     loader = torch.utils.data.DataLoader(
         datasets.SeededAugmentation(dataset), batch_sampler=sampler, num_workers=d.num_workers, collate_fn=_Collate(d.size_divisor),
-        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
+        pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0, worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(cfg.seed * 1000 + rank),
     )
     return loader, sampler
@@ -221,7 +223,7 @@ def build_test_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):
     indices = list(range(rank, len(dataset), world_size))
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=cfg.data.test_batch_size, shuffle=False,
-        num_workers=cfg.data.num_workers, collate_fn=_Collate(cfg.data.size_divisor),
+        num_workers=cfg.data.num_workers, collate_fn=_Collate(cfg.data.size_divisor), worker_init_fn=ignore_stop_signals,
     ), indices
 
 
@@ -282,7 +284,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was requested but CUDA is not available; set device: cpu or auto")
+        raise ConfigError([f"device '{name}' was requested but CUDA is not available here; set device: cpu or auto"])
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError([f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)"])
     return device
 
 

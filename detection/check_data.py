@@ -15,32 +15,18 @@ from typing import Callable, List, Optional
 import cv2
 
 from datasets import DataError
+from datasets.base import file_problem
 from detection import builders
 from detection.schema import Config
 
-# A JPEG ends with the end-of-image marker FF D9. Entropy-coded data byte-stuffs every FF, so the marker
-# cannot occur by chance; a file cut short (an interrupted copy) lacks it, yet OpenCV still decodes it,
-# filling the missing rows with grey, so a successful decode alone does not prove the file whole.
-# Some writers pad after the marker, hence a search in the tail rather than a test of the last 2 bytes.
-_JPEG_SOI, _JPEG_EOI, _TAIL = b"\xff\xd8", b"\xff\xd9", 1024
-
-
 def check_image(path: str, width: int, height: int) -> Optional[str]:
     """Decode one image as training would; ``None`` when it is fine, else the problem (naming ``path``)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL))
-            tail = f.read()
-    except OSError as exc:
-        return f"{path}: cannot be read ({exc.strerror or exc})"
-    # the same call as datasets.voc.read_image: cv2.imdecode of the same bytes can disagree with it
-    # (it rejects some truncated files that imread decodes), and what matters is what training sees
+    problem = file_problem(path)  # empty, truncated: what read_image refuses before decoding
+    if problem:
+        return problem
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         return f"{path}: corrupt, cannot be decoded"
-    if head == _JPEG_SOI and _JPEG_EOI not in tail:
-        return f"{path}: truncated JPEG (no end-of-image marker); the decoder fills the missing part with grey"
     h, w = image.shape[:2]
     if (w, h) != (width, height):
         return f"{path}: decoded size {w}x{h} (w x h) but the annotation says {width}x{height}"

@@ -10,14 +10,26 @@ import numpy as np
 import torch
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (corrupt, not ours, or not this model's); the message names the file."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(state: Dict[str, Any], path: str) -> None:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
-    A crash at any point leaves either the previous file or the new one, never a truncated file."""
+    A crash at any point leaves either the previous file or the new one, never a truncated file. The file
+    gets the permissions of any other output (``0o666`` less the umask; a temp file alone would be 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -41,10 +53,22 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         # our checkpoints hold only tensors, numbers, strings and RNG states (numpy arrays)
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"checkpoint {path} has no 'model' entry; is it a checkpoint written by scripts/train.py?")
+        raise CheckpointError(f"checkpoint {path} has no 'model' entry; is it a checkpoint written by scripts/train.py?")
     return state
+
+
+def load_weights(model, state: Dict[str, Any], path: str) -> None:
+    """``model.load_state_dict(state["model"])`` with an error naming the checkpoint and the first mismatches
+    (a checkpoint of another model or configuration) instead of torch's long traceback."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:4]
+        raise CheckpointError(f"checkpoint {path} does not fit this model (another model type, backbone, class "
+                              f"count or head setting?): {' '.join(lines)[:400]}") from None
 
 
 def rng_state() -> Dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Dict, Sequence, Tuple
 
 import yaml
 
-from detection.validation import ORDER, ROOT, ConfigError, build_config, select_variant
+from detection.validation import CHANGED, ORDER, ROOT, VARIANT_KEY, ConfigError, build_config, select_variant
 
 __all__ = ["ConfigError", "load_yaml_tree", "apply_overrides", "build_config", "load_config",
            "config_from_tree", "config_to_dict", "save_config", "get_by_path", "select_variant"]
@@ -117,6 +117,8 @@ def _merge(dst: dict, provenance, src: dict, source: str, prefix: str) -> None:
                 provenance[dotted] = source
             _merge(dst[key], provenance, value, source, dotted + ".")
         else:  # scalars and lists replace whatever was there
+            if key == VARIANT_KEY and key in dst and dst[key] != value:
+                provenance[dotted + CHANGED] = source  # a section's type changed: see validation._stale_keys
             _forget(provenance, dotted + ".")
             dst[key] = value
             provenance[dotted] = source
@@ -166,7 +168,7 @@ def load_config(schema_cls, path, overrides: Sequence[str] = ()):
 def config_from_tree(schema_cls, tree: dict, provenance, overrides: Sequence[str] = (), path: str = ""):
     """Override and validate an already loaded tree (e.g. the config saved in a checkpoint; ``provenance``
     may be ``{"": "<where it came from>"}``). Returns the instance, with the attributes of :func:`load_config`."""
-    tree, provenance = copy.deepcopy(tree), dict(provenance)
+    tree, provenance = copy.deepcopy(tree), copy.deepcopy(dict(provenance))
     apply_overrides(tree, provenance, overrides)
     cfg = build_config(schema_cls, tree, provenance)
     extras = {"_config_path": path, "_config_tree": copy.deepcopy(tree), "_config_provenance": dict(provenance)}

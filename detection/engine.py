@@ -1,6 +1,7 @@
 """Entry points behind scripts/train.py and scripts/eval.py."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -10,12 +11,14 @@ import torch
 
 from detection import builders
 from detection import dist as dist_utils
-from detection.checkpoint import load_checkpoint, seed_everything, set_rng_state
+from detection.checkpoint import CheckpointError, load_checkpoint, load_weights, seed_everything
 from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
 from detection.evaluate import evaluate_coco, evaluate_voc
 from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
+from detection.resume import resume as resume_run
 from detection.schema import Config
 from detection.trainer import Trainer
+from detection.workdir import WorkDirLock, check_writable
 
 
 def load(cfg_path: str, overrides: Sequence[str] = ()) -> Config:
@@ -43,7 +46,7 @@ def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.
     cfg = checkpoint_config(state, path, list(overrides) + ["model.backbone.pretrained=null"])
     classes = list(state.get("classes") or builders.class_names(cfg))
     model = builders.build_model(cfg, len(classes))
-    model.load_state_dict(state["model"])
+    load_weights(model, state, path)
     model.classes = classes
     return model.to(torch.device(device)).eval()
 
@@ -65,18 +68,26 @@ def setup(cfg: Config):
 
 
 def prepare_work_dir(cfg: Config, work_dir: str, rank: int) -> None:
-    """Rank 0 generates synthetic data if configured and writes the resolved config; all ranks wait."""
+    """Rank 0 generates synthetic data if configured and checks that the work dir and its checkpoint folder
+    can be written (before anything trains); all ranks wait. The resolved config is written by
+    :func:`save_run_config` once the run is built (a failed resume leaves the folder's config alone)."""
     if rank == 0:
         builders.prepare_data(cfg.data)
-        os.makedirs(work_dir, exist_ok=True)
-        save_config(cfg, os.path.join(work_dir, "config.yaml"))
+        check_writable(work_dir)
+        check_writable(os.path.join(work_dir, "checkpoints"))
     dist_utils.barrier()
 
 
+def save_run_config(cfg: Config, work_dir: str, rank: int) -> None:
+    if rank == 0:
+        save_config(cfg, os.path.join(work_dir, "config.yaml"))
+
+
 def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 0, world: int = 1,
-                  resume: bool = False) -> Trainer:
+                  resume: bool = False, allow_config_change: bool = False) -> Trainer:
     """Data, model (DDP-wrapped when distributed), weighting, optimizer, schedule, hooks, and the checkpoint
-    state when resuming. ``trainer.model`` is the (wrapped) model; the class names are ``trainer.classes``."""
+    state when resuming (``detection.resume``: a changed setting the checkpoint fixes is an error unless
+    ``allow_config_change``). ``trainer.model`` is the (wrapped) model; the class names are ``trainer.classes``."""
     writer = rank == 0
     train_set = builders.build_dataset(cfg, train=True)
     names = list(train_set.classes)
@@ -110,15 +121,12 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         hooks.insert(0, WeightingGradSync(weight_params))
     trainer = Trainer(ddp_model, optimizer, scheduler, weighting, loader, sampler, max_iters, device,
                       cfg.train.amp, cfg.optimizer.grad_clip, hooks, cfg.train.check_finite, cfg.train.max_bad_steps,
-                      channels_last=cfg.train.channels_last)
+                      channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss)
     trainer.classes = names
+    trainer.checkpoint_hook = hooks[-1]
     last = os.path.join(ckpt_dir, "last.pth")
     if resume and os.path.exists(last):
-        state = load_checkpoint(last)
-        trainer.load_state_dict(state)
-        restore_rank_state(trainer, state, rank, world, writer)
-        if writer:
-            print(f"resumed from {last} at iteration {trainer.iter}")
+        resume_run(trainer, cfg, last, lr, rank, world, writer, allow_config_change)
     elif resume and writer:
         print(f"--resume: no checkpoint at {last}, starting from scratch")
     if writer:
@@ -128,47 +136,39 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     return trainer
 
 
-def restore_rank_state(trainer: Trainer, state: dict, rank: int, world: int, writer: bool) -> None:
-    """This process's RNG and weighting state from a checkpoint: the saved ones of the same rank when the
-    checkpoint was written by as many processes (exact resume), else rank 0's (a different process count
-    cannot continue the same random streams; said so)."""
-    per_rank = state.get("per_rank")
-    if world == 1 and not per_rank:
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        return
-    if per_rank and len(per_rank) == world:
-        set_rng_state(per_rank[rank]["rng"])
-        trainer.weighting.load_state_dict(per_rank[rank]["weighting"])
-        return
-    saved = len(per_rank) if per_rank else 1
-    if "rng" in state and world == 1:
-        set_rng_state(state["rng"])
-    if writer:
-        print(f"resume: the checkpoint was written by {saved} process(es), this run has {world}: every process "
-              f"continues from rank 0's weighting state with fresh random streams (not an exact resume)", flush=True)
-
-
-def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, overrides: Sequence[str] = ()) -> Dict:
-    """Train a model from a config file; returns the evaluation metrics (on rank 0; {} elsewhere)."""
+def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, overrides: Sequence[str] = (),
+          allow_config_change: bool = False) -> Dict:
+    """Train a model from a config file; returns the evaluation metrics (on rank 0; {} elsewhere). Rank 0
+    holds the work dir's lock for the whole run."""
     cfg = load(cfg_path, overrides)
     work_dir = work_dir or builders.default_work_dir(cfg_path)
     device, rank, world = setup(cfg)
+    with (WorkDirLock(work_dir) if rank == 0 else contextlib.nullcontext()):
+        return _train(cfg, work_dir, device, rank, world, resume, allow_config_change)
+
+
+def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bool, allow_config_change: bool) -> Dict:
     writer = rank == 0
     if writer:
         for note in getattr(cfg, "_config_notes", []):
             print(f"config: {note}", flush=True)
     prepare_work_dir(cfg, work_dir, rank)
-    trainer = build_trainer(cfg, work_dir, device, rank, world, resume)
+    trainer = build_trainer(cfg, work_dir, device, rank, world, resume, allow_config_change)
+    # every split the run will read is parsed and checked now (the training set in build_trainer), not after
+    # hours of training
+    test_set = builders.build_dataset(cfg, train=False) if cfg.train.eval_after else None
+    save_run_config(cfg, work_dir, rank)
     model = trainer.model.module if world > 1 else trainer.model
     weighting = trainer.weighting
     start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    except FloatingPointError as exc:
+        raise FloatingPointError(f"{exc}. {_restart_hint(trainer, work_dir)}") from None
     train_time = time.perf_counter() - start
 
     metrics: Dict = {}
-    if cfg.train.eval_after:
-        test_set = builders.build_dataset(cfg, train=False)
+    if test_set is not None:
         metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
         # the layout the run trained with: ALWA's statistics depend on the images per process (and the ranks
         # pooled or not), so reproduce.py --collect reports it beside the numbers
@@ -183,6 +183,18 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
     return metrics if writer else {}
 
 
+def _restart_hint(trainer: Trainer, work_dir: str) -> str:
+    """Where a run stopped by the non-finite guard can continue from: the last periodic checkpoint (never
+    overwritten by the stopping state, which goes to a file of its own)."""
+    last = os.path.join(work_dir, "checkpoints", "last.pth")
+    stop = f" The state at the stop is in {trainer.last_checkpoint}." if trainer.last_checkpoint else ""
+    if not os.path.isfile(last):
+        return f"No checkpoint was written before it: train again with a lower optimizer.lr.{stop}"
+    it = load_checkpoint(last).get("iter")
+    return (f"The last good checkpoint is {last} (iteration {it}): continue from it with a lower learning rate, "
+            f"--resume --allow-config-change --set optimizer.lr=...{stop}")
+
+
 def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = ()) -> Dict:
     """Evaluate a checkpoint on its config's test set. ``cfg_path`` None: the config saved in the checkpoint
     (with ``overrides``); a given config file wins over it."""
@@ -192,9 +204,10 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     test_set = builders.build_dataset(cfg, train=False)
     names = list(test_set.classes)
     if "classes" in state and list(state["classes"]) != names:
-        raise ValueError(f"checkpoint {ckpt} was trained on classes {state['classes']}, the test set has {names}")
+        raise CheckpointError(f"checkpoint {ckpt} was trained on classes {list(state['classes'])}, the test set has "
+                              f"{names}")
     model = builders.build_model(cfg, len(names)).to(device)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, ckpt)
     metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
     metrics["checkpoint"] = os.path.abspath(ckpt)
     if rank == 0:

@@ -166,7 +166,10 @@ class MetricsLogger(HookBase):
 
     def after_train(self):
         try:
-            if self._count or self._skipped:  # stopped between log points
+            # after an error under DDP the other ranks may be mid-step: the interval's averages need a
+            # collective they would never join, so the partial interval is not written
+            on_error_dist = self.trainer.stop_reason == "error" and dist_utils.is_dist()
+            if (self._count or self._skipped) and not on_error_dist:  # stopped between log points
                 self.flush()
         except FloatingPointError:
             if self.trainer.stop_reason is None:
@@ -191,7 +194,9 @@ class CheckpointHook(HookBase):
         self.folder, self.interval, self.extra, self.writer = folder, max(1, interval), extra or {}, writer
         self.keep = keep
 
-    def save(self):
+    def save(self, name: Optional[str] = None):
+        """Write the trainer's state: ``last.pth`` (and ``iter_NNNNNNN.pth`` with ``keep > 1``), or, with
+        ``name``, only that file in the folder (``last.pth`` untouched)."""
         # every rank's RNG (the two-stage samplers draw from it) and weighting state (each rank's open loss
         # window; its own λ with per-process ALWA statistics), so that a resumed DDP run continues each rank
         # exactly: a collective, hence before the writer check
@@ -206,8 +211,10 @@ class CheckpointHook(HookBase):
         if per_rank is not None:
             state["per_rank"] = per_rank
         last = os.path.join(self.folder, "last.pth")
-        if self.keep == 1:
-            save_checkpoint(state, last)
+        if name is not None or self.keep == 1:
+            path = last if name is None else os.path.join(self.folder, name)
+            save_checkpoint(state, path)
+            self.trainer.last_checkpoint = path
             return
         path = os.path.join(self.folder, f"iter_{self.trainer.iter:07d}.pth")
         save_checkpoint(state, path)
@@ -217,6 +224,7 @@ class CheckpointHook(HookBase):
         except OSError:  # file systems without hard links: a second (atomic) write
             save_checkpoint(state, tmp)
         os.replace(tmp, last)
+        self.trainer.last_checkpoint = last
         numbered = sorted(f for f in os.listdir(self.folder) if f.startswith("iter_") and f.endswith(".pth"))
         for old in numbered[: -self.keep]:
             os.unlink(os.path.join(self.folder, old))
@@ -227,9 +235,14 @@ class CheckpointHook(HookBase):
             self.save()
 
     def after_train(self):
-        # after an error the state may be half-updated: the last periodic checkpoint is left as it was
-        if self.trainer.stop_reason in (None, "non_finite"):
+        reason = self.trainer.stop_reason
+        if reason in (None, "interrupted"):  # a whole step's state: what --resume continues from
             self.save()
+        elif reason == "non_finite":
+            # the weights that gave non-finite (or diverged) losses: kept for inspection, but never in place of
+            # the last periodic checkpoint, the good state a resume with a lower learning rate starts from
+            self.save(f"nonfinite_iter_{self.trainer.iter:07d}.pth")
+        # after an error the state may be half-updated: the last periodic checkpoint is left as it was
 
 
 class WeightingGradSync(HookBase):

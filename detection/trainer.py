@@ -8,10 +8,15 @@ trainer's public attributes (``iter``, ``epoch``, ``last``...). Everything state
 Non-finite guard (``check_finite``): a step whose raw losses are not all finite is skipped before the
 weighting sees them (so ALWA's window stays clean), and a step whose gradients are not finite is skipped
 before the optimizer (fp16 leaves that to its GradScaler). Skipped steps are counted with the offending
-keys (``StepOutput.skipped``); after ``max_bad_steps`` consecutive ones, training stops with
-``FloatingPointError`` after the ``after_train`` hooks ran (which save a checkpoint of the last good state).
-The guard costs one host read of a few flags per step (two without fp16), all-reduced so that every rank
-takes the same decision.
+keys (``StepOutput.skipped``); a finite raw loss above ``max_loss`` counts as diverged and is skipped the same
+way. After ``max_bad_steps`` consecutive ones, training stops with ``FloatingPointError`` after the
+``after_train`` hooks ran (the checkpoint hook keeps the last periodic checkpoint and writes the stopping state
+to a file of its own). The guard costs one host read of a few flags per step (two without fp16), all-reduced
+so that every rank takes the same decision.
+
+Ctrl-C or SIGTERM (``detection.signals``) stops after the current step: the hooks run, the checkpoint hook writes
+that iteration, and ``TrainingInterrupted`` names the file (under DDP the flag is shared by one tiny all-reduce
+per step).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from torch import Tensor, nn
 
 from detection import dist as dist_utils
 from detection.batch import autocast, move_batch
+from detection.signals import StopSignals, TrainingInterrupted
 from losses.weighting import WeightingStrategy
 
 class HookBase:
@@ -54,12 +60,22 @@ class StepOutput:
     skipped: Optional[List[str]] = None  # offending loss keys ("gradients") when the step was skipped
 
 
-def _all_finite_flags(values: List[Tensor]) -> List[bool]:
-    """Per-tensor finiteness, AND-ed over ranks; one host read."""
-    flags = torch.stack([torch.isfinite(v).all() for v in values]).float()
+def _all_finite_flags(values: List[Tensor], max_abs: Optional[float] = None) -> List[bool]:
+    """Per-tensor finiteness (and ``|v| <= max_abs`` when given), AND-ed over ranks; one host read."""
+    flags = torch.stack([torch.isfinite(v).all() if max_abs is None else (torch.isfinite(v) & (v.abs() <= max_abs)).all()
+                         for v in values]).float()
     if dist_utils.is_dist():
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
     return [f > 0.5 for f in flags.tolist()]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is set on any rank (one small all-reduce under DDP, none otherwise)."""
+    if not dist_utils.is_dist():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0.5)
 
 
 def _grad_norm(params: List[Tensor]) -> Tensor:
@@ -72,7 +88,7 @@ def _grad_norm(params: List[Tensor]) -> Tensor:
 def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting: WeightingStrategy,
                optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
                amp: str = "off", grad_clip: Optional[float] = None, after_backward=None,
-               check_finite: bool = True) -> StepOutput:
+               check_finite: bool = True, max_loss: Optional[float] = None) -> StepOutput:
     """Forward, weighting, backward and optimizer step. AMP is a flag; DDP is whatever ``model`` is."""
     with autocast(images.device, amp):
         losses = model(images, targets)
@@ -81,7 +97,7 @@ def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting:
     detached = {k: v.detach() for k, v in losses.items()}
     optimizer.zero_grad(set_to_none=True)
     if check_finite:
-        ok = _all_finite_flags(list(detached.values()))
+        ok = _all_finite_flags(list(detached.values()), max_loss)
         if not all(ok):
             return StepOutput(detached, torch.full((), float("nan"), device=images.device),
                               skipped=[k for k, good in zip(detached, ok) if not good])
@@ -115,7 +131,7 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer, scheduler, weighting: WeightingStrategy, loader, sampler,
                  max_iters: int, device: torch.device, amp: str = "off", grad_clip: Optional[float] = None,
                  hooks: Optional[List[HookBase]] = None, check_finite: bool = True, max_bad_steps: int = 5,
-                 channels_last: bool = False):
+                 channels_last: bool = False, max_loss: Optional[float] = None):
         self.model, self.optimizer, self.scheduler, self.weighting = model, optimizer, scheduler, weighting
         self.loader, self.sampler = loader, sampler
         self.max_iters, self.device, self.amp, self.grad_clip = max_iters, device, amp, grad_clip
@@ -126,9 +142,12 @@ class Trainer:
         self.last: Optional[StepOutput] = None
         self.data_time = 0.0
         self.check_finite, self.max_bad_steps, self.channels_last = check_finite, max_bad_steps, channels_last
+        self.max_loss = max_loss  # a finite raw loss above it is skipped as diverged (None: no limit)
+        self.last_checkpoint: Optional[str] = None  # set by the checkpoint hook when it writes one
         self.bad_steps = 0  # skipped steps in total
-        # why train() stopped: None (max_iters reached), "non_finite" (the guard stopped it, weights finite) or
-        # "error" (any other exception); set before the after_train hooks run
+        # why train() stopped: None (max_iters reached), "non_finite" (the guard stopped it, weights finite),
+        # "interrupted" (a stop signal, after a whole step) or "error" (any other exception); set before the
+        # after_train hooks run
         self.stop_reason: Optional[str] = None
         self.consecutive_bad = 0
         self.hooks: List[HookBase] = []
@@ -146,35 +165,47 @@ class Trainer:
     def train(self) -> None:
         self.model.train()
         self._call("before_train")
-        self.stop_reason = "error"  # until the loop ends normally, or the guard stops it
+        self.stop_reason = "error"  # until the loop ends normally, or the guard or a signal stops it
+        interrupted = None
         try:
-            while self.iter < self.max_iters:
-                self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
-                self.sampler.set_epoch(self.epoch, start_batch=offset)
-                tic = time.perf_counter()
-                for batch in self.loader:
-                    self.data_time = time.perf_counter() - tic
-                    self.run_step(batch)
-                    if self.iter >= self.max_iters:
-                        break
-                    tic = time.perf_counter()
+            with StopSignals() as signals:
+                self._loop(signals)
             self.stop_reason = None
         except FloatingPointError:
             if self.check_finite:  # the guard kept the weights finite: they may be checkpointed
                 self.stop_reason = "non_finite"
             raise
+        except TrainingInterrupted as exc:
+            self.stop_reason, interrupted = "interrupted", exc
+            raise
         finally:
-            # whatever stopped the loop (the end, the guard, any error, Ctrl-C), the hooks close the log and the
-            # progress bar; the checkpoint hook saves only a state it may save (stop_reason None or
-            # "non_finite"), so after an error the last periodic checkpoint stays as it was
+            # whatever stopped the loop (the end, the guard, a signal, any error), the hooks close the log and
+            # the progress bar; the checkpoint hook saves only a state it may save (stop_reason None,
+            # "interrupted" or "non_finite"), so after an error the last periodic checkpoint stays as it was
             self._call("after_train")
+            if interrupted is not None:
+                interrupted.checkpoint = self.last_checkpoint
+
+    def _loop(self, signals: StopSignals) -> None:
+        while self.iter < self.max_iters:
+            self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
+            self.sampler.set_epoch(self.epoch, start_batch=offset)
+            tic = time.perf_counter()
+            for batch in self.loader:
+                self.data_time = time.perf_counter() - tic
+                self.run_step(batch)
+                if self.iter >= self.max_iters:
+                    break
+                if any_rank(signals.requested is not None, self.device):  # every rank stops at the same step
+                    raise TrainingInterrupted(signals.requested or "a signal to another rank", self.iter)
+                tic = time.perf_counter()
 
     def run_step(self, batch) -> None:
         self._call("before_step")
         images, targets = move_batch(batch, self.device, self.channels_last)
         self.last = train_step(self.model, images, targets, self.weighting, self.optimizer, self.scaler, self.amp,
                                self.grad_clip, after_backward=lambda: self._call("after_backward"),
-                               check_finite=self.check_finite)
+                               check_finite=self.check_finite, max_loss=self.max_loss)
         # a skipped step still advances the schedule: the data position and the LR stay in step with the plan
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when step 1 was skipped
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
@@ -189,8 +220,8 @@ class Trainer:
         if self.last.skipped and self.consecutive_bad >= self.max_bad_steps:
             raise FloatingPointError(
                 f"{self.consecutive_bad} consecutive steps with non-finite values (last at iteration {self.iter}: "
-                f"{', '.join(self.last.skipped)}); stopped after saving the last good state. Lower the learning "
-                f"rate, check the data, or raise train.max_bad_steps")
+                f"{', '.join(self.last.skipped)}: not finite, or above train.max_loss). Lower the learning rate, "
+                f"check the data, or raise train.max_bad_steps")
 
     @property
     def lr(self) -> float:

@@ -17,6 +17,8 @@ ROOT = ""
 # source that changes a section's ``type`` replaces the keys of the old type that earlier sources set.
 ORDER = "\x00order"
 VARIANT_KEY = "type"
+# suffix of the provenance entry recording that a later source changed a section's ``type`` value
+CHANGED = "\x00changed"
 
 
 class ConfigError(ValueError):
@@ -37,18 +39,25 @@ class _Ctx:
         self.provenance = provenance or {}
         self.errors: List[str] = []
         self.notes: List[str] = []  # keys of a replaced section type, dropped (said at start-up)
+        self.type_changes: List[str] = []  # type keys of the variant sections being converted
+        self.types: dict = {}  # type key -> its value
 
     def order(self, source: str) -> int:
         """Position of ``source`` in the merge order (-1: unknown)."""
         order = self.provenance.get(ORDER, [])
         return order.index(source) if source in order else -1
 
+    def latest(self, key: str) -> int:
+        """Merge position of the last source that set ``key`` or anything under it."""
+        found = [self.order(src) for k, src in self.provenance.items()
+                 if isinstance(src, str) and (k == key or k.startswith(key + "."))]
+        return max(found) if found else self.order(self.source(key))
+
     def replaced(self, key: str, type_key: str) -> bool:
-        """True when ``type_key`` was set by a later source than ``key``: the section's type was changed
-        over the file that set ``key``."""
-        if type_key not in self.provenance:
-            return False
-        return self.order(self.source(key)) < self.order(self.provenance[type_key])
+        """True when a later source than every one that set ``key`` changed the section's type
+        (``type_key``): ``key`` was written for the old type."""
+        changed_by = self.provenance.get(type_key + CHANGED)
+        return changed_by is not None and self.latest(key) < self.order(changed_by)
 
     def source(self, key: str) -> str:
         """File that set ``key``, falling back to its nearest recorded parent."""
@@ -192,10 +201,23 @@ def _convert_dict(tp, args, value, key, ctx):
 def _convert_dataclass(cls, value, key, ctx):
     if not isinstance(value, dict):
         return ctx.fail(key, f"expects mapping (section {cls.__name__}), got {_describe(value)}")
+    prefix = f"{key}." if key else ""
+    type_key = prefix + VARIANT_KEY
+    pushed = _variant_family(cls) is not None and type_key + CHANGED in ctx.provenance
+    if pushed:
+        ctx.type_changes.append(type_key)
+        ctx.types[type_key] = value.get(VARIANT_KEY)
+    try:
+        return _convert_fields(cls, value, key, prefix, ctx)
+    finally:
+        if pushed:
+            ctx.type_changes.pop()
+
+
+def _convert_fields(cls, value, key, prefix, ctx):
     # get_type_hints resolves string annotations (from __future__ import annotations).
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    prefix = f"{key}." if key else ""
     kwargs, failed = {}, False
     stale = _stale_keys(cls, value, prefix, ctx)
     for name in value:
@@ -220,19 +242,20 @@ def _convert_dataclass(cls, value, key, ctx):
 
 
 def _stale_keys(cls, value, prefix, ctx) -> List[str]:
-    """Keys of a variant section that belong to another type and were set before the type was changed
-    (e.g. ``weighting.cls_keys`` of a base ALWA config under ``--set weighting.type=fixed``): dropped, with a
-    note. Keys set together with or after the new type stay errors."""
-    family = _variant_family(cls)
-    if family is None:
+    """Keys that do not apply to a section and were set before its type was changed by a later source (e.g.
+    ``weighting.cls_keys`` of a base ALWA config under ``--set weighting.type=fixed``, or RetinaNet's
+    ``model.test.pre_nms_rank`` under ``--set model.type=faster_rcnn``, at any depth): dropped, with a note.
+    Keys given together with or after the new type stay errors; keys valid in both types keep their value."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = [n for n in value if n not in fields]
+    if not unknown or not ctx.type_changes:
         return []
-    own = {f.name for f in dataclasses.fields(cls)}
-    others = {f.name for c in family[1].values() for f in dataclasses.fields(c)} - own
-    type_key = prefix + VARIANT_KEY
-    stale = [n for n in value if n in others and ctx.replaced(prefix + str(n), type_key)]
+    t = ctx.type_changes[-1]  # the innermost changed type
+    stale = [n for n in unknown if ctx.replaced(prefix + str(n), t)]
     if stale:
-        ctx.notes.append(f"{type_key} '{value[VARIANT_KEY]}' (from {ctx.provenance[type_key]}) replaces the section: "
-                         f"dropped {', '.join(prefix + str(n) for n in stale)} (from {ctx.source(prefix + str(stale[0]))})")
+        dropped = ", ".join(f"{prefix}{n} (from {ctx.source(prefix + str(n))})" for n in stale)
+        ctx.notes.append(f"{t} changed to '{ctx.types[t]}' (by {ctx.provenance[t + CHANGED]}) replaces the keys of "
+                         f"the previous type: dropped {dropped}")
     return stale
 
 

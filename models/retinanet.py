@@ -116,10 +116,12 @@ class RetinaNet(nn.Module):
         cls_per_anchor, reg_per_anchor, num_pos = self.loss(cls, reg, anchors, counts, targets)
         if not self.loss_per_level:
             return {"loss_cls": cls_per_anchor.sum() / num_pos, "loss_bbox": reg_per_anchor.sum() / num_pos}
+        levels = self.loss_contract.levels  # the per-level key names, defined once in the contract
         out = {}
-        for name, c, r in zip(self.level_names, cls_per_anchor.split(counts, 1), reg_per_anchor.split(counts, 1)):
-            out[f"loss_cls_{name}"] = c.sum() / num_pos
-            out[f"loss_bbox_{name}"] = r.sum() / num_pos
+        for k_cls, k_reg, c, r in zip(levels["loss_cls"], levels["loss_bbox"], cls_per_anchor.split(counts, 1),
+                                      reg_per_anchor.split(counts, 1)):
+            out[k_cls] = c.sum() / num_pos
+            out[k_reg] = r.sum() / num_pos
         return out
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ import sys
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection.experiments.compare import PRESETS, VARIANT_PRESETS, run_grid
+from detection.cli import add_overrides
 from detection.config import ConfigError
 
 
@@ -40,7 +41,7 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; write compare.md / .csv / plots from the runs finished so far")
     parser.add_argument("--window", type=int, default=100, help="iterations per point in the loss plot")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    add_overrides(parser)  # overrides for every run
     args = parser.parse_args(argv)
     try:
         table = run_grid(args.cfg, args.schemes, args.work_root, args.variants, args.seeds, args.set, args.window,

@@ -2,13 +2,10 @@
 
 Without --cfg the config saved in the checkpoint is used (with the --set overrides, e.g. data.root=...)."""
 import argparse
-import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection import engine  # first: it checks that `datasets` is this project's package
-from detection.config import ConfigError
-from datasets import DataError  # noqa: I001
+from detection import cli, engine  # first: it checks that `datasets` is this project's package
 
 
 def main(argv=None):
@@ -16,12 +13,9 @@ def main(argv=None):
     parser.add_argument("--cfg", default=None, help="YAML config file (default: the config saved in the checkpoint)")
     parser.add_argument("--ckpt", required=True, help="checkpoint file, e.g. work_dirs/<name>/checkpoints/last.pth")
     parser.add_argument("--out", default=None, help="write the metrics as JSON to this file")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    cli.add_overrides(parser)
     args = parser.parse_args(argv)
-    try:
-        engine.evaluate(args.cfg, args.ckpt, args.out, args.set)
-    except (ConfigError, DataError, FileNotFoundError) as exc:  # user errors: the message says it all
-        sys.exit(f"error: {exc}")
+    cli.run(lambda: engine.evaluate(args.cfg, args.ckpt, args.out, args.set))
 
 
 if __name__ == "__main__":

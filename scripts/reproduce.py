@@ -17,6 +17,7 @@ import sys
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection.experiments import reproduce, tables
+from detection.cli import add_overrides
 from detection.config import ConfigError
 
 
@@ -36,7 +37,7 @@ def main(argv=None):
     parser.add_argument("--data-fraction", type=float, default=None,
                         help="fraction of the training images (default: --scale)")
     parser.add_argument("--gpus", type=int, default=None, help="processes (GPUs) per run")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    add_overrides(parser)  # overrides for every run
     args = parser.parse_args(argv)
     work_root = args.work_root or reproduce.default_work_root(args.scale, args.data_fraction)
     try:

@@ -2,26 +2,28 @@
 
 Also runs under torchrun --nproc_per_node=N (one process per GPU, or gloo on CPU)."""
 import argparse
-import sys
+import shlex
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection import engine  # first: it checks that `datasets` is this project's package
-from detection.config import ConfigError
-from datasets import DataError  # noqa: I001
+from detection import cli, engine  # first: it checks that `datasets` is this project's package
+from detection.builders import default_work_dir
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="YAML config file")
     parser.add_argument("--work-dir", default=None, help="output folder (default: work_dirs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from <work-dir>/checkpoints/last.pth")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_iters=100")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in <work-dir>/checkpoints/last.pth (same settings)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: apply settings that differ from the checkpoint's (e.g. a lower lr)")
+    cli.add_overrides(parser)
     args = parser.parse_args(argv)
-    try:
-        engine.train(args.cfg, args.work_dir, args.resume, args.set)
-    except (ConfigError, DataError, FileNotFoundError, FloatingPointError) as exc:  # the message says it all
-        sys.exit(f"error: {exc}")
+    work_dir = args.work_dir or default_work_dir(args.cfg)
+    resume = shlex.join(["python", "scripts/train.py", "--cfg", args.cfg, "--work-dir", work_dir, "--resume"]
+                        + (["--set", *args.set] if args.set else []))
+    cli.run(lambda: engine.train(args.cfg, work_dir, args.resume, args.set, args.allow_config_change), resume)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ weight decay 1e-4, 12 epochs, lr steps at epochs 8 and 11, lr 0.01 for 8 images 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
@@ -14,6 +15,17 @@ from detection.schema.weighting import FixedConfig, WeightingConfig
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+def check_ranges(section: str, **checks) -> None:
+    """Raise one ``ValueError`` naming every ``key=(value, ok, expected)`` whose ``ok`` is false."""
+    bad = [f"{section}.{k} must be {expected}, got {value!r}" for k, (value, ok, expected) in checks.items() if not ok]
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+def _positive(value) -> bool:
+    return value is not None and value > 0
 
 
 @dataclass
@@ -59,10 +71,18 @@ class DataConfig:
     shapes: Optional[ShapesConfig] = None
 
     def __post_init__(self):
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"data.train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.repeat < 1:
-            raise ValueError(f"data.repeat must be a positive integer, got {self.repeat}")
+        dup = sorted({c for c in self.classes if self.classes.count(c) > 1}) if self.classes else []
+        check_ranges(
+            "data", train_fraction=(self.train_fraction, 0 < self.train_fraction <= 1, "in (0, 1]"),
+            repeat=(self.repeat, self.repeat >= 1, "a positive integer"),
+            batch_size=(self.batch_size, self.batch_size >= 1, "a positive integer (images per process)"),
+            test_batch_size=(self.test_batch_size, self.test_batch_size >= 1, "a positive integer"),
+            num_workers=(self.num_workers, self.num_workers >= 0, ">= 0"),
+            min_size=(self.min_size, self.min_size >= 1, "a positive image size in pixels"),
+            max_size=(self.max_size, self.max_size >= self.min_size, f">= data.min_size ({self.min_size})"),
+            size_divisor=(self.size_divisor, self.size_divisor >= 1, ">= 1"),
+            flip_prob=(self.flip_prob, 0 <= self.flip_prob <= 1, "in [0, 1]"),
+            classes=(self.classes, not dup, f"free of duplicates (repeated: {dup})"))
 
 
 @dataclass
@@ -74,6 +94,13 @@ class OptimizerConfig:
     grad_clip: Optional[float] = None  # max gradient norm
     base_batch_size: int = 8  # lr is for this many images per step; scaled linearly when scale_lr
     scale_lr: bool = True
+
+    def __post_init__(self):
+        check_ranges(
+            "optimizer", lr=(self.lr, self.lr > 0, "> 0"), momentum=(self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+            weight_decay=(self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            grad_clip=(self.grad_clip, self.grad_clip is None or self.grad_clip > 0, "> 0 or null"),
+            base_batch_size=(self.base_batch_size, self.base_batch_size >= 1, "a positive integer"))
 
 
 @dataclass
@@ -94,15 +121,27 @@ class TrainConfig:
     channels_last: bool = False  # NHWC model and images: faster convs on GPUs and oneDNN CPUs (docs/benchmarks.md)
     cudnn_benchmark: bool = False  # cuDNN autotuning: for inputs of few distinct sizes (ignored when deterministic)
     check_finite: bool = True  # skip steps with non-finite losses or gradients (one host read per step)
-    max_bad_steps: int = 5  # stop (after a checkpoint) after this many consecutive skipped steps
+    max_bad_steps: int = 5  # stop after this many consecutive skipped steps
+    # a finite loss above this (any raw loss, in absolute value) counts as diverged: the step is skipped like a
+    # non-finite one (null: no limit). Detection losses start near 1; 1e4 means the run has blown up
+    max_loss: Optional[float] = 1e4
 
     def __post_init__(self):
         if self.epochs is None and self.max_iters is None:
             raise ValueError("set train.epochs or train.max_iters")
         if list(self.lr_steps) != sorted(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing, got {list(self.lr_steps)}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        check_ranges(
+            "train", keep_checkpoints=(self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
+            epochs=(self.epochs, self.epochs is None or self.epochs >= 1, ">= 1 or null"),
+            max_iters=(self.max_iters, self.max_iters is None or self.max_iters >= 1, ">= 1 or null"),
+            log_interval=(self.log_interval, self.log_interval >= 1, ">= 1"),
+            checkpoint_interval=(self.checkpoint_interval, self.checkpoint_interval >= 1, ">= 1 (iterations)"),
+            warmup_iters=(self.warmup_iters, self.warmup_iters >= 0, ">= 0"),
+            warmup_ratio=(self.warmup_ratio, 0 < self.warmup_ratio <= 1, "in (0, 1]"),
+            lr_gamma=(self.lr_gamma, self.lr_gamma > 0, "> 0"),
+            max_bad_steps=(self.max_bad_steps, self.max_bad_steps >= 1, ">= 1"),
+            max_loss=(self.max_loss, self.max_loss is None or self.max_loss > 0, "> 0 or null"))
 
 
 @dataclass
@@ -131,3 +170,7 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     seed: int = 0
     deterministic: bool = False
+
+    def __post_init__(self):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -1,8 +1,10 @@
 """The ``weighting`` section: one typed section per strategy, selected by ``weighting.type``.
 
 Loss keys named here are checked against the model's loss contract when the run is built. A key of another
-type (``weighting.cls_keys`` with ``type: fixed``) is an error naming the closest valid key; to switch the type
-of a config from the command line, replace the whole section: ``--set 'weighting={_delete_: true, type: fixed}'``.
+type (``weighting.cls_keys`` with ``type: fixed``) is an error naming the closest valid key. A later source that
+changes the type (``--set weighting.type=fixed`` over an ALWA config) drops the old type's keys that earlier
+files set, with a ``config:`` note; keys valid in both types (``interval``, ``sync``) keep their value, so
+``--set 'weighting={_delete_: true, type: dwa}'`` is the way to start a section from its defaults.
 """
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ class WindowedConfig(WeightingConfig):
     # windows pooled over DDP ranks (every rank the same weights); false: per process, each rank its own weights
     # from its own images (the released ALWA code; the paper configs)
     sync: bool = True
+
+    def __post_init__(self):
+        if self.interval < 2:
+            raise ValueError(f"weighting.interval must be >= 2 (a window's sample statistics need two steps), "
+                             f"got {self.interval}")
 
 
 @dataclass

@@ -356,3 +356,4 @@ def test_engine_prints_the_training_set_summary_before_training(tmp_path, capsys
     summary = (f"VOC data train under {root}: 2 images, 2 boxes\n  clipped_boxes: 1 (boxes partly outside their "
                f"image, clipped to it) - {root}/Annotations/a.xml\n")
     assert summary in out and out.index(summary) < out.index("training retinanet")
+

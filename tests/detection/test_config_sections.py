@@ -67,7 +67,7 @@ def test_a_type_changed_over_a_base_drops_the_old_types_keys_with_a_note(capsys)
     cfg = engine.load(RETINA, ["weighting.type=fixed", "weighting.weights.loss_cls=0.5"])
     assert type(cfg.weighting) is FixedConfig and cfg.weighting.weights == {"loss_cls": 0.5}
     (note,) = cfg._config_notes
-    assert "weighting.type 'fixed' (from --set) replaces the section" in note
+    assert "weighting.type changed to 'fixed' (by --set) replaces the keys of the previous type" in note
     assert "weighting.cls_keys" in note and "weighting.interval" in note and RETINA in note
 
 
@@ -87,3 +87,28 @@ def test_a_weighting_key_the_model_does_not_emit_fails_at_build_time():
         builders.build_weighting(cfg)
     with pytest.raises(ConfigError, match="loss_mask"):
         builders.build_weighting(engine.load(FRCNN, ["weighting={_delete_: true, type: fixed, weights: {loss_mask: 2}}"]))
+
+
+def test_a_model_type_changed_over_a_retinanet_config_drops_nested_keys_of_the_old_type():
+    """RetinaNet's ``model.test.pre_nms_*`` sit in a section both kinds have: dropped at that depth too;
+    keys valid in both (the backbone the demo chose) keep their value."""
+    cfg = engine.load(RETINA, ["model.type=faster_rcnn", "weighting={_delete_: true, type: fixed}"])
+    assert type(cfg.model) is FasterRCNNConfig and cfg.model.backbone.name == "resnet18"
+    notes = " ".join(cfg._config_notes)
+    assert "model.test.pre_nms_top_k" in notes and "model.test.pre_nms_rank" in notes and "model.head" in notes
+
+
+def test_keys_written_with_the_type_change_stay_errors_even_in_a_section_of_the_base():
+    # model.head was created by the base file, but its num_convs is written by --set with the new type
+    msg = error(RETINA, "model.type=faster_rcnn", "model.head.num_convs=2")
+    assert "key 'model.head' (from" in msg and "does not apply to model.type 'faster_rcnn'" in msg
+
+
+def test_the_same_type_written_again_drops_nothing():
+    cfg = engine.load(RETINA, ["weighting.type=alwa"])
+    assert cfg._config_notes == [] and cfg.weighting.cls_keys == ["loss_cls"]
+
+
+def test_dwa_defaults_to_every_loss_of_a_two_stage_model():
+    dwa = builders.build_weighting(engine.load(FRCNN, ["weighting={_delete_: true, type: dwa}"]))
+    assert dwa.configured_keys() == ["loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"]

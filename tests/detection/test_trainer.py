@@ -193,7 +193,8 @@ def test_metrics_logger_reads_the_host_only_at_log_points(tmp_path, host_reads):
     # learned weights live on the device: reading them per step would synchronise a GPU every step
     weighting = UncertaintyWeighting(["loss_cls", "loss_bbox"])
     logger = MetricsLogger(str(tmp_path / "m.jsonl"), interval=3, progress=False)
-    logger.trainer = SimpleNamespace(max_iters=6, iter=0, epoch=0, lr=0.1, data_time=0.0, weighting=weighting)
+    logger.trainer = SimpleNamespace(max_iters=6, iter=0, epoch=0, lr=0.1, data_time=0.0, weighting=weighting,
+                                     stop_reason=None)
     logger.before_train()
     raw = {"loss_cls": torch.tensor(2.0), "loss_bbox": torch.tensor(1.0)}
     calls = host_reads()
@@ -294,6 +295,8 @@ def test_non_finite_gradients_are_skipped(tmp_path):
 
 
 def test_consecutive_bad_steps_stop_after_a_checkpoint(tmp_path):
+    import os
+
     import pytest
 
     from detection.checkpoint import load_checkpoint
@@ -301,7 +304,10 @@ def test_consecutive_bad_steps_stop_after_a_checkpoint(tmp_path):
     trainer, ckpt = guarded(10, {3, 4, 5, 6}, tmp_path, max_bad_steps=3)
     with pytest.raises(FloatingPointError, match="3 consecutive steps .*iteration 5: loss_bbox"):
         trainer.train()
-    state = load_checkpoint(ckpt)
+    # the stopping state has a file of its own: it never replaces last.pth, the last periodic checkpoint (none
+    # yet here, checkpoint interval 100)
+    assert not os.path.exists(ckpt)
+    state = load_checkpoint(os.path.join(os.path.dirname(ckpt), "nonfinite_iter_0000005.pth"))
     assert state["iter"] == 5 and state["bad_steps"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 

@@ -1,0 +1,128 @@
+"""``--resume``: continue the run saved in ``checkpoints/last.pth`` exactly, and refuse what would not.
+
+The rule: resume continues the saved run. The checkpoint carries the run's resolved config; every setting
+that the checkpoint fixes (model, data and augmentation, optimizer, schedule, weighting, seed) must be the
+same in the config given now, or the resume is an error that names each changed key with both values.
+``--allow-config-change`` applies the changes instead: the optimizer's learning rate, momentum and weight
+decay and the schedule are rebuilt from the new config from the checkpoint's iteration on. Settings that do
+not change what is trained (``FREE``: run length, logging, checkpointing, evaluation, device, data root,
+workers) may always change. A different class list is always refused, both lists shown.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+from detection.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+from detection.config import ConfigError, config_to_dict
+
+# dotted keys (or prefixes ending in ".") that may differ between the checkpoint's config and the resume's
+FREE = ("train.max_iters", "train.epochs", "train.log_interval", "train.checkpoint_interval",
+        "train.keep_checkpoints", "train.eval_after", "train.progress", "train.cudnn_benchmark",
+        "train.check_finite", "train.max_bad_steps", "train.max_loss", "device", "data.root", "data.num_workers",
+        "data.test_batch_size", "data.test_sets", "eval.", "model.test.", "model.rpn.test_proposals.",
+        "model.backbone.pretrained")
+
+
+def _flatten(tree, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _free(key: str) -> bool:
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE)
+
+
+def config_changes(saved: dict, current: dict) -> List[Tuple[str, object, object]]:
+    """``(key, saved value, current value)`` of every setting that differs and is not ``FREE``."""
+    a, b = _flatten(saved), _flatten(current)
+    missing = object()
+    return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+            if a.get(k, missing) != b.get(k, missing) and not _free(k)]
+
+
+def _show(value) -> str:
+    return "(not set)" if type(value) is object else repr(value)
+
+
+def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: bool) -> List[Tuple[str, object, object]]:
+    """The changes ``--resume`` will apply (empty: none); an error for changes without ``allow`` and for a
+    different class list."""
+    saved_classes = state.get("classes")
+    if saved_classes is not None and list(saved_classes) != list(classes):
+        raise ConfigError([f"--resume: {ckpt} was trained on the classes {list(saved_classes)}, this config's "
+                           f"training data has {list(classes)}: the labels would not mean the same; resume with "
+                           f"the same class list (and order), or train in a new --work-dir"])
+    if "config" not in state:
+        return []
+    changes = config_changes(state["config"], config_to_dict(cfg))
+    if changes and not allow:
+        lines = [f"  {k}: {_show(old)} in the checkpoint, {_show(new)} now" for k, old, new in changes]
+        raise ConfigError([f"--resume: this config differs from the run saved in {ckpt} (iteration "
+                           f"{state.get('iter')}) in settings the checkpoint fixes:"] + lines +
+                          ["resume continues the saved run: undo the change(s), or pass --allow-config-change to "
+                           "apply them from the checkpoint's iteration on"])
+    return changes
+
+
+def apply_changes(trainer, lr: float, cfg) -> None:
+    """After loading a checkpoint with ``--allow-config-change``: the new config's learning rate (``lr``,
+    already scaled), momentum, weight decay and schedule replace the checkpoint's, from its iteration on."""
+    o = cfg.optimizer
+    opt, sched = trainer.optimizer, trainer.scheduler
+    for group in opt.param_groups:
+        group["initial_lr"] = lr
+        if group.get("weight_decay", 0.0) > 0:  # groups without decay (norms under AdamW, loss weights) stay so
+            group["weight_decay"] = o.weight_decay
+        if "momentum" in group:
+            group["momentum"] = o.momentum
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    for group, factor in zip(opt.param_groups, sched.lr_lambdas):  # the new schedule's factor at this iteration
+        group["lr"] = lr * factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+
+def restore_rank_state(trainer, state: dict, rank: int, world: int, writer: bool) -> None:
+    """This process's RNG and weighting state from a checkpoint: the saved ones of the same rank when the
+    checkpoint was written by as many processes (exact resume), else rank 0's (a different process count
+    cannot continue the same random streams; said so)."""
+    per_rank = state.get("per_rank")
+    if world == 1 and not per_rank:
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        return
+    if per_rank and len(per_rank) == world:
+        set_rng_state(per_rank[rank]["rng"])
+        trainer.weighting.load_state_dict(per_rank[rank]["weighting"])
+        return
+    saved = len(per_rank) if per_rank else 1
+    if "rng" in state and world == 1:
+        set_rng_state(state["rng"])
+    if writer:
+        print(f"resume: the checkpoint was written by {saved} process(es), this run has {world}: every process "
+              f"continues from rank 0's weighting state with fresh random streams (not an exact resume)", flush=True)
+
+
+def resume(trainer, cfg, last: str, lr: float, rank: int, world: int, writer: bool, allow: bool) -> None:
+    """Load ``last`` into ``trainer`` under the rule of this module (see the module docstring)."""
+    state = load_checkpoint(last)
+    changes = check_resume(state, last, cfg, trainer.classes, allow)
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {last} does not fit this run ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:300]})") from None
+    restore_rank_state(trainer, state, rank, world, writer)
+    if changes:
+        apply_changes(trainer, lr, cfg)
+    if writer:
+        if "config" not in state:
+            print(f"resume: {last} holds no config (written by an older version): its settings are not compared")
+        for k, old, new in changes:
+            print(f"resume: --allow-config-change applies {k}: {_show(old)} -> {_show(new)}")
+        print(f"resumed from {last} at iteration {trainer.iter}")

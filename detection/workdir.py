@@ -1,0 +1,96 @@
+"""The work dir of a run: one run at a time (a lock file), and writable before anything trains.
+
+``WorkDirLock`` creates ``<work dir>/.lock`` exclusively, holding the pid, host and start time of the run.
+A second run in the same folder refuses with those; a lock left by a process that no longer runs (on this
+host) is taken over, and said so. A lock from another host cannot be checked: the message says how to
+remove it by hand.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from typing import Callable, Optional
+
+
+class WorkDirError(RuntimeError):
+    """The work dir is in use or cannot be written; the message says which folder and why."""
+
+
+def check_writable(folder: str) -> None:
+    """Create ``folder`` if needed and prove that files can be written in it (a temp file, removed)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise WorkDirError(f"cannot write to {folder}: {exc.strerror or exc} (choose another --work-dir or fix the "
+                           f"folder's permissions)") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+class WorkDirLock:
+    """``with WorkDirLock(work_dir): ...``: the run holds the folder; ``log`` receives the take-over note."""
+
+    def __init__(self, work_dir: str, log: Callable[[str], None] = print):
+        self.path = os.path.join(work_dir, ".lock")
+        self.log = log
+        self._held = False
+
+    def _write(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        return True
+
+    def _holder(self) -> Optional[dict]:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None  # being written, or not ours: treated as held by an unknown process
+
+    def __enter__(self) -> "WorkDirLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if not self._write():
+            holder = self._holder()
+            here = holder is not None and holder.get("host") == socket.gethostname()
+            if here and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                self.log(f"{self.path}: taking over the lock of process {holder['pid']} (started "
+                         f"{holder.get('started', '?')}), which no longer runs")
+                os.unlink(self.path)
+                if not self._write():
+                    raise WorkDirError(f"{os.path.dirname(self.path)} was locked again while taking over a stale lock")
+            else:
+                who = (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started', '?')}"
+                       if holder else "an unknown process")
+                hint = "" if here else (" If no run uses the folder any more (e.g. it crashed on another machine), "
+                                        f"delete {self.path}.")
+                raise WorkDirError(f"the work dir {os.path.dirname(self.path)} is in use by {who}: two runs in one "
+                                   f"folder would mix their logs and checkpoints. Wait for it, or choose another "
+                                   f"--work-dir.{hint}")
+        self._held = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._held:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._held = False

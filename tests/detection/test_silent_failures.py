@@ -1,0 +1,308 @@
+"""Runs that used to finish and look fine while doing the wrong thing, found by trying the project as a new
+user: resume with changed settings or classes, repeated --set, two runs in one work dir, a failed resume,
+the non-finite stop, start-up checks of every split, and the command lines' one-line errors."""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+
+import pytest
+import torch
+import yaml
+
+from detection import engine
+from detection.checkpoint import load_checkpoint
+from detection.config import ConfigError
+from detection.trainer import HookBase
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, write_tiny_retinanet):
+    """(tiny config, work dir of its finished 6-iteration run without evaluation)."""
+    cfg = write_tiny_retinanet(tmp_path_factory.mktemp("silent"))
+    work = str(tmp_path_factory.mktemp("run"))
+    engine.train(cfg, work, overrides=["train.eval_after=false"])
+    return cfg, work
+
+
+@pytest.fixture
+def tiny_cfg(finished):
+    return finished[0]
+
+
+@pytest.fixture
+def trained(finished):
+    return finished[1]
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def script(name):
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(os.path.join(REPO, "scripts"))
+    return module
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def test_resume_with_a_changed_learning_rate_is_an_error_naming_the_key(trained, tiny_cfg, tmp_path):
+    """It used to print the new lr, record it in config.yaml and train with the checkpoint's."""
+    work = copy_run(trained, tmp_path / "w")
+    with pytest.raises(ConfigError) as exc:
+        engine.train(tiny_cfg, work, resume=True, overrides=["optimizer.lr=0.2", "train.max_iters=8"])
+    msg = str(exc.value)
+    assert "optimizer.lr: 0.001 in the checkpoint, 0.2 now" in msg and "--allow-config-change" in msg
+    assert "train.max_iters" not in msg  # the run length may change
+
+
+def test_allow_config_change_applies_the_new_learning_rate(trained, tiny_cfg, tmp_path):
+    work = copy_run(trained, tmp_path / "w")
+    engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
+                 overrides=["optimizer.lr=0.2", "train.max_iters=8", "train.eval_after=false"])
+    records = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    # base 0.2 (scale_lr: 4 images / base 4), lr step at 5 (x 0.1): the trained lr is the new one
+    assert records[-1]["iter"] == 8 and records[-1]["lr"] == pytest.approx(0.02)
+    state = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.2)
+    assert yaml.safe_load(open(os.path.join(work, "config.yaml")))["optimizer"]["lr"] == 0.2
+
+
+def test_resume_with_reordered_classes_refuses_with_both_lists(trained, tiny_cfg, tmp_path):
+    work = copy_run(trained, tmp_path / "w")
+    with pytest.raises(ConfigError, match=r"trained on the classes \['circle', 'rectangle', 'triangle'\], this "
+                                          r"config's training data has \['triangle', 'rectangle', 'circle'\]"):
+        engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
+                     overrides=["data.classes=[triangle,rectangle,circle]"])
+
+
+def test_a_failed_resume_leaves_the_folders_config_alone(trained, tiny_cfg, tmp_path):
+    work = copy_run(trained, tmp_path / "w")
+    before = open(os.path.join(work, "config.yaml")).read()
+    with pytest.raises(ConfigError):
+        engine.train(tiny_cfg, work, resume=True, overrides=["optimizer.lr=0.2"])
+    assert open(os.path.join(work, "config.yaml")).read() == before
+
+
+def test_corrupt_or_mismatched_checkpoints_are_one_error_line(trained, tiny_cfg, tmp_path, capsys):
+    work = copy_run(trained, tmp_path / "w")
+    ckpt = os.path.join(work, "checkpoints", "last.pth")
+    other = str(tmp_path / "other.pth")
+    state = load_checkpoint(ckpt)
+    state["model"] = {k: v for k, v in list(state["model"].items())[:-3]}  # another model's weights
+    torch.save(state, other)
+    with pytest.raises(SystemExit) as exc:
+        script("eval").main(["--ckpt", other])
+    assert str(exc.value).startswith(f"error: checkpoint {other} does not fit this model")
+    with open(ckpt, "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exc:
+        script("train").main(["--cfg", tiny_cfg, "--work-dir", work, "--resume"])
+    assert str(exc.value).startswith(f"error: checkpoint {ckpt} is truncated or corrupt")
+
+
+# -------------------------------------------------------------------------------------------- --set
+@pytest.mark.parametrize("name,target", [("train", "train"), ("eval", "evaluate"), ("check_data", "check_data"),
+                                         ("compare", "run_grid"), ("reproduce", "reproduce")])
+def test_repeated_set_accumulates_in_every_script(name, target, monkeypatch, tiny_cfg):
+    """``--set a=1 --set b=2`` kept only b."""
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen["args"] = (args, kwargs)
+        return {} if name != "reproduce" else 0
+
+    module = script(name)
+    args = {"train": ["--cfg", tiny_cfg], "eval": ["--ckpt", "x.pth"], "check_data": ["--cfg", tiny_cfg],
+            "compare": ["--cfg", tiny_cfg], "reproduce": ["--table", "2", "--dry-run"]}[name]
+    if name in ("train", "eval"):
+        monkeypatch.setattr(module.engine, target, fake)
+    elif name == "check_data":
+        def load_and_stop(schema, path, overrides):
+            seen["overrides"] = overrides
+            raise SystemExit(0)
+        monkeypatch.setattr(module, "load_config", load_and_stop)
+    else:
+        monkeypatch.setattr(module.reproduce if name == "reproduce" else module, target, fake)
+    try:
+        module.main(args + ["--set", "seed=1", "--set", "train.max_iters=2", "data.batch_size=2"])
+    except SystemExit:
+        pass
+    flat = json.dumps(seen, default=str)
+    assert "seed=1" in flat and "train.max_iters=2" in flat and "data.batch_size=2" in flat
+
+
+# ----------------------------------------------------------------------------------------- work dir
+def test_a_second_run_in_a_locked_work_dir_refuses_and_a_stale_lock_is_taken_over(tiny_cfg, tmp_path, capsys):
+    from detection.workdir import WorkDirError, WorkDirLock
+
+    work = str(tmp_path / "w")
+    with WorkDirLock(work):
+        with pytest.raises(WorkDirError, match=rf"in use by process {os.getpid()} on .* started"):
+            engine.train(tiny_cfg, work, overrides=["train.max_iters=1"])
+    assert not os.path.exists(os.path.join(work, ".lock"))  # released
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    import socket
+    with open(os.path.join(work, ".lock"), "w") as f:
+        json.dump({"pid": dead, "host": socket.gethostname(), "started": "earlier"}, f)
+    engine.train(tiny_cfg, work, overrides=["train.max_iters=1", "train.eval_after=false"])
+    assert f"taking over the lock of process {dead}" in capsys.readouterr().out
+
+
+def test_an_unwritable_work_dir_is_an_error_at_start_up(tiny_cfg, tmp_path):
+    from detection.workdir import WorkDirError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the checkpoints folder should be")
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(blocker, work / "checkpoints")
+    with pytest.raises(WorkDirError, match=r"cannot write to .*checkpoints"):
+        engine.train(tiny_cfg, str(work), overrides=["train.max_iters=1"])
+    assert not (work / "metrics.jsonl").exists()
+
+
+def test_checkpoints_are_readable_like_other_outputs(trained):
+    mode = os.stat(os.path.join(trained, "checkpoints", "last.pth")).st_mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(mode) == 0o666 & ~umask  # a bare temp file would be 0600
+
+
+# ------------------------------------------------------------------------------------ start-up checks
+def test_a_missing_test_image_is_reported_before_training(trained, tiny_cfg, tmp_path):
+    """The test set used to be built when training ended: hours later."""
+    data = tmp_path / "shapes"
+    shutil.copytree(yaml.safe_load(open(tiny_cfg))["data"]["root"], data)
+    test_ids = open(data / "ImageSets" / "Main" / "test.txt").read().split()
+    os.unlink(data / "JPEGImages" / f"{test_ids[0]}.jpg")
+    work = tmp_path / "w"
+    with pytest.raises(FileNotFoundError, match=f"{test_ids[0]}.jpg"):
+        engine.train(tiny_cfg, str(work), overrides=[f"data.root={data}"])
+    assert not (work / "metrics.jsonl").exists()  # not one step trained
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batch_size=0", "data.batch_size must be a positive integer"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("optimizer.lr=0", "optimizer.lr must be > 0"),
+    ("weighting.interval=0", "weighting.interval must be >= 2"),
+    ("data.min_size=0", "data.min_size must be a positive image size"),
+    ("train.max_iters=-1", "train.max_iters must be >= 1"),
+    ("train.checkpoint_interval=-1", "train.checkpoint_interval must be >= 1"),
+    ("data.classes=[circle,circle,triangle]", r"data.classes must be free of duplicates \(repeated: \['circle'\]\)"),
+    ("device=mps", "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+])
+def test_out_of_range_settings_are_config_errors(tiny_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        engine.load(tiny_cfg, [override])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_error_line(tiny_cfg, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        script("train").main(["--cfg", tiny_cfg, "--work-dir", str(tmp_path / "w"), "--set", "device=cuda"])
+    assert str(exc.value) == "error: device 'cuda' was requested but CUDA is not available here; set device: cpu or auto"
+
+
+# ------------------------------------------------------------------------------- non-finite and signals
+def test_the_non_finite_stop_keeps_the_last_periodic_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    """The stop used to overwrite the only good checkpoint with the weights that gave the non-finite loss."""
+    from detection import builders
+
+    calls = {"n": 0}
+
+    def infinite_from_step_4(module, inputs, output):
+        calls["n"] += 1
+        return {k: v * float("inf") for k, v in output.items()} if calls["n"] > 3 and module.training else output
+
+    real_build = builders.build_model
+
+    def build(cfg, n):
+        model = real_build(cfg, n)
+        model.register_forward_hook(infinite_from_step_4)
+        return model
+
+    monkeypatch.setattr(builders, "build_model", build)
+    work = str(tmp_path / "w")
+    with pytest.raises(FloatingPointError) as exc:
+        engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=2", "train.max_iters=20"])
+    msg = str(exc.value)
+    last = os.path.join(work, "checkpoints", "last.pth")
+    assert f"The last good checkpoint is {last} (iteration 3)" in msg and "--allow-config-change" in msg
+    assert load_checkpoint(last)["iter"] == 3  # the periodic one (checkpoint_interval 3), not overwritten
+    assert load_checkpoint(os.path.join(work, "checkpoints", "nonfinite_iter_0000005.pth"))["iter"] == 5
+
+
+def test_a_finite_loss_that_explodes_counts_as_diverged(tmp_path):
+    """A loss of 1e7 trained on to exit 0; above train.max_loss it is skipped like a non-finite one."""
+    from detection.trainer import train_step
+    from losses.weighting import Fixed
+
+    p = torch.nn.Parameter(torch.ones(()))
+    opt = torch.optim.SGD([p], lr=0.1)
+    model = lambda images, targets: {"loss_cls": p * 1e7, "loss_bbox": p}  # noqa: E731
+    out = train_step(model, torch.zeros(1, 3, 8, 8), [{}], Fixed(), opt, max_loss=1e4)
+    assert out.skipped == ["loss_cls"] and p.item() == 1.0
+    assert train_step(model, torch.zeros(1, 3, 8, 8), [{}], Fixed(), opt).skipped is None
+
+
+class Signal(HookBase):
+    """A hook that sends this process ``count`` SIGINTs before step ``at`` + 1."""
+
+    def __init__(self, at, count=1):
+        self.at, self.count = at, count
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            for _ in range(self.count):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def with_signal(monkeypatch, at, count=1):
+    """engine.train's trainers get a Signal hook."""
+    real = engine.Trainer
+
+    class WithSignal(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.register(Signal(at, count))
+
+    monkeypatch.setattr(engine, "Trainer", WithSignal)
+
+
+def test_ctrl_c_writes_a_checkpoint_of_the_current_iteration(tiny_cfg, tmp_path, monkeypatch):
+    from detection.signals import TrainingInterrupted
+
+    work = str(tmp_path / "w")
+    with_signal(monkeypatch, 4)
+    with pytest.raises(TrainingInterrupted) as exc:
+        engine.train(tiny_cfg, work, overrides=["train.max_iters=20"])
+    last = os.path.join(work, "checkpoints", "last.pth")
+    assert str(exc.value) == f"interrupted by SIGINT at iteration 5: checkpoint written to {last}"
+    assert load_checkpoint(last)["iter"] == 5
+    monkeypatch.undo()
+    engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=20", "train.eval_after=false"])
+    assert load_checkpoint(last)["iter"] == 20
+
+
+def test_a_second_ctrl_c_stops_at_once(tiny_cfg, tmp_path, monkeypatch):
+    with_signal(monkeypatch, 4, count=2)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["train.max_iters=20"])
+    assert load_checkpoint(str(tmp_path / "w" / "checkpoints" / "last.pth"))["iter"] == 3  # the periodic one
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

@@ -51,8 +51,8 @@ def _assigner(a) -> MaxIoUAssigner:
 def _check_strides(key: str, strides, backbone: BackboneFPN) -> None:
     if list(strides) != list(backbone.strides)[: len(strides)] or (key.endswith("anchors.strides")
                                                                    and len(strides) != len(backbone.strides)):
-        raise ValueError(f"{key} {list(strides)} do not match the FPN levels' strides {backbone.strides} "
-                         f"(model.fpn.in_levels / model.fpn.extra)")
+        raise ConfigError([f"{key} {list(strides)} do not match the FPN levels' strides {backbone.strides} "
+                           f"(model.fpn.in_levels / model.fpn.extra)"])
 
 
 def build_backbone(cfg: Config) -> BackboneFPN:
@@ -141,8 +141,21 @@ def build_weighting(cfg: Config, contract: Optional[LossContract] = None) -> Wei
     ``cfg`` describes): every key it names must be one the model returns (an error naming the closest model
     key and all of them)."""
     contract = contract or loss_contract(cfg)
+    try:
+        strategy = _strategy(cfg, contract)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the strategies' own range checks (e.g. ALWA's init_weight)
+        raise ConfigError([f"weighting ({cfg.weighting.type}): {exc}"]) from None
+    try:
+        contract.check(strategy.configured_keys(), f"weighting ({cfg.weighting.type})", f"the {cfg.model.type} model")
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    return strategy
+
+
+def _strategy(cfg: Config, contract: LossContract) -> WeightingStrategy:
     w = cfg.weighting
-    where = f"weighting ({w.type})"
     if w.type == "fixed":
         strategy: WeightingStrategy = Fixed(w.weights)
     elif w.type == "alwa":
@@ -165,10 +178,6 @@ def build_weighting(cfg: Config, contract: Optional[LossContract] = None) -> Wei
             strategy = UncertaintyWeighting(keys, init_log_var=w.init_log_var)
         else:
             strategy = DWA(keys, interval=w.interval, temperature=w.temperature, sync=w.sync)
-    try:
-        contract.check(strategy.configured_keys(), where, f"the {cfg.model.type} model")
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from None
     return strategy
 
 
@@ -186,6 +195,9 @@ def build_dataset(cfg: Config, train: bool):
     transforms = datasets.build_transforms(train=train, min_size=d.min_size, max_size=d.max_size,
                                            flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std)
     sets = d.train_sets if train else d.test_sets
+    if d.format == "coco" and not train and len(sets) > 1:
+        raise ConfigError([f"data.test_sets {list(sets)}: COCO evaluation takes one set (one annotation file); "
+                           f"evaluate the sets one at a time"])
     if d.format == "coco":
         classes = d.classes if d.classes is not None else (d.shapes.classes if d.shapes is not None else None)
         # ground-truth masks are only decoded when a mask branch trains on them
@@ -209,8 +221,8 @@ def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1)
     sampler = datasets.GroupedBatchSampler(ratios, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                                            num_replicas=world_size, rank=rank, augment_seeds=True)
     if len(sampler) == 0:
-        raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
-                         f"data.batch_size={d.batch_size} per process on {world_size} process(es)")
+        raise ConfigError([f"the training set has {len(dataset)} images, fewer than one batch of "
+                           f"data.batch_size={d.batch_size} per process on {world_size} process(es)"])
     loader = torch.utils.data.DataLoader(
         datasets.SeededAugmentation(dataset), batch_sampler=sampler, num_workers=d.num_workers, collate_fn=_Collate(d.size_divisor),
         pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0, worker_init_fn=ignore_stop_signals,

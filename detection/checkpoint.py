@@ -14,10 +14,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used (corrupt, not ours, or not this model's); the message names the file."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: done once, at import
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def save_checkpoint(state: Dict[str, Any], path: str) -> None:
@@ -29,7 +32,7 @@ def save_checkpoint(state: Dict[str, Any], path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

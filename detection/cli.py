@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from datasets import DataError
 from detection.checkpoint import CheckpointError
@@ -27,8 +27,20 @@ def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def run(fn: Callable[[], object], resume_hint: Optional[str] = None):
-    """``fn()``, with user errors and interrupts turned into one line and an exit status."""
+def one_line(exc: BaseException) -> str:
+    """The message of a user error; an error a DataLoader worker re-raised (``Caught DataError in DataLoader
+    worker process 1. Original Traceback ...``) is reduced to its own last line."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name, sep, message = last.partition(": ")
+        return message if sep and name.split(".")[-1] == type(exc).__name__ else last
+    return text
+
+
+def run(fn: Callable[[], object], resume_hint: Optional[str] = None, also: Tuple[type, ...] = ()):
+    """``fn()``, with user errors (and the exception types ``also``) and interrupts turned into one line and
+    an exit status."""
     try:
         return fn()
     except TrainingInterrupted as exc:
@@ -38,5 +50,5 @@ def run(fn: Callable[[], object], resume_hint: Optional[str] = None):
     except KeyboardInterrupt as exc:
         print(f"interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr, flush=True)
         sys.exit(130)
-    except USER_ERRORS as exc:
-        sys.exit(f"error: {exc}")
+    except USER_ERRORS + tuple(also) as exc:
+        sys.exit(f"error: {one_line(exc)}")

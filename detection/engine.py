@@ -33,9 +33,10 @@ def checkpoint_config(state: dict, ckpt: str, overrides: Sequence[str] = ()) -> 
     return config_from_tree(Config, state["config"], {"": f"{ckpt} (its saved config)"}, overrides, ckpt)
 
 
-def checkpoint_extra(cfg: Config, classes) -> dict:
-    """What makes a checkpoint self-describing: the resolved config and the class names."""
-    return {"config": config_to_dict(cfg), "classes": list(classes)}
+def checkpoint_extra(cfg: Config, classes, world: int = 1) -> dict:
+    """What makes a checkpoint self-describing: the resolved config, the class names and the number of
+    processes that trained it."""
+    return {"config": config_to_dict(cfg), "classes": list(classes), "world_size": world}
 
 
 def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.nn.Module:
@@ -100,8 +101,8 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     weighting = builders.build_weighting(cfg, contract).to(device)
     if cfg.train.sync_bn and world > 1:
         if device.type != "cuda":
-            raise ValueError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation); "
-                             "set it to false for CPU runs")
+            raise ConfigError(["train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation); "
+                               "set it to false for CPU runs"])
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last) if cfg.train.channels_last else model.to(device)
     ddp_model = model
@@ -115,7 +116,7 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     ckpt_dir = os.path.join(work_dir, "checkpoints")
     hooks = [MetricsLogger(os.path.join(work_dir, "metrics.jsonl") if writer else None, cfg.train.log_interval,
                            cfg.train.progress, contract),
-             CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval, extra=checkpoint_extra(cfg, names), writer=writer,
+             CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval, extra=checkpoint_extra(cfg, names, world), writer=writer,
                             keep=cfg.train.keep_checkpoints)]
     if world > 1 and weight_params:
         hooks.insert(0, WeightingGradSync(weight_params))

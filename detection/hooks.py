@@ -231,7 +231,9 @@ class CheckpointHook(HookBase):
 
     def after_step(self):
         t = self.trainer
-        if t.iter % self.interval == 0 and t.iter < t.max_iters:
+        # during a run of skipped steps the weights are the ones that gave bad losses: last.pth keeps the state
+        # from before them
+        if t.iter % self.interval == 0 and t.iter < t.max_iters and not t.consecutive_bad:
             self.save()
 
     def after_train(self):

@@ -18,9 +18,11 @@ from detection.config import ConfigError, config_to_dict
 # dotted keys (or prefixes ending in ".") that may differ between the checkpoint's config and the resume's
 FREE = ("train.max_iters", "train.epochs", "train.log_interval", "train.checkpoint_interval",
         "train.keep_checkpoints", "train.eval_after", "train.progress", "train.cudnn_benchmark",
-        "train.check_finite", "train.max_bad_steps", "train.max_loss", "device", "data.root", "data.num_workers",
-        "data.test_batch_size", "data.test_sets", "eval.", "model.test.", "model.rpn.test_proposals.",
-        "model.backbone.pretrained")
+        "train.channels_last", "train.check_finite", "train.max_bad_steps", "train.max_loss", "device", "data.root",
+        "data.coco_image_dir", "data.num_workers", "data.test_batch_size", "data.test_sets", "eval.",
+        "model.test.", "model.rpn.test_proposals.", "model.mask_head.mask_thr", "model.backbone.pretrained")
+# what --allow-config-change cannot apply: the random streams continue from the checkpoint
+NOT_APPLIED = {"seed": "the random streams continue from the checkpoint's"}
 
 
 def _flatten(tree, prefix: str = "") -> Dict[str, object]:
@@ -50,9 +52,11 @@ def _show(value) -> str:
     return "(not set)" if type(value) is object else repr(value)
 
 
-def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: bool) -> List[Tuple[str, object, object]]:
+def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: bool,
+                 world: int = 1) -> List[Tuple[str, object, object]]:
     """The changes ``--resume`` will apply (empty: none); an error for changes without ``allow`` and for a
-    different class list."""
+    different class list. A different number of processes counts as a change when the learning rate is
+    scaled with the total batch (``optimizer.scale_lr``)."""
     saved_classes = state.get("classes")
     if saved_classes is not None and list(saved_classes) != list(classes):
         raise ConfigError([f"--resume: {ckpt} was trained on the classes {list(saved_classes)}, this config's "
@@ -61,6 +65,9 @@ def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: boo
     if "config" not in state:
         return []
     changes = config_changes(state["config"], config_to_dict(cfg))
+    saved_world = state.get("world_size")
+    if saved_world is not None and saved_world != world and cfg.optimizer.scale_lr:
+        changes.append(("processes (optimizer.scale_lr scales the lr with them)", saved_world, world))
     if changes and not allow:
         lines = [f"  {k}: {_show(old)} in the checkpoint, {_show(new)} now" for k, old, new in changes]
         raise ConfigError([f"--resume: this config differs from the run saved in {ckpt} (iteration "
@@ -72,19 +79,28 @@ def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: boo
 
 def apply_changes(trainer, lr: float, cfg) -> None:
     """After loading a checkpoint with ``--allow-config-change``: the new config's learning rate (``lr``,
-    already scaled), momentum, weight decay and schedule replace the checkpoint's, from its iteration on."""
+    already scaled), momentum (SGD), weight decay and schedule replace the checkpoint's, from its iteration on.
+    The weight decay follows the optimizer builder's groups: the first group decays, the others (norms and
+    biases under AdamW, learnable loss weights) do not."""
     o = cfg.optimizer
     opt, sched = trainer.optimizer, trainer.scheduler
-    for group in opt.param_groups:
+    for i, group in enumerate(opt.param_groups):
         group["initial_lr"] = lr
-        if group.get("weight_decay", 0.0) > 0:  # groups without decay (norms under AdamW, loss weights) stay so
-            group["weight_decay"] = o.weight_decay
+        group["weight_decay"] = o.weight_decay if i == 0 else 0.0
         if "momentum" in group:
             group["momentum"] = o.momentum
     sched.base_lrs = [lr] * len(opt.param_groups)
     for group, factor in zip(opt.param_groups, sched.lr_lambdas):  # the new schedule's factor at this iteration
         group["lr"] = lr * factor(sched.last_epoch)
     sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+
+def _not_applied(key: str, cfg) -> str:
+    if key in NOT_APPLIED:
+        return NOT_APPLIED[key]
+    if key == "optimizer.momentum" and cfg.optimizer.type != "sgd":
+        return f"{cfg.optimizer.type} has no momentum"
+    return ""
 
 
 def restore_rank_state(trainer, state: dict, rank: int, world: int, writer: bool) -> None:
@@ -111,7 +127,7 @@ def restore_rank_state(trainer, state: dict, rank: int, world: int, writer: bool
 def resume(trainer, cfg, last: str, lr: float, rank: int, world: int, writer: bool, allow: bool) -> None:
     """Load ``last`` into ``trainer`` under the rule of this module (see the module docstring)."""
     state = load_checkpoint(last)
-    changes = check_resume(state, last, cfg, trainer.classes, allow)
+    changes = check_resume(state, last, cfg, trainer.classes, allow, world)
     try:
         trainer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as exc:
@@ -124,5 +140,7 @@ def resume(trainer, cfg, last: str, lr: float, rank: int, world: int, writer: bo
         if "config" not in state:
             print(f"resume: {last} holds no config (written by an older version): its settings are not compared")
         for k, old, new in changes:
-            print(f"resume: --allow-config-change applies {k}: {_show(old)} -> {_show(new)}")
+            why = _not_applied(k, cfg)
+            print(f"resume: --allow-config-change {'does not apply' if why else 'applies'} {k}: {_show(old)} -> "
+                  f"{_show(new)}" + (f" ({why})" if why else ""))
         print(f"resumed from {last} at iteration {trainer.iter}")

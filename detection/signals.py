@@ -7,6 +7,7 @@ only in the main thread (signals cannot be caught elsewhere) and restored when t
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Optional
@@ -38,8 +39,9 @@ class StopSignals:
             self._restore()
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once, no checkpoint")
         self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: stopping after this step and writing a checkpoint "
-              f"(send it again to stop at once)", flush=True)
+        # os.write, not print: a handler that prints while the main code is inside a print raises
+        os.write(2, f"\n{self.requested}: stopping after this step and writing a checkpoint "
+                    f"(send it again to stop at once)\n".encode())
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -59,5 +61,6 @@ class StopSignals:
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: workers ignore Ctrl-C, which a terminal sends to the whole process group,
     so that the main process can finish its step and checkpoint (its own exit ends them). SIGTERM keeps its
-    default: the loader's shutdown terminates workers with it."""
+    default (the loader's shutdown terminates workers with it); a scheduler's SIGTERM to the whole job ends
+    them, and the trainer then treats the loader's failure as the interruption."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -186,12 +186,27 @@ class Trainer:
             if interrupted is not None:
                 interrupted.checkpoint = self.last_checkpoint
 
+    def _batches(self, signals: StopSignals):
+        """The loader's batches; a loader failure after a stop request (a scheduler's SIGTERM to the whole job
+        also ends the loader workers) is the interruption, between two whole steps."""
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception:
+                if signals.requested is None:
+                    raise
+                raise TrainingInterrupted(signals.requested, self.iter) from None
+            yield batch
+
     def _loop(self, signals: StopSignals) -> None:
         while self.iter < self.max_iters:
             self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
             self.sampler.set_epoch(self.epoch, start_batch=offset)
             tic = time.perf_counter()
-            for batch in self.loader:
+            for batch in self._batches(signals):
                 self.data_time = time.perf_counter() - tic
                 self.run_step(batch)
                 if self.iter >= self.max_iters:

@@ -31,14 +31,26 @@ def check_writable(folder: str) -> None:
                            f"folder's permissions)") from None
 
 
-def _alive(pid: int) -> bool:
+def _proc_start(pid: int) -> Optional[int]:
+    """The process's start time in clock ticks since boot (Linux ``/proc/<pid>/stat``), None elsewhere: with
+    the pid it names one process, also when a restarted container hands out the same pids again."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: Optional[int] = None) -> bool:
+    """Whether the process that wrote a lock still runs: its pid exists and, when the lock recorded its start
+    time, that pid still has it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
-        return True
-    return True
+        pass
+    return start is None or _proc_start(pid) in (None, start)
 
 
 class WorkDirLock:
@@ -55,7 +67,8 @@ class WorkDirLock:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "proc_start": _proc_start(os.getpid())}, f)
         return True
 
     def _holder(self) -> Optional[dict]:
@@ -70,7 +83,7 @@ class WorkDirLock:
         if not self._write():
             holder = self._holder()
             here = holder is not None and holder.get("host") == socket.gethostname()
-            if here and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+            if here and isinstance(holder.get("pid"), int) and not _alive(holder["pid"], holder.get("proc_start")):
                 self.log(f"{self.path}: taking over the lock of process {holder['pid']} (started "
                          f"{holder.get('started', '?')}), which no longer runs")
                 os.unlink(self.path)
@@ -79,8 +92,7 @@ class WorkDirLock:
             else:
                 who = (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started', '?')}"
                        if holder else "an unknown process")
-                hint = "" if here else (" If no run uses the folder any more (e.g. it crashed on another machine), "
-                                        f"delete {self.path}.")
+                hint = f" If no run uses the folder any more (e.g. it crashed on another machine), delete {self.path}."
                 raise WorkDirError(f"the work dir {os.path.dirname(self.path)} is in use by {who}: two runs in one "
                                    f"folder would mix their logs and checkpoints. Wait for it, or choose another "
                                    f"--work-dir.{hint}")

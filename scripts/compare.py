@@ -18,13 +18,12 @@ scheme), compare.csv and the loss plots; finished runs are skipped and interrupt
 command is repeated.
 """
 import argparse
-import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection.experiments.compare import PRESETS, VARIANT_PRESETS, run_grid
+from detection import cli
 from detection.cli import add_overrides
-from detection.config import ConfigError
 
 
 def main(argv=None):
@@ -43,11 +42,9 @@ def main(argv=None):
     parser.add_argument("--window", type=int, default=100, help="iterations per point in the loss plot")
     add_overrides(parser)  # overrides for every run
     args = parser.parse_args(argv)
-    try:
-        table = run_grid(args.cfg, args.schemes, args.work_root, args.variants, args.seeds, args.set, args.window,
-                         jobs=args.jobs, threads=args.threads, report_only=args.report_only)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        sys.exit(f"error: {exc}")
+    table = cli.run(lambda: run_grid(args.cfg, args.schemes, args.work_root, args.variants, args.seeds, args.set,
+                                      args.window, jobs=args.jobs, threads=args.threads, report_only=args.report_only),
+                    also=(ValueError, RuntimeError))
     print(table)
 
 

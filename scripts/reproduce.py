@@ -17,8 +17,8 @@ import sys
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection.experiments import reproduce, tables
+from detection import cli
 from detection.cli import add_overrides
-from detection.config import ConfigError
 
 
 def main(argv=None):
@@ -40,15 +40,13 @@ def main(argv=None):
     add_overrides(parser)  # overrides for every run
     args = parser.parse_args(argv)
     work_root = args.work_root or reproduce.default_work_root(args.scale, args.data_fraction)
-    try:
-        numbers = tables.parse_tables(args.table)
-        if args.collect:
-            print(reproduce.collect(numbers, work_root, args.out_dir))
-            return
-        code = reproduce.reproduce(numbers, work_root, args.gpus, args.data_root, args.scale, args.set,
-                                   dry_run=args.dry_run, data_fraction=args.data_fraction)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    numbers = cli.run(lambda: tables.parse_tables(args.table), also=(ValueError,))
+    if args.collect:
+        print(cli.run(lambda: reproduce.collect(numbers, work_root, args.out_dir), also=(ValueError,)))
+        return
+    code = cli.run(lambda: reproduce.reproduce(numbers, work_root, args.gpus, args.data_root, args.scale, args.set,
+                                               dry_run=args.dry_run, data_fraction=args.data_fraction),
+                   also=(ValueError,))
     if code == 0 and not args.dry_run:
         print(reproduce.collect(numbers, work_root, args.out_dir))
     sys.exit(code)

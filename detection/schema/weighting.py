@@ -34,15 +34,18 @@ class FixedConfig(WeightingConfig):
 
 @dataclass
 class WindowedConfig(WeightingConfig):
+    min_interval: ClassVar[int] = 2  # a window's sample statistics need two steps (ALWA, AVW, RLO)
+
     interval: int = 100  # window length in steps (C in the ALWA paper)
     # windows pooled over DDP ranks (every rank the same weights); false: per process, each rank its own weights
     # from its own images (the released ALWA code; the paper configs)
     sync: bool = True
 
     def __post_init__(self):
-        if self.interval < 2:
-            raise ValueError(f"weighting.interval must be >= 2 (a window's sample statistics need two steps), "
-                             f"got {self.interval}")
+        if self.interval < self.min_interval:
+            raise ValueError(f"weighting.interval must be >= {self.min_interval}"
+                             + (" (a window's sample statistics need two steps)" if self.min_interval > 1 else "")
+                             + f", got {self.interval}")
 
 
 @dataclass
@@ -92,6 +95,8 @@ class UncertaintyConfig(WeightingConfig):
 @dataclass
 class DWAConfig(WindowedConfig):
     """Dynamic Weight Average over ``keys`` (default: every loss of the model)."""
+
+    min_interval: ClassVar[int] = 1  # compares window means: one step per window is enough
 
     type: _Type = "dwa"
     keys: Optional[List[str]] = None

@@ -306,3 +306,142 @@ def test_a_second_ctrl_c_stops_at_once(tiny_cfg, tmp_path, monkeypatch):
         engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["train.max_iters=20"])
     assert load_checkpoint(str(tmp_path / "w" / "checkpoints" / "last.pth"))["iter"] == 3  # the periodic one
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+# ------------------------------------------------------------------------- review follow-ups (same issue)
+def test_no_periodic_checkpoint_while_steps_are_being_skipped(tiny_cfg, tmp_path, monkeypatch):
+    """With checkpoint_interval 3 and bad steps 4-6, iteration 6's periodic save would hold the bad weights."""
+    from detection import builders
+
+    calls = {"n": 0}
+
+    def bad_from_step_4(module, inputs, output):
+        calls["n"] += 1
+        return {k: v * float("nan") for k, v in output.items()} if calls["n"] > 3 and module.training else output
+
+    real_build = builders.build_model
+    monkeypatch.setattr(builders, "build_model", lambda cfg, n: _hooked(real_build(cfg, n), bad_from_step_4))
+    work = str(tmp_path / "w")
+    with pytest.raises(FloatingPointError, match=r"last good checkpoint is .*last.pth \(iteration 3\)"):
+        engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=3", "train.max_iters=20"])
+    assert load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))["iter"] == 3
+
+
+def _hooked(model, hook):
+    model.register_forward_hook(hook)
+    return model
+
+
+def test_allow_config_change_applies_a_weight_decay_that_was_zero(trained, tiny_cfg, tmp_path):
+    work = copy_run(trained, tmp_path / "w")
+    state = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-4)
+    engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
+                 overrides=["optimizer.weight_decay=0.05", "train.max_iters=7", "train.eval_after=false"])
+    groups = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == pytest.approx(0.05) and groups[1]["weight_decay"] == 0.0  # AdamW: norms
+
+
+def test_a_different_process_count_is_a_change_when_the_lr_scales_with_it(trained, tiny_cfg):
+    from detection.resume import check_resume
+
+    state = load_checkpoint(os.path.join(trained, "checkpoints", "last.pth"))
+    cfg = engine.load(os.path.join(trained, "config.yaml"))
+    assert state["world_size"] == 1 and check_resume(state, "x", cfg, state["classes"], allow=False) == []
+    with pytest.raises(ConfigError, match=r"processes \(optimizer.scale_lr scales the lr with them\): 1 in the "
+                                          r"checkpoint, 2 now"):
+        check_resume(state, "x", cfg, state["classes"], allow=False, world=2)
+    fixed_lr = engine.load(os.path.join(trained, "config.yaml"), ["optimizer.scale_lr=false"])
+    state["config"]["optimizer"]["scale_lr"] = False
+    assert check_resume(state, "x", fixed_lr, state["classes"], allow=False, world=2) == []
+
+
+def test_a_lock_whose_pid_was_reused_by_another_process_is_stale(tmp_path, capsys):
+    import socket
+
+    from detection.workdir import WorkDirLock, _proc_start
+
+    work = tmp_path / "w"
+    work.mkdir()
+    # pid 1 runs, but not since the recorded start time: a restarted container handing out the pid again
+    with open(work / ".lock", "w") as f:
+        json.dump({"pid": 1, "host": socket.gethostname(), "started": "then", "proc_start": -5}, f)
+    if _proc_start(1) is None:
+        pytest.skip("no /proc start times here")
+    with WorkDirLock(str(work)):
+        pass
+    assert "taking over the lock of process 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override,message", [
+    ("weighting.init_weight=-1", r"weighting \(alwa\): ALWA init_weight must be positive, got -1"),
+    ("data.batch_size=64", "fewer than one batch of data.batch_size=64"),
+])
+def test_settings_rejected_while_building_are_one_error_line(tiny_cfg, tmp_path, override, message):
+    with pytest.raises(SystemExit) as exc:
+        script("train").main(["--cfg", tiny_cfg, "--work-dir", str(tmp_path / "w"), "--set", override])
+    assert str(exc.value).startswith("error: ") and __import__("re").search(message, str(exc.value))
+
+
+def test_several_coco_test_sets_are_refused_at_start_up():
+    from detection import builders
+
+    cfg = engine.load("configs/demo/maskrcnn_shapes_coco_alwa1.yaml", ["data.test_sets=[test,val]"])
+    with pytest.raises(ConfigError, match=r"data.test_sets \['test', 'val'\]: COCO evaluation takes one set"):
+        builders.build_dataset(cfg, train=False)
+
+
+def test_dwa_keeps_its_window_of_one_step():
+    cfg = engine.load("configs/demo/retinanet_shapes_alwa2.yaml", ["weighting={_delete_: true, type: dwa, interval: 1}"])
+    assert cfg.weighting.interval == 1
+
+
+def test_an_error_a_loader_worker_reraised_is_one_line():
+    from datasets import DataError
+    from detection.cli import one_line
+
+    exc = DataError("Caught DataError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+                    '  File "x.py", line 3, in f\ndatasets.report.DataError: image a.jpg: truncated JPEG\n')
+    assert one_line(exc) == "image a.jpg: truncated JPEG"
+    assert one_line(DataError("plain")) == "plain"
+
+
+def test_a_loader_that_fails_after_a_stop_request_is_the_interruption():
+    """A scheduler's SIGTERM to the whole job also ends the loader workers: the trainer stops as interrupted."""
+    from detection.signals import StopSignals, TrainingInterrupted
+    from detection.trainer import Trainer
+
+    class Dying:
+        def __iter__(self):
+            yield "batch"
+            raise RuntimeError("DataLoader worker (pid 7) exited unexpectedly")
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.loader, trainer.iter = Dying(), 4
+    signals = StopSignals()
+    batches = trainer._batches(signals)
+    assert next(batches) == "batch"
+    signals.requested = "SIGTERM"
+    with pytest.raises(TrainingInterrupted, match="interrupted by SIGTERM at iteration 4"):
+        next(batches)
+    fresh = trainer._batches(StopSignals())
+    next(fresh)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # without a stop request: the error itself
+        next(fresh)
+
+
+def test_reproduce_waits_for_its_run_through_ctrl_c(monkeypatch):
+    """subprocess.call killed the child 0.25 s after Ctrl-C, before it could write its checkpoint."""
+    from detection.experiments import reproduce
+
+    class Child:
+        waits = 0
+
+        def wait(self):
+            Child.waits += 1
+            if Child.waits == 1:
+                raise KeyboardInterrupt  # the Ctrl-C reaches the parent while the child saves
+            return 130
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", lambda cmd: Child())
+    assert reproduce.run_child(["train"]) == 130 and Child.waits == 2

@@ -9,10 +9,7 @@ Table 4's L1 baseline) share their work dir, so they are trained once.
 Each table records the paper's layout (``gpus`` x ``images_per_gpu`` images per step); a run uses that many
 processes unless ``--gpus`` says otherwise or fewer GPUs are visible (the learning rate then follows the
 total batch linearly, and ALWA's per-process statistics see a different number of images: both are said).
-
-The command lines are built by pure functions (:func:`train_command`, :func:`scale_overrides`) so that
-they can be tested without launching anything.
-"""
+Command lines are built by pure functions (:func:`train_command`, :func:`scale_overrides`)."""
 from __future__ import annotations
 
 import csv
@@ -270,14 +267,14 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
 
 
 def run_child(cmd: List[str]) -> int:
-    """Run one training command and wait for it, also through Ctrl-C: the child gets the same SIGINT, finishes
-    its step and writes a checkpoint (``subprocess.call`` would kill it 0.25 s later)."""
+    """Run a command, waiting through Ctrl-C: the child gets the same SIGINT and checkpoints (subprocess.call
+    would kill it 0.25 s later)."""
     proc = subprocess.Popen(cmd)
     while True:
         try:
             return proc.wait()
         except KeyboardInterrupt:
-            continue
+            pass
 
 
 # --------------------------------------------------------------- collecting

@@ -39,3 +39,47 @@ def write_tiny_retinanet():
                                           root=os.path.join(str(directory), "shapes")))
         return path
     return write
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, write_tiny_retinanet):
+    """(tiny config, work dir of its finished 6-iteration run without evaluation), once per test module."""
+    from detection import engine
+
+    cfg = write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
+    work = str(tmp_path_factory.mktemp("finished"))
+    engine.train(cfg, work, overrides=["train.eval_after=false"])
+    return cfg, work
+
+
+def load_script(name):
+    """``scripts/<name>.py`` as a module (its ``main(argv)`` runs in this process, no second torch import)."""
+    import importlib.util
+    import sys
+
+    folder = os.path.join(REPO, "scripts")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(folder, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+@pytest.fixture
+def script():
+    return load_script
+
+
+@pytest.fixture
+def tiny_cfg(finished):
+    """The tiny config of ``finished`` (test modules may define their own)."""
+    return finished[0]
+
+
+@pytest.fixture
+def trained(finished):
+    """The work dir of ``finished``: tests that write into it copy it first."""
+    return finished[1]

@@ -1,13 +1,10 @@
 """Runs that used to finish and look fine while doing the wrong thing, found by trying the project as a new
-user: resume with changed settings or classes, repeated --set, two runs in one work dir, a failed resume,
-the non-finite stop, start-up checks of every split, and the command lines' one-line errors."""
-import importlib.util
+user: repeated --set, two runs in one work dir, the non-finite stop, start-up checks of every split, range
+checks, and the command lines' one-line errors (the resume rules: test_resume_rules.py)."""
 import json
 import os
 import shutil
-import signal
 import stat
-import sys
 
 import pytest
 import torch
@@ -16,106 +13,13 @@ import yaml
 from detection import engine
 from detection.checkpoint import load_checkpoint
 from detection.config import ConfigError
-from detection.trainer import HookBase
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, write_tiny_retinanet):
-    """(tiny config, work dir of its finished 6-iteration run without evaluation)."""
-    cfg = write_tiny_retinanet(tmp_path_factory.mktemp("silent"))
-    work = str(tmp_path_factory.mktemp("run"))
-    engine.train(cfg, work, overrides=["train.eval_after=false"])
-    return cfg, work
-
-
-@pytest.fixture
-def tiny_cfg(finished):
-    return finished[0]
-
-
-@pytest.fixture
-def trained(finished):
-    return finished[1]
-
-
-def copy_run(src, dst):
-    shutil.copytree(src, dst)
-    return str(dst)
-
-
-def script(name):
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(os.path.join(REPO, "scripts"))
-    return module
-
-
-# ------------------------------------------------------------------------------------------------ resume
-def test_resume_with_a_changed_learning_rate_is_an_error_naming_the_key(trained, tiny_cfg, tmp_path):
-    """It used to print the new lr, record it in config.yaml and train with the checkpoint's."""
-    work = copy_run(trained, tmp_path / "w")
-    with pytest.raises(ConfigError) as exc:
-        engine.train(tiny_cfg, work, resume=True, overrides=["optimizer.lr=0.2", "train.max_iters=8"])
-    msg = str(exc.value)
-    assert "optimizer.lr: 0.001 in the checkpoint, 0.2 now" in msg and "--allow-config-change" in msg
-    assert "train.max_iters" not in msg  # the run length may change
-
-
-def test_allow_config_change_applies_the_new_learning_rate(trained, tiny_cfg, tmp_path):
-    work = copy_run(trained, tmp_path / "w")
-    engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
-                 overrides=["optimizer.lr=0.2", "train.max_iters=8", "train.eval_after=false"])
-    records = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
-    # base 0.2 (scale_lr: 4 images / base 4), lr step at 5 (x 0.1): the trained lr is the new one
-    assert records[-1]["iter"] == 8 and records[-1]["lr"] == pytest.approx(0.02)
-    state = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
-    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.2)
-    assert yaml.safe_load(open(os.path.join(work, "config.yaml")))["optimizer"]["lr"] == 0.2
-
-
-def test_resume_with_reordered_classes_refuses_with_both_lists(trained, tiny_cfg, tmp_path):
-    work = copy_run(trained, tmp_path / "w")
-    with pytest.raises(ConfigError, match=r"trained on the classes \['circle', 'rectangle', 'triangle'\], this "
-                                          r"config's training data has \['triangle', 'rectangle', 'circle'\]"):
-        engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
-                     overrides=["data.classes=[triangle,rectangle,circle]"])
-
-
-def test_a_failed_resume_leaves_the_folders_config_alone(trained, tiny_cfg, tmp_path):
-    work = copy_run(trained, tmp_path / "w")
-    before = open(os.path.join(work, "config.yaml")).read()
-    with pytest.raises(ConfigError):
-        engine.train(tiny_cfg, work, resume=True, overrides=["optimizer.lr=0.2"])
-    assert open(os.path.join(work, "config.yaml")).read() == before
-
-
-def test_corrupt_or_mismatched_checkpoints_are_one_error_line(trained, tiny_cfg, tmp_path, capsys):
-    work = copy_run(trained, tmp_path / "w")
-    ckpt = os.path.join(work, "checkpoints", "last.pth")
-    other = str(tmp_path / "other.pth")
-    state = load_checkpoint(ckpt)
-    state["model"] = {k: v for k, v in list(state["model"].items())[:-3]}  # another model's weights
-    torch.save(state, other)
-    with pytest.raises(SystemExit) as exc:
-        script("eval").main(["--ckpt", other])
-    assert str(exc.value).startswith(f"error: checkpoint {other} does not fit this model")
-    with open(ckpt, "wb") as f:
-        f.write(b"not a checkpoint")
-    with pytest.raises(SystemExit) as exc:
-        script("train").main(["--cfg", tiny_cfg, "--work-dir", work, "--resume"])
-    assert str(exc.value).startswith(f"error: checkpoint {ckpt} is truncated or corrupt")
 
 
 # -------------------------------------------------------------------------------------------- --set
 @pytest.mark.parametrize("name,target", [("train", "train"), ("eval", "evaluate"), ("check_data", "check_data"),
                                          ("compare", "run_grid"), ("reproduce", "reproduce")])
-def test_repeated_set_accumulates_in_every_script(name, target, monkeypatch, tiny_cfg):
+def test_repeated_set_accumulates_in_every_script(name, target, monkeypatch, tiny_cfg, script):
     """``--set a=1 --set b=2`` kept only b."""
     seen = {}
 
@@ -213,31 +117,36 @@ def test_out_of_range_settings_are_config_errors(tiny_cfg, override, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_cuda_is_one_error_line(tiny_cfg, tmp_path):
+def test_cuda_without_cuda_is_one_error_line(tiny_cfg, tmp_path, script):
     with pytest.raises(SystemExit) as exc:
         script("train").main(["--cfg", tiny_cfg, "--work-dir", str(tmp_path / "w"), "--set", "device=cuda"])
     assert str(exc.value) == "error: device 'cuda' was requested but CUDA is not available here; set device: cpu or auto"
 
 
 # ------------------------------------------------------------------------------- non-finite and signals
-def test_the_non_finite_stop_keeps_the_last_periodic_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    """The stop used to overwrite the only good checkpoint with the weights that gave the non-finite loss."""
+def poison_from_step(monkeypatch, step, factor):
+    """Every model engine.train builds multiplies its losses by ``factor`` from training forward ``step`` on."""
     from detection import builders
 
     calls = {"n": 0}
 
-    def infinite_from_step_4(module, inputs, output):
+    def hook(module, inputs, output):
         calls["n"] += 1
-        return {k: v * float("inf") for k, v in output.items()} if calls["n"] > 3 and module.training else output
+        return {k: v * factor for k, v in output.items()} if calls["n"] >= step and module.training else output
 
     real_build = builders.build_model
 
     def build(cfg, n):
         model = real_build(cfg, n)
-        model.register_forward_hook(infinite_from_step_4)
+        model.register_forward_hook(hook)
         return model
 
     monkeypatch.setattr(builders, "build_model", build)
+
+
+def test_the_non_finite_stop_keeps_the_last_periodic_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    """The stop used to overwrite the only good checkpoint with the weights that gave the non-finite loss."""
+    poison_from_step(monkeypatch, 4, float("inf"))
     work = str(tmp_path / "w")
     with pytest.raises(FloatingPointError) as exc:
         engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=2", "train.max_iters=20"])
@@ -261,79 +170,18 @@ def test_a_finite_loss_that_explodes_counts_as_diverged(tmp_path):
     assert train_step(model, torch.zeros(1, 3, 8, 8), [{}], Fixed(), opt).skipped is None
 
 
-class Signal(HookBase):
-    """A hook that sends this process ``count`` SIGINTs before step ``at`` + 1."""
-
-    def __init__(self, at, count=1):
-        self.at, self.count = at, count
-
-    def before_step(self):
-        if self.trainer.iter == self.at:
-            for _ in range(self.count):
-                os.kill(os.getpid(), signal.SIGINT)
-
-
-def with_signal(monkeypatch, at, count=1):
-    """engine.train's trainers get a Signal hook."""
-    real = engine.Trainer
-
-    class WithSignal(real):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.register(Signal(at, count))
-
-    monkeypatch.setattr(engine, "Trainer", WithSignal)
-
-
-def test_ctrl_c_writes_a_checkpoint_of_the_current_iteration(tiny_cfg, tmp_path, monkeypatch):
-    from detection.signals import TrainingInterrupted
-
-    work = str(tmp_path / "w")
-    with_signal(monkeypatch, 4)
-    with pytest.raises(TrainingInterrupted) as exc:
-        engine.train(tiny_cfg, work, overrides=["train.max_iters=20"])
-    last = os.path.join(work, "checkpoints", "last.pth")
-    assert str(exc.value) == f"interrupted by SIGINT at iteration 5: checkpoint written to {last}"
-    assert load_checkpoint(last)["iter"] == 5
-    monkeypatch.undo()
-    engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=20", "train.eval_after=false"])
-    assert load_checkpoint(last)["iter"] == 20
-
-
-def test_a_second_ctrl_c_stops_at_once(tiny_cfg, tmp_path, monkeypatch):
-    with_signal(monkeypatch, 4, count=2)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["train.max_iters=20"])
-    assert load_checkpoint(str(tmp_path / "w" / "checkpoints" / "last.pth"))["iter"] == 3  # the periodic one
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-
-
 # ------------------------------------------------------------------------- review follow-ups (same issue)
 def test_no_periodic_checkpoint_while_steps_are_being_skipped(tiny_cfg, tmp_path, monkeypatch):
     """With checkpoint_interval 3 and bad steps 4-6, iteration 6's periodic save would hold the bad weights."""
-    from detection import builders
-
-    calls = {"n": 0}
-
-    def bad_from_step_4(module, inputs, output):
-        calls["n"] += 1
-        return {k: v * float("nan") for k, v in output.items()} if calls["n"] > 3 and module.training else output
-
-    real_build = builders.build_model
-    monkeypatch.setattr(builders, "build_model", lambda cfg, n: _hooked(real_build(cfg, n), bad_from_step_4))
+    poison_from_step(monkeypatch, 4, float("nan"))
     work = str(tmp_path / "w")
     with pytest.raises(FloatingPointError, match=r"last good checkpoint is .*last.pth \(iteration 3\)"):
         engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=3", "train.max_iters=20"])
     assert load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))["iter"] == 3
 
 
-def _hooked(model, hook):
-    model.register_forward_hook(hook)
-    return model
-
-
 def test_allow_config_change_applies_a_weight_decay_that_was_zero(trained, tiny_cfg, tmp_path):
-    work = copy_run(trained, tmp_path / "w")
+    work = str(shutil.copytree(trained, tmp_path / "w"))
     state = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-4)
     engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
@@ -377,7 +225,7 @@ def test_a_lock_whose_pid_was_reused_by_another_process_is_stale(tmp_path, capsy
     ("weighting.init_weight=-1", r"weighting \(alwa\): ALWA init_weight must be positive, got -1"),
     ("data.batch_size=64", "fewer than one batch of data.batch_size=64"),
 ])
-def test_settings_rejected_while_building_are_one_error_line(tiny_cfg, tmp_path, override, message):
+def test_settings_rejected_while_building_are_one_error_line(tiny_cfg, tmp_path, override, message, script):
     with pytest.raises(SystemExit) as exc:
         script("train").main(["--cfg", tiny_cfg, "--work-dir", str(tmp_path / "w"), "--set", override])
     assert str(exc.value).startswith("error: ") and __import__("re").search(message, str(exc.value))

@@ -1,0 +1,120 @@
+"""Resume and stop rules: --resume with changed settings or classes (an error, or --allow-config-change), a
+failed resume, corrupt or mismatched checkpoints, and Ctrl-C / SIGTERM checkpoints."""
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+import yaml
+
+from detection import engine
+from detection.checkpoint import load_checkpoint
+from detection.config import ConfigError
+from detection.trainer import HookBase
+
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def test_resume_with_a_changed_learning_rate_is_an_error_naming_the_key(trained, tiny_cfg, tmp_path):
+    """It used to print the new lr, record it in config.yaml and train with the checkpoint's."""
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    with pytest.raises(ConfigError) as exc:
+        engine.train(tiny_cfg, work, resume=True, overrides=["optimizer.lr=0.2", "train.max_iters=8"])
+    msg = str(exc.value)
+    assert "optimizer.lr: 0.001 in the checkpoint, 0.2 now" in msg and "--allow-config-change" in msg
+    assert "train.max_iters" not in msg  # the run length may change
+
+
+def test_allow_config_change_applies_the_new_learning_rate(trained, tiny_cfg, tmp_path):
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
+                 overrides=["optimizer.lr=0.2", "train.max_iters=8", "train.eval_after=false"])
+    records = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    # base 0.2 (scale_lr: 4 images / base 4), lr step at 5 (x 0.1): the trained lr is the new one
+    assert records[-1]["iter"] == 8 and records[-1]["lr"] == pytest.approx(0.02)
+    state = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.2)
+    assert yaml.safe_load(open(os.path.join(work, "config.yaml")))["optimizer"]["lr"] == 0.2
+
+
+def test_resume_with_reordered_classes_refuses_with_both_lists(trained, tiny_cfg, tmp_path):
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    with pytest.raises(ConfigError, match=r"trained on the classes \['circle', 'rectangle', 'triangle'\], this "
+                                          r"config's training data has \['triangle', 'rectangle', 'circle'\]"):
+        engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
+                     overrides=["data.classes=[triangle,rectangle,circle]"])
+
+
+def test_a_failed_resume_leaves_the_folders_config_alone(trained, tiny_cfg, tmp_path):
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    before = open(os.path.join(work, "config.yaml")).read()
+    with pytest.raises(ConfigError):
+        engine.train(tiny_cfg, work, resume=True, overrides=["optimizer.lr=0.2"])
+    assert open(os.path.join(work, "config.yaml")).read() == before
+
+
+def test_corrupt_or_mismatched_checkpoints_are_one_error_line(trained, tiny_cfg, tmp_path, capsys, script):
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    ckpt = os.path.join(work, "checkpoints", "last.pth")
+    other = str(tmp_path / "other.pth")
+    state = load_checkpoint(ckpt)
+    state["model"] = {k: v for k, v in list(state["model"].items())[:-3]}  # another model's weights
+    torch.save(state, other)
+    with pytest.raises(SystemExit) as exc:
+        script("eval").main(["--ckpt", other])
+    assert str(exc.value).startswith(f"error: checkpoint {other} does not fit this model")
+    with open(ckpt, "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exc:
+        script("train").main(["--cfg", tiny_cfg, "--work-dir", work, "--resume"])
+    assert str(exc.value).startswith(f"error: checkpoint {ckpt} is truncated or corrupt")
+
+
+
+class Signal(HookBase):
+    """A hook that sends this process ``count`` SIGINTs before step ``at`` + 1."""
+
+    def __init__(self, at, count=1):
+        self.at, self.count = at, count
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            for _ in range(self.count):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def with_signal(monkeypatch, at, count=1):
+    """engine.train's trainers get a Signal hook."""
+    real = engine.Trainer
+
+    class WithSignal(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.register(Signal(at, count))
+
+    monkeypatch.setattr(engine, "Trainer", WithSignal)
+
+
+def test_ctrl_c_writes_a_checkpoint_of_the_current_iteration(tiny_cfg, tmp_path, monkeypatch):
+    from detection.signals import TrainingInterrupted
+
+    work = str(tmp_path / "w")
+    with_signal(monkeypatch, 4)
+    with pytest.raises(TrainingInterrupted) as exc:
+        engine.train(tiny_cfg, work, overrides=["train.max_iters=20"])
+    last = os.path.join(work, "checkpoints", "last.pth")
+    assert str(exc.value) == f"interrupted by SIGINT at iteration 5: checkpoint written to {last}"
+    assert load_checkpoint(last)["iter"] == 5
+    monkeypatch.undo()
+    engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=20", "train.eval_after=false"])
+    assert load_checkpoint(last)["iter"] == 20
+
+
+def test_a_second_ctrl_c_stops_at_once(tiny_cfg, tmp_path, monkeypatch):
+    with_signal(monkeypatch, 4, count=2)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["train.max_iters=20"])
+    assert load_checkpoint(str(tmp_path / "w" / "checkpoints" / "last.pth"))["iter"] == 3  # the periodic one
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

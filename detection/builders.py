@@ -160,7 +160,8 @@ def _strategy(cfg: Config, contract: LossContract) -> WeightingStrategy:
         strategy: WeightingStrategy = Fixed(w.weights)
     elif w.type == "alwa":
         strategy = ALWA(variant=w.variant, interval=w.interval, cls_keys=w.cls_keys, reg_keys=w.reg_keys,
-                        init_weight=w.init_weight, stats=w.stats, sync=w.sync)
+                        init_weight=w.init_weight, stats=w.stats, sync=w.sync, start_iter=w.start_iter,
+                        first_window=w.first_window)
     elif w.type in ("avw", "rlo"):
         groups = w.groups if w.groups is not None else contract.level_groups
         if not groups:

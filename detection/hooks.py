@@ -67,6 +67,7 @@ class MetricsLogger(HookBase):
         self._skipped = 0
         self._skipped_keys: Dict[str, int] = {}
         self._weights: Dict[str, float] = {}
+        self._windows: list = []  # window records of the interval, written with it as "alwa_windows"
         self._file = None
         self._bar = None
         self._tic = 0.0
@@ -98,6 +99,8 @@ class MetricsLogger(HookBase):
                 self._skipped_keys[k] = self._skipped_keys.get(k, 0) + 1
         else:
             self._accumulate(out)
+        # the statistics windows completed at this step (ALWA): plain values, no host read here
+        self._windows.extend({"iter": t.iter, **w} for w in t.weighting.pop_window_records())
         if t.iter % self.interval == 0 or t.iter >= t.max_iters:
             self.flush()
 
@@ -119,6 +122,8 @@ class MetricsLogger(HookBase):
         if self._count == 0:  # every step of the interval was skipped
             record = {"iter": t.iter, "epoch": t.epoch, "lr": t.lr, "skipped_steps": self._skipped,
                       "skipped_keys": dict(self._skipped_keys)}
+            if self._windows:
+                record["alwa_windows"], self._windows = self._windows, []
             if self._file is not None:
                 self._file.write(json.dumps(record) + "\n")
             self._skipped, self._skipped_keys = 0, {}
@@ -150,6 +155,8 @@ class MetricsLogger(HookBase):
         record["eta_s"] = record["time"] * (t.max_iters - t.iter)
         if self._skipped:
             record["skipped_steps"], record["skipped_keys"] = self._skipped, dict(self._skipped_keys)
+        if self._windows:  # one entry per ALWA window completed in the interval: what it compared, what it did
+            record["alwa_windows"], self._windows = self._windows, []
         if self.contract is not None and not self._contract_written:  # once per run: its first record
             record["contract"] = self.contract.to_record()
             self._contract_written = True

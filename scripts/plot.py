@@ -2,6 +2,7 @@
 
     python scripts/plot.py work_dirs/run_a work_dirs/run_b --out plots/losses.png --window 100
     python scripts/plot.py --alwa-stationary --out alwa_stationary.png   # λcls on a synthetic stationary stream
+    python scripts/plot.py work_dirs/run_a --alwa-windows --out alwa_windows.png  # CLS, REG and λcls per window
 """
 import argparse
 import sys
@@ -9,6 +10,7 @@ import sys
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection.experiments.plots import plot_alwa_stationary, plot_runs
+from detection.experiments.windows import describe, plot_windows, read_windows
 
 
 def main(argv=None):
@@ -17,6 +19,8 @@ def main(argv=None):
     parser.add_argument("--alwa-stationary", action="store_true",
                         help="instead: λcls of ALWA (stats weighted vs raw) on a synthetic stationary loss stream")
     parser.add_argument("--variant", type=int, default=2, help="ALWA variant for --alwa-stationary")
+    parser.add_argument("--alwa-windows", action="store_true",
+                        help="instead: per ALWA window, the CLS and REG it compared, where it fired, and λcls")
     parser.add_argument("--out", default="losses.png", help="PNG file to write")
     parser.add_argument("--keys", nargs="*", default=None,
                         help="loss keys to draw (default: all; a per-level run's levels are summed for e.g. loss_cls)")
@@ -30,7 +34,12 @@ def main(argv=None):
     if not args.work_dirs:
         parser.error("give at least one work dir (or --alwa-stationary)")
     try:
-        path = plot_runs(args.work_dirs, args.out, args.keys, args.window, args.labels)
+        if args.alwa_windows:
+            for d, name in zip(args.work_dirs, args.labels or args.work_dirs):
+                print(describe(name, read_windows(d)))
+            path = plot_windows(args.work_dirs, args.out, args.labels)
+        else:
+            path = plot_runs(args.work_dirs, args.out, args.keys, args.window, args.labels)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(f"wrote {path}")

@@ -58,6 +58,10 @@ class ALWAConfig(WindowedConfig):
     reg_keys: List[str] = field(default_factory=lambda: ["loss_bbox"])
     init_weight: float = 1.0
     stats: Literal["weighted", "raw"] = "weighted"
+    # study variants, off by default (the released rule): record no statistics in the first start_iter steps
+    # (e.g. the warmup); "skip" the first window's update
+    start_iter: int = 0
+    first_window: Literal["use", "skip"] = "use"
 
 
 @dataclass

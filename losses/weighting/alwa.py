@@ -13,6 +13,18 @@
   are gathered at the boundary so every rank computes the same ``λ``; ``sync=False`` keeps them per process
   (each rank its own ``λ``), as the released code does.
 
+Variants for studying the rule, each off by default (the released behaviour):
+
+* ``start_iter = S``: the first ``S`` steps the strategy sees are not recorded (e.g. the warmup, whose loss
+  transient otherwise fills the first window); windows count from step ``S + 1``.
+* ``first_window = "skip"``: the first completed window updates nothing (its statistics are dropped).
+* ``stats = "raw"``: statistics of the unweighted losses, so that λ can move both ways.
+
+Each completed window leaves a record (``pop_window_records``): its end step, the CLS and REG it compared,
+whether λcls changed and the λcls in force after it. The logger adds one entry per window to the
+``metrics.jsonl`` record of the interval it completed in (``alwa_windows``; plain floats read at the
+boundary: no extra host synchronisation).
+
 The per-step work is tensor writes into a preallocated window; the host reads the window only at a
 boundary (one synchronisation every ``interval`` steps).
 """
@@ -39,6 +51,8 @@ class ALWA(WeightingStrategy):
         init_weight: float = 1.0,
         stats: str = "weighted",
         sync: bool = True,
+        start_iter: int = 0,
+        first_window: str = "use",
     ):
         if variant not in (1, 2):
             raise ValueError(f"ALWA variant must be 1 or 2, got {variant!r}")
@@ -50,6 +64,13 @@ class ALWA(WeightingStrategy):
             raise ValueError(f"ALWA needs two disjoint, non-empty key groups, got {list(cls_keys)} and {list(reg_keys)}")
         if not (math.isfinite(init_weight) and init_weight > 0):
             raise ValueError(f"ALWA init_weight must be positive, got {init_weight}")
+        if start_iter < 0:
+            raise ValueError(f"ALWA start_iter must be >= 0, got {start_iter}")
+        if first_window not in ("use", "skip"):
+            raise ValueError(f"ALWA first_window must be 'use' or 'skip', got {first_window!r}")
+        self.start_iter, self.first_window = int(start_iter), first_window
+        self.steps_seen = 0  # steps observed, recorded or not (start_iter counts them)
+        self._records: List[dict] = []
         self.variant, self.interval, self.stats, self.sync = variant, int(interval), stats, sync
         self.cls_keys, self.reg_keys = list(cls_keys), list(reg_keys)
         self.lambda_cls = float(init_weight)
@@ -67,6 +88,9 @@ class ALWA(WeightingStrategy):
         return out
 
     def observe(self, losses: Mapping[str, Tensor]) -> None:
+        self.steps_seen += 1
+        if self.steps_seen <= self.start_iter:
+            return
         cls = sum(losses[k].detach().float() for k in self.cls_keys)
         reg = sum(losses[k].detach().float() for k in self.reg_keys)
         if self.stats == "weighted":
@@ -79,16 +103,29 @@ class ALWA(WeightingStrategy):
         std = values.std(dim=0, unbiased=True)
         stat = std if self.variant == 2 else values.mean(dim=0) + std
         cls_stat, reg_stat = float(stat[0]), float(stat[1])
-        if cls_stat > reg_stat:
+        skipped = self.first_window == "skip" and self.num_updates == 0
+        before = self.lambda_cls
+        if cls_stat > reg_stat and not skipped:
             self.lambda_cls = 1.0 - (cls_stat - reg_stat) / cls_stat
         self.num_updates += 1
+        self._records.append({"window": self.num_updates, "step": self.steps_seen, "cls_stat": cls_stat,
+                              "reg_stat": reg_stat, "fired": cls_stat > reg_stat and not skipped,
+                              "skipped": skipped, "changed": self.lambda_cls != before, "lambda_before": before,
+                              "lambda_cls": self.lambda_cls,
+                              "lambda_reg": self.lambda_reg})
+
+    def pop_window_records(self) -> List[dict]:
+        """The records of the windows completed since the last call (see the module docstring)."""
+        out, self._records = self._records, []
+        return out
 
     def state_dict(self) -> dict:
         return {"lambda_cls": self.lambda_cls, "lambda_reg": self.lambda_reg, "num_updates": self.num_updates,
-                **self._window.state_dict()}
+                "steps_seen": self.steps_seen, **self._window.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.lambda_cls = float(state["lambda_cls"])
         self.lambda_reg = float(state["lambda_reg"])
         self.num_updates = int(state.get("num_updates", 0))
+        self.steps_seen = int(state.get("steps_seen", 0))
         self._window.load_state_dict(state)

@@ -86,6 +86,11 @@ class WeightingStrategy:
     def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
         return self.apply(losses).total
 
+    def pop_window_records(self) -> List[dict]:
+        """Records of the statistics windows completed since the last call (ALWA's; none here): plain values,
+        read from the host at the boundary that completed them."""
+        return []
+
     def parameters(self) -> Iterator[Tensor]:
         """Learnable weighting parameters the optimizer must update (none here)."""
         return iter(())

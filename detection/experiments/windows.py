@@ -1,0 +1,88 @@
+"""ALWA per window, from a run's ``metrics.jsonl``: what the rule compared (CLS and REG), whether it fired,
+and λcls after each window; a plot of it and a one-line summary (how often the rule fired after the first
+window). The entries come from the logger (``alwa_windows`` in the interval records), so nothing is recomputed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+from detection.experiments.plots import read_metrics
+
+
+def read_windows(work_dir: str) -> List[dict]:
+    """ALWA's per-window entries of a run (``{"iter", "window", "step", "cls_stat", "reg_stat", "fired",
+    "skipped", "changed", "lambda_cls", "lambda_reg"}``), in window order (a resumed run's last of each)."""
+    by_window = {w["window"]: w for r in read_metrics(work_dir) for w in r.get("alwa_windows", [])}
+    return [by_window[k] for k in sorted(by_window)]
+
+
+def summary(windows: Sequence[dict]) -> Dict:
+    """Counts for the plain statement: windows, how often the rule fired in the first and in the later ones,
+    and λcls after the first window and at the end."""
+    later = [w for w in windows[1:] if w["fired"]]
+    return {"windows": len(windows), "first_fired": bool(windows and windows[0]["fired"]),
+            "later_fired": len(later), "later_windows": max(len(windows) - 1, 0),
+            "lambda_after_first": windows[0]["lambda_cls"] if windows else None,
+            "lambda_end": windows[-1]["lambda_cls"] if windows else None,
+            "later_fired_at": [w["iter"] for w in later]}
+
+
+def describe(name: str, windows: Sequence[dict]) -> str:
+    s = summary(windows)
+    if not s["windows"]:
+        return f"{name}: no ALWA windows logged"
+    first = (f"the first window (to iteration {windows[0]['iter']}) {'fired' if s['first_fired'] else 'did not fire'}, "
+             f"λcls {s['lambda_after_first']:.3f}")
+    later = (f"it fired in {s['later_fired']} of the {s['later_windows']} later windows"
+             + (f" (iterations {', '.join(map(str, s['later_fired_at'][:8]))}"
+                + (" ..." if len(s["later_fired_at"]) > 8 else "") + ")" if s["later_fired"] else ""))
+    return f"{name}: {s['windows']} windows; {first}; {later}; λcls at the end {s['lambda_end']:.3f}"
+
+
+def _init_weight(work_dir: str) -> float:
+    """λ before the first window, for logs written before the entries carried it: the run's init_weight."""
+    import yaml
+
+    path = os.path.join(work_dir, "config.yaml")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return float(((yaml.safe_load(f) or {}).get("weighting") or {}).get("init_weight", 1.0))
+    return 1.0
+
+
+def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None) -> str:
+    """Two panels per run: CLS and REG of every window (log scale; filled markers where the rule fired), and
+    λcls after each window. Returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in work_dirs]
+    fig, axes = plt.subplots(2, len(work_dirs), figsize=(5.5 * len(work_dirs), 6.5), squeeze=False)
+    for col, (work, label) in enumerate(zip(work_dirs, labels)):
+        windows = read_windows(work)
+        it = [w["iter"] for w in windows]
+        top, bottom = axes[0][col], axes[1][col]
+        top.plot(it, [w["cls_stat"] for w in windows], "-", color="C0", label="CLS (cls group)")
+        top.plot(it, [w["reg_stat"] for w in windows], "-", color="C1", label="REG (reg group)")
+        fired = [w for w in windows if w["fired"]]
+        top.plot([w["iter"] for w in fired], [w["cls_stat"] for w in fired], "o", color="C3", label="rule fired")
+        top.set_yscale("log")
+        top.set_title(f"{label}: the window statistics ALWA compared", fontsize=9)
+        top.legend(fontsize=7)
+        start = [(0, windows[0].get("lambda_before", _init_weight(work)))] if windows else []
+        bottom.step([x for x, _ in start] + it, [y for _, y in start] + [w["lambda_cls"] for w in windows],
+                    where="post", color="C2", label="λcls (from each window's end on)")
+        bottom.set_ylim(0, 1.05)
+        bottom.set_xlabel("iteration (window end)")
+        bottom.set_title(describe(label, windows).split(";")[2].strip(), fontsize=8)
+        bottom.legend(fontsize=7)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -1,0 +1,40 @@
+"""ALWA's per-window entries in metrics.jsonl, read back, summarised and plotted without recomputation."""
+import json
+import os
+
+from detection.checkpoint import load_checkpoint
+from detection.experiments.windows import describe, plot_windows, read_windows, summary
+
+
+def test_every_window_is_logged_with_what_the_rule_compared(trained):
+    """The tiny run: ALWA_2 with C = 2 over 6 steps, log interval 2: one entry per window, in the record of the
+    interval it completed in; its λcls is the checkpoint's at the end."""
+    records = [json.loads(line) for line in open(os.path.join(trained, "metrics.jsonl"))]
+    assert [[w["window"] for w in r["alwa_windows"]] for r in records] == [[1], [2], [3]]
+    windows = read_windows(trained)
+    assert [(w["iter"], w["step"]) for w in windows] == [(2, 2), (4, 4), (6, 6)]
+    for w in windows:
+        assert w["fired"] == (w["cls_stat"] > w["reg_stat"]) and not w["skipped"]
+        assert w["lambda_reg"] == 1.0 and 0 < w["lambda_cls"] <= 1
+    state = load_checkpoint(os.path.join(trained, "checkpoints", "last.pth"))
+    assert windows[-1]["lambda_cls"] == state["weighting"]["lambda_cls"]
+    # a window that fired and changed λ gives λ = REG / CLS of that window
+    for w in windows:
+        if w["changed"]:
+            assert abs(w["lambda_cls"] - w["reg_stat"] / w["cls_stat"]) < 1e-9
+
+
+def test_summary_and_plot(tmp_path):
+    windows = [{"iter": 100, "window": 1, "fired": True, "cls_stat": 2.0, "reg_stat": 1.0, "lambda_cls": 0.5},
+               {"iter": 200, "window": 2, "fired": False, "cls_stat": 0.5, "reg_stat": 1.0, "lambda_cls": 0.5},
+               {"iter": 300, "window": 3, "fired": True, "cls_stat": 1.5, "reg_stat": 1.0, "lambda_cls": 0.6667}]
+    s = summary(windows)
+    assert (s["windows"], s["first_fired"], s["later_fired"], s["later_windows"], s["later_fired_at"]) == (3, True, 1, 2, [300])
+    assert describe("run", windows) == ("run: 3 windows; the first window (to iteration 100) fired, λcls 0.500; it fired "
+                                        "in 1 of the 2 later windows (iterations 300); λcls at the end 0.667")
+    work = tmp_path / "w"
+    work.mkdir()
+    with open(work / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"iter": 300, "alwa_windows": windows}) + "\n")
+    out = plot_windows([str(work)], str(tmp_path / "w.png"))
+    assert os.path.getsize(out) > 1000

@@ -31,6 +31,17 @@ def read_metrics(work_dir: str) -> List[dict]:
     return [by_iter[i] for i in sorted(by_iter)]
 
 
+def save_figure(fig, out: str, dpi: int = 110) -> str:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns ``out``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def contract(records: Sequence[dict]) -> dict:
     """The run's loss contract as the logger wrote it (``keys``, ``groups``, ``levels``: see
     ``models.contract.LossContract``). Logs written before records carried it get the keys logged both raw
@@ -166,11 +177,7 @@ def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] 
                      transform=axes[2].transAxes)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 SUMMARY_METRICS = ("mAP", "AP", "AP50", "AP75", "segm_AP")  # eval.json keys tabulated when present
@@ -250,8 +257,4 @@ def plot_alwa_stationary(out: str, variant: int = 2, windows: int = 30, interval
     ax.set_title(f"ALWA_{variant} on a stationary loss stream (C = {interval})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence
 
-from detection.experiments.plots import read_metrics
+from detection.experiments.plots import read_metrics, save_figure
 
 
 def read_windows(work_dir: str) -> List[dict]:
@@ -81,8 +81,4 @@ def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[s
         bottom.legend(fontsize=7)
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=80)

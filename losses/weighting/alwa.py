@@ -30,8 +30,9 @@ boundary (one synchronisation every ``interval`` steps).
 """
 from __future__ import annotations
 
+import collections
 import math
-from typing import Dict, List, Mapping, Sequence
+from typing import Deque, Dict, List, Mapping, Sequence
 
 from torch import Tensor
 
@@ -70,7 +71,8 @@ class ALWA(WeightingStrategy):
             raise ValueError(f"ALWA first_window must be 'use' or 'skip', got {first_window!r}")
         self.start_iter, self.first_window = int(start_iter), first_window
         self.steps_seen = 0  # steps observed, recorded or not (start_iter counts them)
-        self._records: List[dict] = []
+        # pending window records; bounded, for users who never pop them (one entry per C steps)
+        self._records: Deque[dict] = collections.deque(maxlen=10_000)
         self.variant, self.interval, self.stats, self.sync = variant, int(interval), stats, sync
         self.cls_keys, self.reg_keys = list(cls_keys), list(reg_keys)
         self.lambda_cls = float(init_weight)
@@ -116,7 +118,8 @@ class ALWA(WeightingStrategy):
 
     def pop_window_records(self) -> List[dict]:
         """The records of the windows completed since the last call (see the module docstring)."""
-        out, self._records = self._records, []
+        out = list(self._records)
+        self._records.clear()
         return out
 
     def state_dict(self) -> dict:

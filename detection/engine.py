@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import time
 from typing import Dict, Optional, Sequence
 
@@ -13,12 +14,15 @@ from detection import builders
 from detection import dist as dist_utils
 from detection.checkpoint import CheckpointError, load_checkpoint, load_weights, seed_everything
 from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
-from detection.evaluate import evaluate_coco, evaluate_voc
+from detection.evaluate import PER_IMAGE, evaluate_coco, evaluate_voc
 from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
 from detection.resume import resume as resume_run
 from detection.schema import Config
 from detection.trainer import Trainer
 from detection.workdir import WorkDirLock, check_writable
+
+
+DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC)
 
 
 def load(cfg_path: str, overrides: Sequence[str] = ()) -> Config:
@@ -178,10 +182,21 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
         if device.type == "cuda":  # training and evaluation of this process
             metrics["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         if writer:
-            with open(os.path.join(work_dir, "eval.json"), "w") as f:
-                json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)
+            write_metrics(metrics, os.path.join(work_dir, "eval.json"))
             print(format_metrics(metrics))
     return metrics if writer else {}
+
+
+def write_metrics(metrics: Dict, path: str) -> None:
+    """``eval.json`` (the metrics without the COCO summary text and the per-image data) and, for VOC,
+    ``detections.pkl`` beside it: every image's detections and ground truth, for scripts/significance.py."""
+    per_image = metrics.pop(PER_IMAGE, None)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)
+    if per_image is not None:
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), DETECTIONS_FILE), "wb") as f:
+            pickle.dump(per_image, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _restart_hint(trainer: Trainer, work_dir: str) -> str:
@@ -214,9 +229,8 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     if rank == 0:
         print(format_metrics(metrics))
         if out:
-            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-            with open(out, "w") as f:
-                json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)
+            write_metrics(metrics, out)
+    metrics.pop(PER_IMAGE, None)
     return metrics
 
 

@@ -13,6 +13,9 @@ from detection.schema import Config
 from detection.batch import autocast, move_batch
 
 
+PER_IMAGE = "per_image"  # metrics key of the per-image detections and annotations (not for eval.json)
+
+
 def _to_host(v):
     """Tensor -> numpy (floating as float32, integer and bool kept); anything else unchanged."""
     if not isinstance(v, torch.Tensor):
@@ -78,6 +81,10 @@ def evaluate_voc(model: nn.Module, dataset, cfg: Config, device: torch.device, s
         "metric": cfg.eval.metric,
         "iou_thr": cfg.eval.iou_thr,
         "num_images": len(order),
+        # what a paired bootstrap needs (detection/evaluation/bootstrap.py); the engine writes it to
+        # detections.pkl and keeps it out of eval.json
+        PER_IMAGE: {"format": "voc", "detections": detections, "annotations": annotations, "classes": class_names,
+                    "iou_thr": cfg.eval.iou_thr, "metric": cfg.eval.metric, "legacy_coords": cfg.eval.legacy_coords},
     }
 
 

@@ -102,13 +102,15 @@ def _iou(a, b, legacy):
     return inter / np.maximum(area_a + area_b - inter, _EPS)
 
 
-def _match_class(d_boxes, d_img, g_boxes, g_img, g_diff, num_images, iou_thr, legacy):
-    """TP flags (bool) of the non-ignored detections, in the given (score) order.
+def _match_class(d_boxes, d_img, g_boxes, g_img, g_diff, num_images, iou_thr, legacy, return_kept=False):
+    """TP flags (bool) of the non-ignored detections, in the given (score) order (with ``return_kept`` also
+    the mask of those detections among the given ones).
 
     ``d_*`` are sorted by descending score; ``g_*`` are in image order.
     """
     if len(d_boxes) == 0 or len(g_boxes) == 0:
-        return np.zeros(len(d_boxes), dtype=bool)
+        none = np.zeros(len(d_boxes), dtype=bool)
+        return (none, ~none) if return_kept else none
     counts = np.bincount(g_img, minlength=num_images)
     slot = np.arange(len(g_img)) - (np.cumsum(counts) - counts)[g_img]
     table = np.full((num_images, counts.max()), -1, dtype=np.int64)
@@ -126,7 +128,7 @@ def _match_class(d_boxes, d_img, g_boxes, g_img, g_diff, num_images, iou_thr, le
     _, first = np.unique(gt_id[claim], return_index=True)
     tp = np.zeros(len(d_boxes), dtype=bool)
     tp[claim[first]] = True
-    return tp[~ignored]
+    return (tp[~ignored], ~ignored) if return_kept else tp[~ignored]
 
 
 def _average_precision(tp_flags, npos, metric):

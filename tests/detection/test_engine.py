@@ -98,7 +98,7 @@ def _run_script(name, args):
         spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.main(args)
+        return module.main(args)
     finally:
         sys.path.remove(os.path.dirname(path))
 
@@ -162,3 +162,13 @@ def test_cudnn_benchmark_follows_config_and_yields_to_deterministic(tiny_cfg):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = before
+
+
+def test_runs_keep_their_per_image_detections_for_the_bootstrap(trained, capsys):
+    """eval.json's run also writes detections.pkl; scripts/significance.py of a run against itself: 0 exactly."""
+    work, metrics = trained
+    assert os.path.isfile(os.path.join(work, "detections.pkl")) and "per_image" not in metrics
+    assert "per_image" not in json.load(open(os.path.join(work, "eval.json")))
+    out = _run_script("significance.py", [work, work, "-n", "50"])
+    assert (out["diff"], out["low"], out["high"], out["images"]) == (0.0, 0.0, 0.0, 6)
+    assert "mAP B - A = +0.0000, 95% interval [+0.0000, +0.0000] over 50 resamples of 6 test images" in capsys.readouterr().out

@@ -1,0 +1,116 @@
+"""Paired bootstrap of VOC mAP over test images: is the difference of two runs larger than the noise of the
+test set?
+
+Matching detections to ground truth is per image, so a resample of images with replacement only re-weights
+each image by how often it was drawn. The detections are matched once (:func:`match_tables`); every resample
+is then a weighted cumulative sum over the same score-ordered detections, and an image drawn k times counts
+k times in the true and false positives and in the positives. Weighting the points this way gives exactly
+the AP of the expanded list: copies of one detection are adjacent in the order, and the precision envelope
+is the same at their last copy. B resamples are computed at once as a [B, D] tensor per class. Images are
+drawn with the same counts for both runs (paired), from one seeded generator.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from detection.evaluation.voc import _gather, _match_class
+
+Table = Tuple[np.ndarray, np.ndarray]  # (image index [D], TP flag [D]) of one class, in score order
+
+
+def match_tables(detections, annotations, num_classes: int, iou_thr: float = 0.5, legacy_coords: bool = False):
+    """Per class the score-ordered ``(image, tp)`` of its detections (difficult matches left out), and the
+    non-difficult ground truths per image and class ``[N, C]``: everything a resample needs."""
+    det, gt = _gather(detections, annotations, num_classes)
+    n = len(detections)
+    npos = np.zeros((n, num_classes), np.int64)
+    keep = ~gt["difficult"]
+    np.add.at(npos, (gt["img"][keep], gt["labels"][keep]), 1)
+    tables: List[Table] = []
+    for c in range(num_classes):
+        di = np.flatnonzero(det["labels"] == c)
+        di = di[np.argsort(-det["scores"][di], kind="stable")]
+        gi = np.flatnonzero(gt["labels"] == c)
+        tp, kept = _match_class(det["boxes"][di], det["img"][di], gt["boxes"][gi], gt["img"][gi],
+                                gt["difficult"][gi], n, iou_thr, legacy_coords, return_kept=True)
+        tables.append((det["img"][di][kept], tp))
+    return tables, npos
+
+
+def resampled_map(tables: Sequence[Table], npos: np.ndarray, counts: torch.Tensor, metric: str = "11point"):
+    """mAP of each resample: ``counts`` [B, N] draws per image -> [B] (classes without positives in a
+    resample are left out of its mean, as ``voc_map`` does)."""
+    counts = counts.double()
+    aps = []
+    for c, (img, tp) in enumerate(tables):
+        pos = counts @ torch.as_tensor(npos[:, c], dtype=torch.float64)  # [B]
+        w = counts[:, torch.as_tensor(img, dtype=torch.long)]  # [B, D]
+        t = torch.as_tensor(tp, dtype=torch.float64)
+        tp_cum, fp_cum = (w * t).cumsum(1), (w * (1 - t)).cumsum(1)
+        rec = tp_cum / pos.clamp(min=1)[:, None]
+        prec = tp_cum / (tp_cum + fp_cum).clamp(min=np.finfo(np.float64).eps)
+        if metric == "11point":
+            env = torch.cat([prec.flip(1).cummax(1).values.flip(1), prec.new_zeros(len(prec), 1)], 1)
+            thr = (torch.arange(11, dtype=torch.float64) / 10).expand(len(rec), 11).contiguous()
+            ap = env.gather(1, torch.searchsorted(rec.contiguous(), thr, side="left")).sum(1) / 11
+        else:
+            zeros, ones = rec.new_zeros(len(rec), 1), rec.new_ones(len(rec), 1)
+            mrec, mpre = torch.cat([zeros, rec, ones], 1), torch.cat([zeros, prec, zeros], 1)
+            env = mpre.flip(1).cummax(1).values.flip(1)
+            ap = ((mrec[:, 1:] - mrec[:, :-1]) * env[:, 1:]).sum(1)
+        aps.append(torch.where(pos > 0, ap, torch.full_like(ap, float("nan"))))
+    return torch.stack(aps, 1).nanmean(1)
+
+
+def paired_bootstrap(run_a: Dict, run_b: Dict, n: int = 1000, seed: int = 0, chunk: int = 100,
+                     metric: str = "11point") -> Dict:
+    """``run_*``: ``{"tables", "npos"}`` of :func:`match_tables` on the same test images. Returns the observed
+    difference B - A, its 95% percentile interval, the fraction of resamples where B beats A, and n."""
+    if run_a["npos"].shape != run_b["npos"].shape or not np.array_equal(run_a["npos"], run_b["npos"]):
+        raise ValueError("the two runs were not evaluated on the same test images (ground truth differs)")
+    images = run_a["npos"].shape[0]
+    full = torch.ones(1, images)
+    observed = float(resampled_map(run_b["tables"], run_b["npos"], full, metric)
+                     - resampled_map(run_a["tables"], run_a["npos"], full, metric))
+    g = torch.Generator().manual_seed(seed)
+    diffs = []
+    for start in range(0, n, chunk):
+        b = min(chunk, n - start)
+        draws = torch.randint(images, (b, images), generator=g)
+        counts = torch.zeros(b, images).scatter_add_(1, draws, torch.ones(b, images))
+        diffs.append(resampled_map(run_b["tables"], run_b["npos"], counts, metric)
+                     - resampled_map(run_a["tables"], run_a["npos"], counts, metric))
+    d = torch.cat(diffs)
+    lo, hi = torch.quantile(d, torch.tensor([0.025, 0.975], dtype=d.dtype)).tolist()
+    return {"diff": observed, "low": lo, "high": hi, "b_better": float((d > 0).double().mean()), "n": n,
+            "images": images}
+
+
+def load_run(path: str) -> Dict:
+    """The match tables of a run: its work dir (or an eval output folder) holding ``detections.pkl``, or that
+    file itself."""
+    import os
+    import pickle
+
+    file = path if path.endswith(".pkl") else os.path.join(path, "detections.pkl")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no per-image detections at {file}: they are written beside eval.json by training "
+                                f"runs and by scripts/eval.py --out of this version (VOC data)")
+    with open(file, "rb") as f:
+        data = pickle.load(f)
+    if data.get("format") != "voc":
+        raise ValueError(f"{file}: the bootstrap covers VOC mAP only, got format {data.get('format')!r}")
+    tables, npos = match_tables(data["detections"], data["annotations"], len(data["classes"]), data["iou_thr"],
+                                data["legacy_coords"])
+    return {"tables": tables, "npos": npos, "classes": list(data["classes"]), "metric": data["metric"], "file": file}
+
+
+def compare_runs(path_a: str, path_b: str, n: int = 1000, seed: int = 0) -> Dict:
+    a, b = load_run(path_a), load_run(path_b)
+    if (a["classes"], a["metric"]) != (b["classes"], b["metric"]):
+        raise ValueError(f"{a['file']} and {b['file']} differ in classes or metric: {a['classes']} {a['metric']} vs "
+                         f"{b['classes']} {b['metric']}")
+    return paired_bootstrap(a, b, n=n, seed=seed, metric=a["metric"])

@@ -69,24 +69,34 @@ def paired_bootstrap(run_a: Dict, run_b: Dict, n: int = 1000, seed: int = 0, chu
                      metric: str = "11point") -> Dict:
     """``run_*``: ``{"tables", "npos"}`` of :func:`match_tables` on the same test images. Returns the observed
     difference B - A, its 95% percentile interval, the fraction of resamples where B beats A, and n."""
-    if run_a["npos"].shape != run_b["npos"].shape or not np.array_equal(run_a["npos"], run_b["npos"]):
-        raise ValueError("the two runs were not evaluated on the same test images (ground truth differs)")
-    images = run_a["npos"].shape[0]
-    full = torch.ones(1, images)
-    observed = float(resampled_map(run_b["tables"], run_b["npos"], full, metric)
-                     - resampled_map(run_a["tables"], run_a["npos"], full, metric))
+    return paired_bootstrap_mean([(run_a, run_b)], n, seed, chunk, metric)
+
+
+def paired_bootstrap_mean(pairs: Sequence[Tuple[Dict, Dict]], n: int = 1000, seed: int = 0, chunk: int = 100,
+                          metric: str = "11point") -> Dict:
+    """The mean of B - A over several pairs (e.g. one per seed) on the same test images, each resample drawing
+    the same images for every run: the interval covers the test set's noise of that mean."""
+    images = pairs[0][0]["npos"].shape[0]
+    for a, b in pairs:
+        for r in (a, b):
+            if r["npos"].shape != pairs[0][0]["npos"].shape or not np.array_equal(r["npos"], pairs[0][0]["npos"]):
+                raise ValueError("the runs were not evaluated on the same test images (ground truth differs)")
+
+    def mean_diff(counts):
+        return torch.stack([resampled_map(b["tables"], b["npos"], counts, metric)
+                            - resampled_map(a["tables"], a["npos"], counts, metric) for a, b in pairs]).mean(0)
+
+    observed = float(mean_diff(torch.ones(1, images)))
     g = torch.Generator().manual_seed(seed)
     diffs = []
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
         draws = torch.randint(images, (b, images), generator=g)
-        counts = torch.zeros(b, images).scatter_add_(1, draws, torch.ones(b, images))
-        diffs.append(resampled_map(run_b["tables"], run_b["npos"], counts, metric)
-                     - resampled_map(run_a["tables"], run_a["npos"], counts, metric))
+        diffs.append(mean_diff(torch.zeros(b, images).scatter_add_(1, draws, torch.ones(b, images))))
     d = torch.cat(diffs)
     lo, hi = torch.quantile(d, torch.tensor([0.025, 0.975], dtype=d.dtype)).tolist()
     return {"diff": observed, "low": lo, "high": hi, "b_better": float((d > 0).double().mean()), "n": n,
-            "images": images}
+            "images": images, "pairs": len(pairs)}
 
 
 def load_run(path: str) -> Dict:

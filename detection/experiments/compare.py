@@ -246,6 +246,7 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
             text += (f"Difference to `{schemes[0]}` in {metric}, paired by seed (same seed = same initialisation "
                      f"and data order), mean ± sd (n pairs):\n\n{grid_markdown(runs, rows, metric, paired=True)}\n\n")
         text += "Every run:\n\n"
+    text += bootstrap_markdown(runs)
     text += markdown_table(rows) + "\n"
     with open(os.path.join(work_root, "compare.md"), "w") as f:
         f.write(text)
@@ -266,6 +267,36 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
         plot_runs([r.work_dir for r in chosen], out, keys=plot_keys, window=window,
                   labels=[r.scheme for r in chosen], title=title)
     return text
+
+
+def bootstrap_markdown(runs: Sequence[GridRun], n: int = 1000) -> str:
+    """VOC grids: per variant and scheme, the mean mAP difference to the first scheme over the seeds both
+    finished, with its 95% interval from a paired bootstrap over test images (the same resamples for every
+    run; test-set noise, not seed noise). Empty when a run lacks its detections.pkl (COCO, or older runs)."""
+    from detection.evaluation.bootstrap import load_run, paired_bootstrap_mean
+
+    schemes = list(dict.fromkeys(r.scheme for r in runs))
+    paths = {(r.variant, r.scheme, r.seed): r.work_dir for r in runs}
+    if len(schemes) < 2 or not all(os.path.isfile(os.path.join(p, "detections.pkl")) for p in paths.values()):
+        return ""
+    cache: Dict[str, Dict] = {}
+    load = lambda path: cache.setdefault(path, load_run(path))  # noqa: E731
+    variants, seeds = list(dict.fromkeys(r.variant for r in runs)), list(dict.fromkeys(r.seed for r in runs))
+    lines = ["| | " + " | ".join(schemes[1:]) + " |", "|---|" + "---|" * (len(schemes) - 1)]
+    for v in variants:
+        cells = []
+        for sch in schemes[1:]:
+            pairs = [(load(paths[(v, schemes[0], k)]), load(paths[(v, sch, k)])) for k in seeds
+                     if (v, schemes[0], k) in paths and (v, sch, k) in paths]
+            if not pairs:
+                cells.append("-")
+                continue
+            b = paired_bootstrap_mean(pairs, n=n, metric=pairs[0][0]["metric"])
+            cells.append(f"{b['diff']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]")
+        lines.append(f"| {v or 'all'} | " + " | ".join(cells) + " |")
+    return (f"\nmAP difference to `{schemes[0]}` (mean over the paired seeds) with its 95% interval from a paired "
+            f"bootstrap over the test images ({n} resamples; scripts/significance.py for one pair):\n\n"
+            + "\n".join(lines) + "\n\n")
 
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, Optional[float]]:

@@ -61,3 +61,34 @@ def test_a_run_missing_a_third_of_its_detections_is_outside_the_interval():
     assert out["b_better"] < 0.025
     with pytest.raises(ValueError, match="not evaluated on the same test images"):
         paired_bootstrap(a, dict(zip(("tables", "npos"), match_tables(dets[1:], anns[1:], 2))), n=10)
+
+
+def test_compare_reports_the_interval_of_every_paired_cell(tmp_path):
+    """Two schemes x two seeds: the cell is the mean difference over the seeds, with the bootstrap interval;
+    an identical scheme gives exactly 0."""
+    import os
+    import pickle
+
+    from detection.experiments.compare import GridRun, bootstrap_markdown
+
+    dets, anns = scene(n=80)
+    rng = np.random.default_rng(3)
+    runs = []
+    for scheme in ("fixed", "same", "worse"):
+        for seed in (0, 1):
+            work = tmp_path / scheme / str(seed)
+            os.makedirs(work)
+            kept = dets if scheme != "worse" else [{k: v[m] for k, v in d.items()} for d in dets
+                                                   for m in [rng.random(len(d["scores"])) > 0.4]]
+            with open(work / "detections.pkl", "wb") as f:
+                pickle.dump({"format": "voc", "detections": kept, "annotations": anns, "classes": ["a", "b"],
+                             "iou_thr": 0.5, "metric": "11point", "legacy_coords": False}, f)
+            runs.append(GridRun(None, scheme, seed, str(work), ()))
+    text = bootstrap_markdown(runs, n=100)
+    row = [line for line in text.splitlines() if line.startswith("| all |")][0]
+    same, worse = [c.strip() for c in row.split("|")[2:4]]
+    assert same == "+0.0000 [+0.0000, +0.0000]"
+    diff, lo, hi = (float(x) for x in worse.replace("[", "").replace("]", "").replace(",", "").split())
+    assert lo <= diff <= hi < 0
+    os.unlink(tmp_path / "worse" / "1" / "detections.pkl")
+    assert bootstrap_markdown(runs, n=10) == ""  # a run without detections: no table

@@ -58,8 +58,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(detector, tmp_path):
 
     proc = subprocess.Popen(command(detector, killed, root), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "checkpoints" / "iter_0000005.pth"
+    last = killed / "checkpoints" / "last.pth"  # re-pointed right after the numbered file is written
     deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    while not (first.exists() and last.exists()) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -8,6 +8,7 @@ A subclass fills ``self.records`` (dicts with at least ``path``, ``width``, ``he
 from __future__ import annotations
 
 import os
+import stat
 from typing import List, Optional, Tuple
 
 import cv2
@@ -64,10 +65,9 @@ class DetectionRecords(torch.utils.data.Dataset):
         names every gap instead of a crash at the first missing file hours into training)."""
         if not self.records:
             raise DataError(f"no images listed in {self.sets} under {self.root}")
-        missing = self.check_files()
+        missing, empty = self._scan_files()
         if missing:
             raise missing_files_error(missing, len(self.records), f"{self.sets} under {self.root}")
-        empty = self.empty_files()
         if empty:
             shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             raise DataError(f"{len(empty)} of {len(self.records)} images of {self.sets} under {self.root} are "
@@ -106,13 +106,24 @@ class DetectionRecords(torch.utils.data.Dataset):
         """Width / height per image, from the annotations (no image decoding)."""
         return [r["width"] / r["height"] for r in self.records]
 
+    def _scan_files(self) -> Tuple[List[str], List[str]]:
+        """Paths of the listed images that are missing, and of those of 0 bytes: one ``stat`` per image."""
+        missing, empty = [], []
+        for r in self.records:
+            try:
+                st = os.stat(r["path"])
+            except OSError:
+                missing.append(r["path"])
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                missing.append(r["path"])
+            elif st.st_size == 0:
+                empty.append(r["path"])
+        return missing, empty
+
     def check_files(self) -> List[str]:
         """Paths of listed images that are missing (empty when all exist)."""
-        return [r["path"] for r in self.records if not os.path.isfile(r["path"])]
-
-    def empty_files(self) -> List[str]:
-        """Paths of listed images of 0 bytes (the size comes with the same stat as the existence check)."""
-        return [r["path"] for r in self.records if os.path.getsize(r["path"]) == 0]
+        return self._scan_files()[0]
 
     def _read(self, r: dict) -> np.ndarray:
         image = read_image(r["path"])

@@ -128,7 +128,6 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
                       cfg.train.amp, cfg.optimizer.grad_clip, hooks, cfg.train.check_finite, cfg.train.max_bad_steps,
                       channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss)
     trainer.classes = names
-    trainer.checkpoint_hook = hooks[-1]
     last = os.path.join(ckpt_dir, "last.pth")
     if resume and os.path.exists(last):
         resume_run(trainer, cfg, last, lr, rank, world, writer, allow_config_change)

@@ -39,8 +39,8 @@ class _Ctx:
         self.provenance = provenance or {}
         self.errors: List[str] = []
         self.notes: List[str] = []  # keys of a replaced section type, dropped (said at start-up)
-        self.type_changes: List[str] = []  # type keys of the variant sections being converted
-        self.types: dict = {}  # type key -> its value
+        # (type key, its value) of the variant sections with a changed type being converted, innermost last
+        self.type_changes: List[tuple] = []
 
     def order(self, source: str) -> int:
         """Position of ``source`` in the merge order (-1: unknown)."""
@@ -205,8 +205,7 @@ def _convert_dataclass(cls, value, key, ctx):
     type_key = prefix + VARIANT_KEY
     pushed = _variant_family(cls) is not None and type_key + CHANGED in ctx.provenance
     if pushed:
-        ctx.type_changes.append(type_key)
-        ctx.types[type_key] = value.get(VARIANT_KEY)
+        ctx.type_changes.append((type_key, value.get(VARIANT_KEY)))
     try:
         return _convert_fields(cls, value, key, prefix, ctx)
     finally:
@@ -250,11 +249,11 @@ def _stale_keys(cls, value, prefix, ctx) -> List[str]:
     unknown = [n for n in value if n not in fields]
     if not unknown or not ctx.type_changes:
         return []
-    t = ctx.type_changes[-1]  # the innermost changed type
+    t, new_type = ctx.type_changes[-1]  # the innermost changed type
     stale = [n for n in unknown if ctx.replaced(prefix + str(n), t)]
     if stale:
         dropped = ", ".join(f"{prefix}{n} (from {ctx.source(prefix + str(n))})" for n in stale)
-        ctx.notes.append(f"{t} changed to '{ctx.types[t]}' (by {ctx.provenance[t + CHANGED]}) replaces the keys of "
+        ctx.notes.append(f"{t} changed to '{new_type}' (by {ctx.provenance[t + CHANGED]}) replaces the keys of "
                          f"the previous type: dropped {dropped}")
     return stale
 

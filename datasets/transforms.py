@@ -1,8 +1,13 @@
-"""albumentations pipelines for detection: keep-ratio resize, horizontal flip, normalise.
+"""Detection preprocessing: keep-ratio resize, horizontal flip, normalise.
 
-The resize follows mmdetection's rule for ``img_scale=(max_size, min_size)``:
-``scale = min(min_size / short side, max_size / long side)`` (upscaling allowed). The target size depends
-on the image, so one albumentations ``Compose`` is built per output size and cached.
+Two styles share the scale ``min(min_size / short side, max_size / long side)`` (upscaling allowed):
+
+- ``"mmdet"`` (:class:`DetectionTransform`, the default): albumentations resizes the uint8 image to the
+  nearest-pixel size (mmdetection's rule for ``img_scale=(max_size, min_size)``), then normalises. The
+  target size depends on the image, so one albumentations ``Compose`` is built per output size and cached.
+- ``"torchvision"`` (:class:`TorchvisionTransform`): torchvision's ``GeneralizedRCNNTransform``, to the bit:
+  the image is normalised in float first, then resized bilinearly by ``F.interpolate`` with the scale
+  factor, which floors the output size.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def keep_ratio_size(h: int, w: int, min_size: int, max_size: int) -> Tuple[int, int]:
@@ -124,6 +130,50 @@ def _scale_flip_boxes(boxes, sx: float, sy: float, w: int, h: int, flip: bool) -
     return b.astype(np.float32)
 
 
+class TorchvisionTransform(DetectionTransform):
+    """:class:`DetectionTransform`'s interface with torchvision's preprocessing: ``image / 255`` normalised by
+    ``mean / 255`` and ``std / 255`` in float32, then ``F.interpolate(scale_factor=scale, mode="bilinear",
+    recompute_scale_factor=True, align_corners=False)`` (output size ``floor(h * scale)``); boxes scaled by
+    the per-axis size ratios (and clipped to the image), masks resized nearest-neighbour the same way."""
+
+    def __call__(self, image: np.ndarray, boxes, labels, difficult=None, masks=None, ignore_boxes=None):
+        h0, w0 = image.shape[:2]
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        n = len(boxes)
+        scale = min(self.min_size / min(h0, w0), self.max_size / max(h0, w0))
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
+        mean = torch.tensor([m / 255 for m in self.mean], dtype=torch.float32)[:, None, None]
+        std = torch.tensor([s / 255 for s in self.std], dtype=torch.float32)[:, None, None]
+        x = F.interpolate(((x - mean) / std)[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                          align_corners=False)[0]
+        h, w = x.shape[-2:]
+        sx, sy = w / w0, h / h0
+        flip = self.flip_prob > 0 and random.random() < self.flip_prob
+        ratio = np.array([sx, sy, sx, sy], np.float32)
+        new_boxes = np.clip(boxes * ratio, 0, np.array([w, h, w, h], np.float32))
+        if flip:
+            x = x.flip(-1)
+            new_boxes = np.stack([w - new_boxes[:, 2], new_boxes[:, 1], w - new_boxes[:, 0], new_boxes[:, 3]], 1)
+        meta = {"img_size": (h, w), "scale_factor": (sx, sy, sx, sy), "flipped": flip}
+        if masks is not None:
+            m = torch.from_numpy(_as_mask_array(masks, n, h0, w0).copy())
+            m = F.interpolate(m[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0] if n else \
+                torch.zeros(0, h, w)
+            meta["masks"] = (m.flip(-1) if flip else m).to(torch.uint8).numpy()
+        if ignore_boxes is not None:
+            meta["ignore_boxes"] = _scale_flip_boxes(ignore_boxes, sx, sy, w, h, flip)
+        difficult = np.zeros(n, dtype=bool) if difficult is None else difficult
+        return (x.contiguous(), new_boxes.astype(np.float32), np.asarray(labels, dtype=np.int64),
+                np.asarray(difficult, dtype=bool), meta)
+
+
+# data.preprocess -> transform class
+PREPROCESS = {"mmdet": DetectionTransform, "torchvision": TorchvisionTransform}
+
+
 def build_transforms(train: bool, min_size: int = 800, max_size: int = 1333, flip_prob: float = 0.5,
-                     mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)) -> DetectionTransform:
-    return DetectionTransform(train, min_size, max_size, flip_prob, mean, std)
+                     mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                     style: str = "mmdet") -> DetectionTransform:
+    if style not in PREPROCESS:
+        raise ValueError(f"preprocess style must be one of {sorted(PREPROCESS)}, got {style!r}")
+    return PREPROCESS[style](train, min_size, max_size, flip_prob, mean, std)

@@ -41,11 +41,13 @@ def class_names(cfg: Config) -> List[str]:
 
 def _anchor_generator(a) -> AnchorGenerator:
     return AnchorGenerator(strides=a.strides, ratios=a.ratios, octave_base_scale=a.octave_base_scale,
-                           scales_per_octave=a.scales_per_octave, scales=a.scales, center_offset=a.center_offset)
+                           scales_per_octave=a.scales_per_octave, scales=a.scales, center_offset=a.center_offset,
+                           style=a.style)
 
 
 def _assigner(a) -> MaxIoUAssigner:
-    return MaxIoUAssigner(a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou, a.low_quality_match, a.ignore_iof_thr)
+    return MaxIoUAssigner(a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou, a.low_quality_match, a.ignore_iof_thr,
+                          a.low_quality_target)
 
 
 def _check_strides(key: str, strides, backbone: BackboneFPN) -> None:
@@ -57,13 +59,15 @@ def _check_strides(key: str, strides, backbone: BackboneFPN) -> None:
 
 def build_backbone(cfg: Config) -> BackboneFPN:
     m = cfg.model
-    body = build_body(m.backbone.name, m.backbone.norm, m.backbone.frozen_stages, m.backbone.pretrained)
+    body = build_body(m.backbone.name, m.backbone.norm, m.backbone.frozen_stages, m.backbone.pretrained,
+                      m.backbone.bn_eps, m.backbone.fold_bn)
     return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra, m.fpn.p7_relu)
 
 
 def _box_loss(h, coder) -> BoxRegressionLoss:
     """The box loss of one head's loss section (``HeadLossConfig``)."""
-    return BoxRegressionLoss(h.reg_loss, DeltaBoxCoder(coder.means, coder.stds), h.smooth_l1_beta, h.reg_loss_weight)
+    return BoxRegressionLoss(h.reg_loss, DeltaBoxCoder(coder.means, coder.stds, clamp=coder.clamp), h.smooth_l1_beta,
+                             h.reg_loss_weight)
 
 
 def _iou_balanced(h, norm: str = "batch") -> IoUBalanced:
@@ -85,7 +89,7 @@ def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
                          SigmoidLoss(m.loss.focal_alpha, m.loss.focal_gamma),
                          iou_balanced=_iou_balanced(m.loss, m.loss.iou_balanced_norm))
     t = m.test
-    test = DetectConfig(t.score_thr, t.nms_iou, t.max_per_img, t.pre_nms_top_k, t.pre_nms_rank)
+    test = DetectConfig(t.score_thr, t.nms_iou, t.max_per_img, t.pre_nms_top_k, t.pre_nms_rank, t.min_box_size)
     return RetinaNet(backbone, head, anchors, loss, test, loss_per_level=m.head.loss_per_level)
 
 
@@ -104,17 +108,18 @@ def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
 def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoIHeads:
     m, h = cfg.model, cfg.model.roi_head
     _check_strides("model.roi_head.strides", h.strides, backbone)
-    extractor = RoIFeatureExtractor(h.strides, h.roi_size, h.sampling_ratio, h.finest_scale)
+    extractor = RoIFeatureExtractor(h.strides, h.roi_size, h.sampling_ratio, h.finest_scale, h.aligned, h.level_rule)
     box_head = TwoFCBoxHead(backbone.out_channels, h.roi_size, num_classes, h.fc_channels)
     mask_branch = None
     if m.type == "mask_rcnn":
         mh = m.mask_head
-        mask_extractor = RoIFeatureExtractor(h.strides, mh.roi_size, h.sampling_ratio, h.finest_scale)
+        mask_extractor = RoIFeatureExtractor(h.strides, mh.roi_size, h.sampling_ratio, h.finest_scale, h.aligned,
+                                             h.level_rule)
         mask_head = MaskHead(backbone.out_channels, num_classes, mh.conv_channels, mh.num_convs)
-        mask_branch = MaskBranch(mask_extractor, mask_head, mh.mask_size, mh.mask_thr)
+        mask_branch = MaskBranch(mask_extractor, mask_head, mh.mask_size, mh.mask_thr, mh.paste)
     loss = RoIHeadLoss(_assigner(h.assigner), _sampler(h.sampler), _box_loss(h, h.coder), _iou_balanced(h),
                        h.add_gt_as_proposals)
-    test = DetectConfig(m.test.score_thr, m.test.nms_iou, m.test.max_per_img)
+    test = DetectConfig(m.test.score_thr, m.test.nms_iou, m.test.max_per_img, min_box_size=m.test.min_box_size)
     return RoIHeads(extractor, box_head, loss, test, mask_branch)
 
 
@@ -194,7 +199,8 @@ def prepare_data(data: DataConfig) -> None:
 def build_dataset(cfg: Config, train: bool):
     d = cfg.data
     transforms = datasets.build_transforms(train=train, min_size=d.min_size, max_size=d.max_size,
-                                           flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std)
+                                           flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std,
+                                           style=d.preprocess)
     sets = d.train_sets if train else d.test_sets
     if d.format == "coco" and not train and len(sets) > 1:
         raise ConfigError([f"data.test_sets {list(sets)}: COCO evaluation takes one set (one annotation file); "

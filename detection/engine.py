@@ -16,6 +16,7 @@ from detection.checkpoint import CheckpointError, load_checkpoint, load_weights,
 from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
 from detection.evaluate import PER_IMAGE, evaluate_coco, evaluate_voc
 from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
+from detection.init_from import init_from
 from detection.resume import resume as resume_run
 from detection.schema import Config
 from detection.trainer import Trainer
@@ -46,13 +47,14 @@ def checkpoint_extra(cfg: Config, classes, world: int = 1) -> dict:
 def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.nn.Module:
     """The eval-mode detector of a checkpoint written by scripts/train.py, built from the config saved in it
     (``overrides`` change e.g. ``model.test.score_thr``) and on ``device``; ``model.classes`` are its class
-    names. Pretrained backbone files are not read: every weight comes from the checkpoint."""
+    names and ``model.config`` that config. Pretrained backbone files are not read: every weight comes from the checkpoint."""
     state = load_checkpoint(path)
     cfg = checkpoint_config(state, path, list(overrides) + ["model.backbone.pretrained=null"])
     classes = list(state.get("classes") or builders.class_names(cfg))
     model = builders.build_model(cfg, len(classes))
     load_weights(model, state, path)
     model.classes = classes
+    model.config = cfg  # for detection.inference.predict: the preprocessing the model was built with
     return model.to(torch.device(device)).eval()
 
 
@@ -88,6 +90,10 @@ def save_run_config(cfg: Config, work_dir: str, rank: int) -> None:
         save_config(cfg, os.path.join(work_dir, "config.yaml"))
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 0, world: int = 1,
                   resume: bool = False, allow_config_change: bool = False) -> Trainer:
     """Data, model (DDP-wrapped when distributed), weighting, optimizer, schedule, hooks, and the checkpoint
@@ -100,6 +106,9 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         print(train_set.summary(), flush=True)
     loader, sampler = builders.build_train_loader(cfg, train_set, rank, world)
     model = builders.build_model(cfg, len(names))
+    last = os.path.join(work_dir, "checkpoints", "last.pth")
+    if cfg.model.init_from and not (resume and os.path.exists(last)):  # a resume restores every weight anyway
+        init_from(model, cfg.model.init_from, names, cfg.model.init_class_map, log=print if writer else _quiet)
     contract = model.loss_contract
     # the weighting is checked against the model's loss keys before anything trains
     weighting = builders.build_weighting(cfg, contract).to(device)
@@ -128,7 +137,6 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
                       cfg.train.amp, cfg.optimizer.grad_clip, hooks, cfg.train.check_finite, cfg.train.max_bad_steps,
                       channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss)
     trainer.classes = names
-    last = os.path.join(ckpt_dir, "last.pth")
     if resume and os.path.exists(last):
         resume_run(trainer, cfg, last, lr, rank, world, writer, allow_config_change)
     elif resume and writer:

@@ -20,7 +20,8 @@ FREE = ("train.max_iters", "train.epochs", "train.log_interval", "train.checkpoi
         "train.keep_checkpoints", "train.eval_after", "train.progress", "train.cudnn_benchmark",
         "train.channels_last", "train.check_finite", "train.max_bad_steps", "train.max_loss", "device", "data.root",
         "data.coco_image_dir", "data.num_workers", "data.test_batch_size", "data.test_sets", "eval.",
-        "model.test.", "model.rpn.test_proposals.", "model.mask_head.mask_thr", "model.backbone.pretrained")
+        "model.test.", "model.rpn.test_proposals.", "model.mask_head.mask_thr", "model.backbone.pretrained",
+        "model.init_from", "model.init_class_map")
 # what --allow-config-change cannot apply: the random streams continue from the checkpoint
 NOT_APPLIED = {"seed": "the random streams continue from the checkpoint's"}
 

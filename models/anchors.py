@@ -6,12 +6,18 @@ centred at ``((j + center_offset) * stride_l, (i + center_offset) * stride_l)`` 
 the middle of the cell.
 
 Within a cell, anchors are ordered ratio-major then scale (``a = r * S + s``), and over a level the
-order is ``(i, j, a)``. Heads must lay out their predictions the same way: a conv output of shape
+order is ``(i, j, a)``.
+
+``style="torchvision"`` reproduces torchvision's ``AnchorGenerator`` to the bit: each anchor size
+``base_size * scale`` is truncated to an integer, the cell anchors are computed in float32 and rounded to
+whole pixels, and each level's stride is inferred per axis as ``padded image size // feature size`` (at
+800 x 1216, P6 and P7 get strides 61 x 64 and 114 x 121 instead of 64 and 128). ``"mmdet"`` (the default)
+keeps exact sizes and nominal strides. Heads must lay out their predictions the same way: a conv output of shape
 ``[B, A * K, H, W]`` is permuted to ``[B, H, W, A, K]`` and flattened, see ``flatten_level_outputs``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -28,7 +34,10 @@ class AnchorGenerator:
         scales: explicit scale multipliers; overrides the octave parameters (Faster R-CNN RPN: (8,)).
         ratios: height / width ratios.
         center_offset: see module docstring.
+        style: ``"mmdet"`` or ``"torchvision"``, see module docstring.
     """
+
+    STYLES = ("mmdet", "torchvision")
 
     def __init__(
         self,
@@ -39,7 +48,10 @@ class AnchorGenerator:
         scales: Sequence[float] | None = None,
         base_sizes: Sequence[float] | None = None,
         center_offset: float = 0.0,
+        style: str = "mmdet",
     ):
+        if style not in self.STYLES:
+            raise ValueError(f"anchor style must be one of {self.STYLES}, got {style!r}")
         if not strides:
             raise ValueError("AnchorGenerator needs at least one stride")
         if scales is None:
@@ -53,6 +65,7 @@ class AnchorGenerator:
         self.scales = [float(s) for s in scales]
         self.base_sizes = [float(b) for b in base_sizes] if base_sizes is not None else [float(s) for s in self.strides]
         self.center_offset = float(center_offset)
+        self.style = style
         self._cache: Dict[Tuple, Tuple[Tensor, List[int]]] = {}
 
     @property
@@ -60,18 +73,34 @@ class AnchorGenerator:
         return len(self.ratios) * len(self.scales)
 
     def cell_anchors(self, level: int) -> Tensor:
-        """Anchors of one cell centred at the origin, shape [A, 4] in float64 for exactness."""
+        """Anchors of one cell centred at the origin, shape [A, 4] in float64 (exact sizes, ``"mmdet"``) or
+        whole pixels (``"torchvision"``: integer sizes, float32 arithmetic, rounded half to even)."""
+        size = self.base_sizes[level]
+        if self.style == "torchvision":
+            sizes = torch.tensor([float(int(size * s)) for s in self.scales], dtype=torch.float32)
+            h_ratio = torch.tensor(self.ratios, dtype=torch.float32).sqrt()
+            ws = ((1.0 / h_ratio)[:, None] * sizes[None, :]).reshape(-1)
+            hs = (h_ratio[:, None] * sizes[None, :]).reshape(-1)
+            return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round().double()
         ratios = torch.tensor(self.ratios, dtype=torch.float64)
         scales = torch.tensor(self.scales, dtype=torch.float64)
         h_ratio = ratios.sqrt()
         w_ratio = 1.0 / h_ratio
-        size = self.base_sizes[level]
         ws = (size * w_ratio[:, None] * scales[None, :]).reshape(-1)
         hs = (size * h_ratio[:, None] * scales[None, :]).reshape(-1)
         return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=1)
 
-    def grid_anchors(self, sizes: Sequence[Tuple[int, int]], device, dtype=torch.float32) -> Tuple[Tensor, List[int]]:
-        """All anchors for feature maps of the given (H, W) sizes.
+    def level_strides(self, sizes: Sequence[Tuple[int, int]], image_size: Optional[Tuple[int, int]]):
+        """(stride_y, stride_x) of each level: the nominal stride, or with ``style="torchvision"`` and the
+        padded ``image_size`` (H, W) known, ``(H // h, W // w)`` for a feature map of size (h, w)."""
+        if self.style != "torchvision" or image_size is None:
+            return [(s, s) for s in self.strides]
+        return [(int(image_size[0]) // int(h), int(image_size[1]) // int(w)) for h, w in sizes]
+
+    def grid_anchors(self, sizes: Sequence[Tuple[int, int]], device, dtype=torch.float32,
+                     image_size: Optional[Tuple[int, int]] = None) -> Tuple[Tensor, List[int]]:
+        """All anchors for feature maps of the given (H, W) sizes; ``image_size`` is the padded input's (H, W),
+        used by ``style="torchvision"`` to infer the strides.
 
         Returns:
             anchors: [sum_l H_l * W_l * A, 4], levels concatenated in order.
@@ -79,14 +108,15 @@ class AnchorGenerator:
         """
         if len(sizes) != len(self.strides):
             raise ValueError(f"got {len(sizes)} feature maps for {len(self.strides)} anchor strides")
-        key = (tuple(tuple(int(v) for v in s) for s in sizes), str(device), dtype)
+        strides = self.level_strides(sizes, image_size)
+        key = (tuple(tuple(int(v) for v in s) for s in sizes), tuple(strides), str(device), dtype)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         per_level = []
-        for level, ((h, w), stride) in enumerate(zip(sizes, self.strides)):
-            ys = (torch.arange(h, dtype=torch.float64) + self.center_offset) * stride
-            xs = (torch.arange(w, dtype=torch.float64) + self.center_offset) * stride
+        for level, ((h, w), (stride_y, stride_x)) in enumerate(zip(sizes, strides)):
+            ys = (torch.arange(h, dtype=torch.float64) + self.center_offset) * stride_y
+            xs = (torch.arange(w, dtype=torch.float64) + self.center_offset) * stride_x
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
             per_level.append((shifts + self.cell_anchors(level)[None]).reshape(-1, 4))
@@ -97,9 +127,11 @@ class AnchorGenerator:
         self._cache[key] = (anchors, counts)
         return anchors, counts
 
-    def __call__(self, features: Sequence[Tensor]) -> Tuple[Tensor, List[int]]:
+    def __call__(self, features: Sequence[Tensor], image_size: Optional[Tuple[int, int]] = None
+                 ) -> Tuple[Tensor, List[int]]:
+        """Anchors for the feature maps [B, C, h_l, w_l] of a padded input of size ``image_size`` (H, W)."""
         sizes = [tuple(f.shape[-2:]) for f in features]
-        return self.grid_anchors(sizes, features[0].device, torch.float32)
+        return self.grid_anchors(sizes, features[0].device, torch.float32, image_size)
 
 
 def flatten_level_outputs(outputs: Sequence[Tensor], k: int) -> Tensor:

@@ -9,7 +9,9 @@ Rules (mmdetection's MaxIoUAssigner semantics):
 2. anchors whose best IoU is ``>= pos_iou_thr`` are positives of their best ground truth;
 3. low-quality matches: every ground truth whose best IoU is ``>= min_pos_iou`` (and > 0) also claims all
    anchors that reach that best IoU (ties included); when an anchor is the best of several ground
-   truths, the one with the highest index wins (as in a sequential loop over ground truths);
+   truths, the one with the highest index wins (as in a sequential loop over ground truths); with
+   ``low_quality_target="anchor"`` (torchvision's ``Matcher``) such an anchor goes instead to its own
+   best ground truth, whichever ground truth it was the best match of;
 4. anything else is ignored (``-2``).
 Anchors whose IoU-over-foreground with an ignore region (e.g. COCO crowd boxes) is ``>= ignore_iof_thr``
 become ignored unless rule 2 or 3 made them positive.
@@ -71,7 +73,10 @@ class MaxIoUAssigner:
         min_pos_iou: float = 0.0,
         low_quality_match: bool = True,
         ignore_iof_thr: float = -1.0,
+        low_quality_target: str = "gt",
     ):
+        if low_quality_target not in ("gt", "anchor"):
+            raise ValueError(f"low_quality_target must be 'gt' or 'anchor', got {low_quality_target!r}")
         if neg_iou_thr > pos_iou_thr:
             raise ValueError(f"neg_iou_thr {neg_iou_thr} must not exceed pos_iou_thr {pos_iou_thr}")
         self.pos_iou_thr = pos_iou_thr
@@ -79,6 +84,7 @@ class MaxIoUAssigner:
         self.min_pos_iou = min_pos_iou
         self.low_quality_match = low_quality_match
         self.ignore_iof_thr = ignore_iof_thr
+        self.low_quality_target = low_quality_target
 
     def __call__(
         self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, ignore_boxes: Optional[Tensor] = None,
@@ -110,7 +116,8 @@ class MaxIoUAssigner:
             # highest ground-truth index among those for which the anchor is a best match: the first
             # maximum along the flipped axis (max returns the first index of ties), on one-byte values
             any_best, last = is_best.flip(1).view(torch.uint8).max(dim=1)
-            gt_index = torch.where(any_best.bool(), (g - 1) - last, gt_index)
+            claimed = argmax if self.low_quality_target == "anchor" else (g - 1) - last
+            gt_index = torch.where(any_best.bool(), claimed, gt_index)
         if self.ignore_iof_thr > 0 and ignore_boxes is not None and ignore_boxes.shape[1] > 0:
             iof = _iof(anchors, ignore_boxes).masked_fill(~ignore_valid[:, :, None], 0.0)
             ignored = (iof.max(dim=1).values >= self.ignore_iof_thr) & (gt_index < 0)

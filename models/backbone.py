@@ -3,9 +3,11 @@
 ``BackboneFPN(images [B, 3, H, W]) -> list of [B, C, H / s, W / s]`` for the strides in ``.strides``
 (RetinaNet: P3-P7 = strides 8..128; Faster R-CNN: P2-P6 = strides 4..64).
 
-Pretrained weights are never downloaded: ``pretrained`` is ``None`` (random init), a local file, or
-``"torchvision"``, which reads torchvision's own file name from the torch hub cache
-(``$TORCH_HOME/hub/checkpoints``) and fails with the expected path when it is absent.
+Pretrained weights are never downloaded: ``pretrained`` is ``None`` (random init), a local file, or a
+torchvision weights name read from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) under
+torchvision's own file name: ``"torchvision"`` or ``"IMAGENET1K_V1"`` (the V1 file, e.g.
+``resnet50-0676ba61.pth``), ``"IMAGENET1K_V2"`` (``resnet50-11ad3fa6.pth``, ResNet-50/101 only), or that
+file name itself. A missing file fails with the expected path.
 """
 from __future__ import annotations
 
@@ -73,14 +75,30 @@ class FrozenStatsBatchNorm2d(nn.Module):
 NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn_frozen_stats": FrozenStatsBatchNorm2d, "bn": nn.BatchNorm2d}
 
 
+def hub_weights_path(name: str, tag: str, weights_enum) -> str:
+    """The hub-cache path of torchvision's ``tag`` weights of ``name`` (``"torchvision"`` = the V1 file)."""
+    if tag != "torchvision":
+        try:
+            weights_enum = torchvision.models.get_model_weights(name)[tag]
+        except KeyError:
+            known = [w.name for w in torchvision.models.get_model_weights(name)]
+            raise ValueError(f"torchvision has no {tag} weights for {name} (it has {known})") from None
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
+
+
 def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Optional[dict]:
-    """Load a state dict from a local path or the torchvision cache; never downloads."""
+    """Load a state dict from a local path or the torchvision hub cache; never downloads."""
     if pretrained is None:
         return None
-    if pretrained == "torchvision":
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
-        hint = (f"torchvision weights for {name} are expected at {path} (no download is attempted); "
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+    is_hub_file = os.sep not in pretrained and not os.path.exists(pretrained) and os.path.isfile(
+        os.path.join(hub, pretrained))
+    if pretrained == "torchvision" or pretrained.startswith("IMAGENET1K_"):
+        path = hub_weights_path(name, pretrained, weights_enum)
+        hint = (f"torchvision {pretrained} weights for {name} are expected at {path} (no download is attempted); "
                 f"copy the file there or set model.backbone.pretrained to a local path, or null for random init")
+    elif is_hub_file:
+        path, hint = os.path.join(hub, pretrained), ""
     else:
         path = os.path.expanduser(pretrained)
         hint = f"model.backbone.pretrained points to {path}, which does not exist"
@@ -192,12 +210,14 @@ def fold_frozen_bn(net: nn.Module) -> int:
 class ResNetBody(nn.Module):
     """Stem + layer1..4 of a torchvision ResNet, returning C2..C5 (strides 4, 8, 16, 32)."""
 
-    def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 1, pretrained: Optional[str] = None):
+    def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 1, pretrained: Optional[str] = None,
+                 bn_eps: float = 1e-5, fold_bn: bool = True):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown ResNet '{name}', choose from {sorted(RESNETS)}")
         fn, weights = RESNETS[name]
-        net = fn(weights=None, norm_layer=NORMS[norm])
+        # bn_eps 0: torchvision's COCO detectors run their FrozenBatchNorm2d with eps 0
+        net = fn(weights=None, norm_layer=functools.partial(NORMS[norm], eps=bn_eps))
         state = resolve_pretrained(name, pretrained, weights)
         if state is not None:
             try:
@@ -208,7 +228,9 @@ class ResNetBody(nn.Module):
             if missing or [k for k in unexpected if not k.startswith("fc.")]:
                 raise ValueError(f"pretrained weights {pretrained} do not fit {name}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
-        if norm in ("frozen_bn", "bn_frozen_stats"):
+        # folding is faster but rounds differently from a separate BN: fold_bn=False keeps torchvision's
+        # FrozenBatchNorm2d arithmetic (bit-equal outputs)
+        if norm in ("frozen_bn", "bn_frozen_stats") and fold_bn:
             fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
@@ -323,9 +345,10 @@ class BackboneFPN(nn.Module):
         return list(self.fpn(selected).values())
 
 
-def build_body(name: str, norm: str, frozen_stages: int, pretrained: Optional[str]) -> nn.Module:
+def build_body(name: str, norm: str, frozen_stages: int, pretrained: Optional[str], bn_eps: float = 1e-5,
+               fold_bn: bool = True) -> nn.Module:
     if name in RESNETS:
-        return ResNetBody(name, norm, frozen_stages, pretrained)
+        return ResNetBody(name, norm, frozen_stages, pretrained, bn_eps, fold_bn)
     if name in MOBILENETS:
         return MobileNetBody(name, norm, frozen_stages, pretrained)
     raise ValueError(f"unknown backbone '{name}', choose from {sorted(RESNETS) + sorted(MOBILENETS)}")

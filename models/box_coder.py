@@ -7,6 +7,9 @@ Deltas of a box ``g`` relative to a reference ``p``::
 
 normalised as ``(delta - means) / stds``. RetinaNet uses means 0 and stds 1; Faster R-CNN's RoI head
 uses stds (0.1, 0.1, 0.2, 0.2).
+
+On decoding, ``dw`` and ``dh`` are clamped to ``[-scale_clamp, scale_clamp]`` (``clamp="both"``, the
+default) or only from above (``clamp="upper"``, torchvision's ``BoxCoder``: a box may shrink without bound).
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ class DeltaBoxCoder:
         means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
         stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
         scale_clamp: float = DEFAULT_SCALE_CLAMP,
+        clamp: str = "both",
     ):
+        if clamp not in ("both", "upper"):
+            raise ValueError(f"clamp must be 'both' or 'upper', got {clamp!r}")
         if len(means) != 4 or len(stds) != 4:
             raise ValueError(f"means and stds need 4 values, got {list(means)} and {list(stds)}")
         if any(s <= 0 for s in stds):
@@ -35,6 +41,7 @@ class DeltaBoxCoder:
         self.means = tuple(float(m) for m in means)
         self.stds = tuple(float(s) for s in stds)
         self.scale_clamp = float(scale_clamp)
+        self.clamp = clamp
 
     def _stats(self, ref: Tensor) -> Tuple[Tensor, Tensor]:
         means = torch.tensor(self.means, dtype=ref.dtype, device=ref.device)
@@ -70,8 +77,9 @@ class DeltaBoxCoder:
         ph = refs[..., 3] - refs[..., 1]
         px = refs[..., 0] + 0.5 * pw
         py = refs[..., 1] + 0.5 * ph
-        dw = d[..., 2].clamp(-self.scale_clamp, self.scale_clamp)
-        dh = d[..., 3].clamp(-self.scale_clamp, self.scale_clamp)
+        low = -self.scale_clamp if self.clamp == "both" else None
+        dw = d[..., 2].clamp(low, self.scale_clamp)
+        dh = d[..., 3].clamp(low, self.scale_clamp)
         cx = px + d[..., 0] * pw
         cy = py + d[..., 1] * ph
         w = pw * dw.exp()

@@ -28,6 +28,17 @@ class FasterRCNN(nn.Module):
         self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
         self.num_classes = roi_heads.num_classes
 
+    def class_layout(self) -> Dict[str, tuple]:
+        """Class-dependent tensors: name -> ``(outer, inner, background)`` (see ``RetinaNet.class_layout``): the
+        box classifier (background last), the class-specific box regression (4 rows per class), the mask logits."""
+        layout = {}
+        for p in ("weight", "bias"):
+            layout[f"roi_heads.box_head.cls.{p}"] = (1, 1, True)
+            layout[f"roi_heads.box_head.reg.{p}"] = (1, 4, False)
+            if self.roi_heads.mask_branch is not None:
+                layout[f"roi_heads.mask_branch.head.predictor.{p}"] = (1, 1, False)
+        return layout
+
     @property
     def loss_contract(self) -> LossContract:
         return merge_contracts({"rpn": self.rpn.loss_contract, "roi": self.roi_heads.loss_contract})
@@ -43,7 +54,7 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"{type(self).__name__} in training mode needs targets")
         feats = self.backbone(images)
         img_hw, scale, orig_hw = image_metas(targets, images.shape[0], tuple(images.shape[-2:]), images.device)
-        proposals, valid, losses = self.rpn(feats, img_hw, targets)
+        proposals, valid, losses = self.rpn(feats, img_hw, targets, tuple(images.shape[-2:]))
         if self.training:
             losses.update(self.roi_heads(feats, proposals, valid, targets))
             return losses

@@ -183,3 +183,48 @@ def paste_masks(probs: Tensor, boxes: Tensor, image_hw: Tuple[int, int], thresho
         in_y = (py[None, :] >= y1) & (py[None, :] < y2)  # [n, H]
         out[start:start + n] = (vals >= threshold) & in_y[:, :, None] & in_x[:, None, :]
     return out
+
+
+def paste_masks_torchvision(probs: Tensor, boxes: Tensor, image_hw: Tuple[int, int], threshold: float = 0.5,
+                            chunk_size: Optional[int] = None) -> Tensor:
+    """``paste_masks`` the way torchvision's Mask R-CNN pastes (``paste_masks_in_image``), batched.
+
+    The S x S mask is padded by one zero cell on each side, the box is grown by ``(S + 2) / S`` about its
+    centre and truncated to integer pixels ``[x0, x1] x [y0, y1]`` (both ends included), and the padded mask
+    is resized bilinearly (``align_corners=False``) to ``(y1 - y0 + 1) x (x1 - x0 + 1)`` pixels placed there.
+    Here each pixel samples that resize directly (``grid_sample`` at the source position the resize would
+    use), so no per-detection loop is needed. A pixel is foreground when its value is ``> threshold``
+    (torchvision returns the probabilities; its COCO evaluation thresholds them at 0.5). Returns bool
+    [D, H, W]."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    d, s = probs.shape[0], probs.shape[-1]
+    device = probs.device
+    out = torch.zeros(d, h, w, dtype=torch.bool, device=device)
+    if d == 0 or h == 0 or w == 0:
+        return out
+    chunk_size = chunk_size or max(1, PASTE_CHUNK_BYTES // (_PASTE_BYTES_PER_PIXEL * h * w))
+    padded = F.pad(probs.to(torch.float32), (1, 1, 1, 1))[:, None]  # [D, 1, S + 2, S + 2]
+    grow = float(s + 2) / s
+    b = boxes.to(device=device, dtype=torch.float32)
+    half = (b[:, 2:] - b[:, :2]) * 0.5 * grow
+    centre = (b[:, 2:] + b[:, :2]) * 0.5
+    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64)  # truncation toward zero
+    size = (corners[:, 2:] - corners[:, :2] + 1).clamp(min=1)  # [D, 2] (w, h) of the resized mask
+    px = torch.arange(w, device=device)
+    py = torch.arange(h, device=device)
+    n_in = s + 2
+    for start in range(0, d, chunk_size):
+        sl = slice(start, start + chunk_size)
+        c, sz, n = corners[sl], size[sl], padded[sl].shape[0]
+        jx = px[None, :] - c[:, 0:1]  # [n, W] column inside the resized mask
+        jy = py[None, :] - c[:, 1:2]
+        # the resize's source position of output index j: (j + 0.5) * in / out - 0.5, never below 0
+        sx = ((jx + 0.5) * (n_in / sz[:, 0:1].to(torch.float32)) - 0.5).clamp(min=0)
+        sy = ((jy + 0.5) * (n_in / sz[:, 1:2].to(torch.float32)) - 0.5).clamp(min=0)
+        gx, gy = (2 * sx + 1) / n_in - 1, (2 * sy + 1) / n_in - 1
+        grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=-1)
+        vals = F.grid_sample(padded[sl], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+        in_x = (jx >= 0) & (px[None, :] <= c[:, 2:3]) & (jx < sz[:, 0:1])
+        in_y = (jy >= 0) & (py[None, :] <= c[:, 3:4]) & (jy < sz[:, 1:2])
+        out[sl] = (vals > threshold) & in_y[:, :, None] & in_x[:, None, :]
+    return out

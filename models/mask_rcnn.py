@@ -12,15 +12,22 @@ import torch
 from torch import Tensor, nn
 
 from models.faster_rcnn import FasterRCNN
-from models.mask_head import MaskHead, mask_loss, mask_targets, paste_masks
+from models.mask_head import MaskHead, mask_loss, mask_targets, paste_masks, paste_masks_torchvision
+
+# how masks go back into the image: sampled at pixel centres inside the box (ours, see paste_masks), or
+# torchvision's padded, grown and integer-snapped resize
+PASTE = {"centres": paste_masks, "torchvision": paste_masks_torchvision}
 from models.roi_heads import RoIFeatureExtractor
 
 
 class MaskBranch(nn.Module):
-    def __init__(self, extractor: RoIFeatureExtractor, head: MaskHead, mask_size: int = 28, mask_thr: float = 0.5):
+    def __init__(self, extractor: RoIFeatureExtractor, head: MaskHead, mask_size: int = 28, mask_thr: float = 0.5,
+                 paste: str = "centres"):
         super().__init__()
+        if paste not in PASTE:
+            raise ValueError(f"paste must be one of {sorted(PASTE)}, got {paste!r}")
         self.extractor, self.head = extractor, head
-        self.mask_size, self.mask_thr = mask_size, mask_thr
+        self.mask_size, self.mask_thr, self.paste_rule = mask_size, mask_thr, paste
 
     def loss(self, feats: Sequence[Tensor], rois: Tensor, image_index: Tensor, gt_index: Tensor, labels: Tensor,
              gt_masks: List[Tensor]) -> Tensor:
@@ -46,7 +53,7 @@ class MaskBranch(nn.Module):
 
     def paste(self, probs: Tensor, boxes: Tensor, image_hw: Tuple[int, int]) -> Tensor:
         """bool masks [D, H, W] from probabilities [D, 28, 28] and boxes [D, 4] in that image's pixels."""
-        return paste_masks(probs, boxes, tuple(image_hw), self.mask_thr)
+        return PASTE[self.paste_rule](probs, boxes, tuple(image_hw), self.mask_thr)
 
 
 class MaskRCNN(FasterRCNN):

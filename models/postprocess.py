@@ -24,6 +24,7 @@ class DetectConfig:
     max_per_img: int = 100
     pre_nms_top_k: int = 1000
     pre_nms_rank: str = "pairs"
+    min_box_size: float = 0.0
 
 
 def select_topk_per_level(scores: Tensor, counts: Sequence[int], k: int):
@@ -86,18 +87,21 @@ def image_metas(targets: Optional[List[Dict]], batch: int, padded_hw, device) ->
 
 def nms_per_image(
     boxes: Tensor, scores: Tensor, labels: Tensor, score_thr: float, iou_thr: float, max_per_img: int,
-    num_classes: int,
+    num_classes: int, min_size: float = 0.0,
 ) -> List[Dict[str, Tensor]]:
     """Class-wise NMS for a batch of candidates and a per-image cap.
 
     Args:
         boxes: [B, K, 4]; scores: [B, K]; labels: [B, K] (0-based).
+        min_size: candidates with a side below it are dropped, as those under ``score_thr``.
     Returns:
         one dict per image with boxes [D, 4], scores [D], labels [D], sorted by descending score.
     """
     b, k = scores.shape
     image = torch.arange(b, device=scores.device)[:, None].expand(b, k)
     keep = scores > score_thr
+    if min_size > 0:
+        keep &= ((boxes[..., 2:] - boxes[..., :2]) >= min_size).all(-1)
     boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
     kept = batched_nms(boxes, scores, image * num_classes + labels, iou_thr)  # sorted by score
     image = image[kept]

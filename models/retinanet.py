@@ -88,6 +88,13 @@ class RetinaNet(nn.Module):
         if self.test_cfg.pre_nms_rank not in PRE_NMS_SELECT:
             raise ValueError(f"pre_nms_rank must be one of {sorted(PRE_NMS_SELECT)}, got {self.test_cfg.pre_nms_rank!r}")
 
+    def class_layout(self) -> Dict[str, tuple]:
+        """Class-dependent tensors: name -> ``(outer, inner, background)``, their rows being ``outer`` blocks of
+        ``num_classes`` (+1 background last, if ``background``) classes of ``inner`` rows each (the classifier:
+        one block per anchor)."""
+        a = self.anchor_generator.num_anchors_per_location
+        return {f"head.cls_out.{p}": (a, 1, False) for p in ("weight", "bias")}
+
     @property
     def loss_contract(self) -> LossContract:
         return self.contract_for(self.anchor_generator.strides, self.loss_per_level)
@@ -101,7 +108,7 @@ class RetinaNet(nn.Module):
     def forward(self, images: Tensor, targets: Optional[List[Dict]] = None):
         feats = self.backbone(images)
         cls_maps, reg_maps = self.head(feats)
-        anchors, counts = self.anchor_generator(feats)
+        anchors, counts = self.anchor_generator(feats, tuple(images.shape[-2:]))
         cls = flatten_level_outputs(cls_maps, self.num_classes)
         reg = flatten_level_outputs(reg_maps, 4)
         if self.training:
@@ -133,5 +140,5 @@ class RetinaNet(nn.Module):
         deltas = reg.gather(1, anchor_idx[..., None].expand(-1, -1, 4))
         boxes = self.coder.decode(anchors[anchor_idx], deltas, max_shape=img_hw[:, None, :])
         dets = nms_per_image(boxes, scores.float(), labels, cfg.score_thr, cfg.nms_iou, cfg.max_per_img,
-                             self.num_classes)
+                             self.num_classes, cfg.min_box_size)
         return rescale_to_original(dets, scale, orig_hw)

@@ -24,31 +24,44 @@ from models.postprocess import DetectConfig, nms_per_image
 from models.sampler import RandomSampler
 
 
-def map_roi_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
+def map_roi_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0, rule: str = "mmdet") -> Tensor:
     """FPN level index (0 = finest) of each box [R, 4]: ``floor(log2(sqrt(w * h) / finest_scale))`` clamped
-    to ``[0, num_levels - 1]``; with P2-P5 that sends boxes below 112 px to P2 and 448 px and above to P5."""
-    scale = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
-    level = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    to ``[0, num_levels - 1]``; with P2-P5 that sends boxes below 112 px to P2 and 448 px and above to P5.
+
+    ``rule`` places the 1e-6 that decides boxes on a boundary: ``"mmdet"`` inside the log
+    (``log2(s / 56 + 1e-6)``), ``"torchvision"`` outside, on the canonical level (``floor(4 + log2(s / 224)
+    + 1e-6) - 2``, its ``LevelMapper``; the box area is not clamped there either)."""
+    if rule == "torchvision":
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        level = torch.floor(4 + torch.log2(area.sqrt() / (finest_scale * 4)) + torch.tensor(1e-6, dtype=area.dtype)) - 2
+    else:
+        scale = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+        level = torch.floor(torch.log2(scale / finest_scale + 1e-6))
     return level.clamp(0, num_levels - 1).long()
 
 
 class RoIFeatureExtractor(nn.Module):
-    """RoIAlign of each box on its FPN level.
+    """RoIAlign of each box on its FPN level (``aligned=True``: pixel centres at +0.5, mmdetection and
+    detectron2; ``False``: torchvision's detectors, with ``sampling_ratio`` 2; ``level_rule`` see
+    :func:`map_roi_levels`).
 
     Boxes are sorted by level and each level is pooled in one ``roi_align`` call; reading the per-level
     counts is one host synchronisation per call (RoI counts per level are data-dependent)."""
 
     def __init__(self, strides: Sequence[int], output_size: int = 7, sampling_ratio: int = 0,
-                 finest_scale: float = 56.0):
+                 finest_scale: float = 56.0, aligned: bool = True, level_rule: str = "mmdet"):
         super().__init__()
+        if level_rule not in ("mmdet", "torchvision"):
+            raise ValueError(f"level_rule must be 'mmdet' or 'torchvision', got {level_rule!r}")
         self.strides = [int(s) for s in strides]
         self.output_size, self.sampling_ratio, self.finest_scale = output_size, sampling_ratio, finest_scale
+        self.aligned, self.level_rule = aligned, level_rule
 
     def forward(self, feats: Sequence[Tensor], boxes: Tensor, image_index: Tensor) -> Tensor:
         """feats: at least ``len(strides)`` maps [B, C, H_l, W_l]; boxes [R, 4] input pixels; image_index [R].
         Returns [R, C, output_size, output_size]."""
         n = len(self.strides)
-        level = map_roi_levels(boxes, n, self.finest_scale)
+        level = map_roi_levels(boxes, n, self.finest_scale, self.level_rule)
         rois = torch.cat([image_index[:, None].to(boxes), boxes], dim=1)
         o = self.output_size
         out = feats[0].new_zeros(boxes.shape[0], feats[0].shape[1], o, o)
@@ -57,7 +70,7 @@ class RoIFeatureExtractor(nn.Module):
         for lvl, idx in enumerate(order.split(counts)):
             if idx.numel():
                 pooled = roi_align(feats[lvl], rois[idx], (o, o), spatial_scale=1.0 / self.strides[lvl],
-                                   sampling_ratio=self.sampling_ratio, aligned=True)
+                                   sampling_ratio=self.sampling_ratio, aligned=self.aligned)
                 out[idx] = pooled.to(out.dtype)
         return out
 
@@ -146,4 +159,4 @@ class RoIHeads(nn.Module):
         labels = torch.arange(c, device=cls.device).expand(b, p, c)
         cfg = self.test_cfg
         return nms_per_image(boxes.reshape(b, p * c, 4), scores.reshape(b, p * c), labels.reshape(b, p * c),
-                             cfg.score_thr, cfg.nms_iou, cfg.max_per_img, c)
+                             cfg.score_thr, cfg.nms_iou, cfg.max_per_img, c, cfg.min_box_size)

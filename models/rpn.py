@@ -85,18 +85,20 @@ class RegionProposalNetwork(nn.Module):
     def contract(cls) -> LossContract:
         return LossContract(cls.loss_keys, {"cls": cls.loss_keys[:1], "reg": cls.loss_keys[1:]})
 
-    def forward(self, feats: Sequence[Tensor], img_hw: Tensor, targets: Optional[List[Dict]] = None):
+    def forward(self, feats: Sequence[Tensor], img_hw: Tensor, targets: Optional[List[Dict]] = None,
+                image_size: Optional[Tuple[int, int]] = None):
         """Proposals for a batch, and the RPN losses in training mode.
 
         Args:
             feats: FPN maps, one per anchor stride. img_hw: [B, 2] valid (h, w) of each image.
+            image_size: the padded batch's (H, W), for anchor generators that infer strides from it.
             targets: per image ``boxes`` [M, 4] (input pixels), optional ``ignore_boxes`` [R, 4].
         Returns:
             proposals [B, P, 4] (input pixels, detached), valid [B, P] bool, and a loss dict
             (``loss_rpn_cls``, ``loss_rpn_bbox``; empty in eval mode).
         """
         obj_maps, reg_maps = self.head(feats)
-        anchors, counts = self.anchor_generator(feats)
+        anchors, counts = self.anchor_generator(feats, image_size)
         obj = flatten_level_outputs(obj_maps, 1).squeeze(-1)  # [B, N]
         reg = flatten_level_outputs(reg_maps, 4)  # [B, N, 4]
         losses: Dict[str, Tensor] = {}
@@ -119,7 +121,10 @@ class RegionProposalNetwork(nn.Module):
     def proposals(self, obj: Tensor, reg: Tensor, anchors: Tensor, counts: List[int], img_hw: Tensor,
                   cfg: ProposalConfig) -> Tuple[Tensor, Tensor]:
         """Top-k anchors per level, decoded and clipped, NMS inside each (image, level), top per image."""
-        scores, idx, _ = select_topk_per_level(obj.sigmoid()[..., None], counts, cfg.pre_nms_top_k)
+        # ranked on logits: sigmoid scores of confident anchors tie in float32 (thousands of them in one
+        # image), which would make the choice among them arbitrary; NMS then sees the probabilities
+        logits, idx, _ = select_topk_per_level(obj[..., None], counts, cfg.pre_nms_top_k)
+        scores = logits.sigmoid()
         level = level_index([min(cfg.pre_nms_top_k, n) for n in counts], obj.device)
         deltas = reg.gather(1, idx[..., None].expand(-1, -1, 4))
         boxes = self.coder.decode(anchors[idx], deltas, max_shape=img_hw[:, None, :])

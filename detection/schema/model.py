@@ -8,7 +8,7 @@ Every head's loss settings use the same keys (``HeadLossConfig``). Defaults foll
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Literal, Optional
+from typing import ClassVar, Dict, List, Literal, Optional, Union
 
 from losses import REGRESSION_LOSSES
 
@@ -23,6 +23,14 @@ class BackboneConfig:
     # affine trained (mmdetection's requires_grad=True + norm_eval=True: the ALWA paper's configs); bn: plain BN
     norm: Literal["frozen_bn", "bn_frozen_stats", "bn"] = "frozen_bn"
     frozen_stages: int = 1  # stem + this many ResNet stages get no gradient
+    bn_eps: float = 1e-5  # ResNet BN epsilon; torchvision's COCO (v1) detectors run their frozen BN with 0
+    # frozen BNs folded into the convolution before them: faster, but rounded differently from torchvision's
+    # separate FrozenBatchNorm2d (outputs then differ by float32 noise, ~1e-4 relative at C5)
+    fold_bn: bool = True
+
+    def __post_init__(self):
+        if not self.bn_eps >= 0:
+            raise ValueError(f"model.backbone.bn_eps must be >= 0, got {self.bn_eps}")
 
 
 @dataclass
@@ -41,6 +49,9 @@ class AnchorConfig:
     scales_per_octave: int = 3
     scales: Optional[List[float]] = None
     center_offset: float = 0.0
+    # torchvision: integer anchor sizes, cell anchors rounded to whole pixels, strides inferred as padded image
+    # size // feature size (P6 / P7 at 61 x 64 / 114 x 121 on an 800 x 1216 input); mmdet: exact, nominal
+    style: Literal["mmdet", "torchvision"] = "mmdet"
 
 
 @dataclass
@@ -50,12 +61,16 @@ class AssignerConfig:
     min_pos_iou: float = 0.0
     low_quality_match: bool = True
     ignore_iof_thr: float = -1.0
+    # an anchor that is some ground truth's best match goes to that ground truth (gt, mmdetection) or to its own
+    # best ground truth (anchor, torchvision's Matcher)
+    low_quality_target: Literal["gt", "anchor"] = "gt"
 
 
 @dataclass
 class CoderConfig:
     means: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     stds: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    clamp: Literal["both", "upper"] = "both"  # decoded log-size clamp at +-log(1000/16), or from above only (torchvision)
 
 
 @dataclass
@@ -114,6 +129,7 @@ class TestConfig:
     score_thr: float = 0.05
     nms_iou: float = 0.5
     max_per_img: int = 100
+    min_box_size: float = 0.0  # detections with a side below this (input pixels) are dropped (torchvision R-CNN: 0.01)
 
 
 @dataclass
@@ -157,6 +173,8 @@ class RoIHeadConfig(HeadLossConfig):
     roi_size: int = 7
     sampling_ratio: int = 0  # 0: adaptive, ceil(RoI size / output size) samples per bin
     finest_scale: float = 56.0
+    aligned: bool = True  # RoIAlign's half-pixel shift (mmdetection, detectron2); torchvision's detectors: false
+    level_rule: Literal["mmdet", "torchvision"] = "mmdet"  # where the 1e-6 of the RoI-to-level rule sits
     fc_channels: int = 1024
     assigner: AssignerConfig = field(default_factory=lambda: AssignerConfig(0.5, 0.5, 0.5, False, -1.0))
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(512, 0.25))
@@ -174,6 +192,8 @@ class MaskHeadConfig:
     conv_channels: int = 256
     mask_size: int = 28
     mask_thr: float = 0.5  # probability threshold when pasting masks back
+    # centres: sampled at pixel centres inside the box; torchvision: its padded, grown, integer-snapped resize
+    paste: Literal["centres", "torchvision"] = "centres"
 
 
 @dataclass
@@ -185,6 +205,12 @@ class ModelConfig:
     type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "retinanet"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
+    # fine-tuning: a checkpoint of ours (e.g. converted from torchvision) whose tensors of matching name and
+    # shape are loaded after model.backbone.pretrained; class-dependent rows are re-initialised unless
+    # init_class_map is "by_name" (same class names) or {our class: checkpoint class} (names not listed
+    # are matched by name)
+    init_from: Optional[str] = None
+    init_class_map: Union[None, Literal["by_name"], Dict[str, str]] = None
 
 
 @dataclass

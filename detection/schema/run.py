@@ -58,6 +58,9 @@ class DataConfig:
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
     size_divisor: int = 32
+    # mmdet: albumentations resizes the uint8 image to the nearest-pixel size, then normalises; torchvision:
+    # normalise in float, then F.interpolate bilinear (floored size), as torchvision's detectors do
+    preprocess: Literal["mmdet", "torchvision"] = "mmdet"
     batch_size: int = 2  # images per process
     test_batch_size: int = 4
     num_workers: int = 2

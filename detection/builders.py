@@ -26,7 +26,7 @@ from models.mask_head import MaskHead
 from models.mask_rcnn import MaskBranch, MaskRCNN
 from models.postprocess import DetectConfig
 from models.retinanet import RetinaHead, RetinaNet
-from models.roi_heads import RoIFeatureExtractor, RoIHeads, TwoFCBoxHead
+from models.roi_heads import ConvFCBoxHead, RoIFeatureExtractor, RoIHeads, TwoFCBoxHead
 from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead
 from models.sampler import RandomSampler
 
@@ -61,7 +61,7 @@ def build_backbone(cfg: Config) -> BackboneFPN:
     m = cfg.model
     body = build_body(m.backbone.name, m.backbone.norm, m.backbone.frozen_stages, m.backbone.pretrained,
                       m.backbone.bn_eps, m.backbone.fold_bn)
-    return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra, m.fpn.p7_relu)
+    return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra, m.fpn.p7_relu, m.fpn.norm)
 
 
 def _box_loss(h, coder) -> BoxRegressionLoss:
@@ -97,7 +97,7 @@ def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
     r = cfg.model.rpn
     anchors = _anchor_generator(r.anchors)
     _check_strides("model.rpn.anchors.strides", anchors.strides, backbone)
-    head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location, r.feat_channels)
+    head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location, r.feat_channels, r.num_convs)
     loss = DenseHeadLoss(_assigner(r.assigner), _box_loss(r, r.coder), BCE, _sampler(r.sampler),
                          _iou_balanced(r, r.iou_balanced_norm))
     proposals = [ProposalConfig(p.pre_nms_top_k, p.post_nms_top_k, p.nms_iou, p.min_size)
@@ -109,7 +109,11 @@ def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoI
     m, h = cfg.model, cfg.model.roi_head
     _check_strides("model.roi_head.strides", h.strides, backbone)
     extractor = RoIFeatureExtractor(h.strides, h.roi_size, h.sampling_ratio, h.finest_scale, h.aligned, h.level_rule)
-    box_head = TwoFCBoxHead(backbone.out_channels, h.roi_size, num_classes, h.fc_channels)
+    if h.head_type == "conv_fc":
+        box_head = ConvFCBoxHead(backbone.out_channels, h.roi_size, num_classes, h.fc_channels, h.head_convs,
+                                 h.head_conv_channels, h.head_fcs, h.head_norm)
+    else:
+        box_head = TwoFCBoxHead(backbone.out_channels, h.roi_size, num_classes, h.fc_channels)
     mask_branch = None
     if m.type == "mask_rcnn":
         mh = m.mask_head

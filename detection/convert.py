@@ -45,6 +45,7 @@ ARCHS: Dict[str, Tuple[str, Tuple[float, ...]]] = {
     "retinanet_resnet50_fpn": ("retinanet_resnet50_fpn", (36.4,)),
     "retinanet_resnet50_fpn_v2": ("retinanet_resnet50_fpn_v2", (41.5,)),
     "fasterrcnn_resnet50_fpn": ("fasterrcnn_resnet50_fpn", (37.0,)),
+    "fasterrcnn_resnet50_fpn_v2": ("fasterrcnn_resnet50_fpn_v2", (46.7,)),
     "maskrcnn_resnet50_fpn": ("maskrcnn_resnet50_fpn", (37.9, 34.6)),
 }
 
@@ -55,6 +56,11 @@ _BODY = [(r"^backbone\.body\.conv1\.", "backbone.body.stem.0."), (r"^backbone\.b
          (r"^backbone\.fpn\.", "backbone.fpn.")]
 _RPN = [(r"^rpn\.head\.conv\.(?:0\.0\.)?", "rpn.head.conv."), (r"^rpn\.head\.cls_logits\.", "rpn.head.obj."),
         (r"^rpn\.head\.bbox_pred\.", "rpn.head.reg.")]
+# the v2 RPN head's second conv, and its box head: 4 x (conv, BN) at box_head.{i}.{0,1}, flatten (4), FC (5)
+_RPN_V2 = [(r"^rpn\.head\.conv\.1\.0\.", "rpn.head.extra_convs.0.")]
+_BOX_V2 = [(r"^roi_heads\.box_head\.([0-3])\.([01])\.",
+            lambda m: f"roi_heads.box_head.convs.{3 * int(m.group(1)) + int(m.group(2))}."),
+           (r"^roi_heads\.box_head\.5\.", "roi_heads.box_head.fcs.0.")]
 _BOX = [(r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fc1."),
         (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fc2."),
         (r"^roi_heads\.box_predictor\.cls_score\.", "roi_heads.box_head.cls."),
@@ -117,7 +123,8 @@ def convert_state_dict(arch: str, state: Dict[str, Tensor]) -> Dict[str, Tensor]
     if arch.startswith("retinanet"):
         rules += _retina_head(gn=arch.endswith("_v2"))
     else:
-        rules += _RPN + _BOX + (_MASK if arch.startswith("maskrcnn") else [])
+        v2 = _RPN_V2 + _BOX_V2 if arch.endswith("_v2") else []
+        rules += v2 + _RPN + _BOX + (_MASK if arch.startswith("maskrcnn") else [])
     out = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):

@@ -317,10 +317,11 @@ class P6P7(ExtraFPNBlock):
 class BackboneFPN(nn.Module):
     """Body + FPN. ``in_levels`` picks the body outputs (2 = C2 ... 5 = C5); ``extra`` adds levels:
     ``"p6p7"`` (RetinaNet, from C5), ``"p6p7_p5"`` (from P5), ``"maxpool"`` (Faster R-CNN's P6) or ``"none"``;
-    ``p7_relu`` applies to the P6P7 variants."""
+    ``p7_relu`` applies to the P6P7 variants; ``norm="bn"`` puts a BatchNorm after every FPN convolution
+    (torchvision's v2 Faster R-CNN)."""
 
     def __init__(self, body: nn.Module, out_channels: int = 256, in_levels: Sequence[int] = (3, 4, 5), extra: str = "p6p7",
-                 p7_relu: bool = True):
+                 p7_relu: bool = True, norm: str = "none"):
         super().__init__()
         self.body = body
         self.in_levels = list(in_levels)
@@ -335,7 +336,10 @@ class BackboneFPN(nn.Module):
             extra_block, n_extra = None, 0
         else:
             raise ValueError(f"unknown FPN extra levels '{extra}'")
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_block)
+        if norm not in ("none", "bn"):
+            raise ValueError(f"unknown FPN norm '{norm}', use 'none' or 'bn'")
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_block,
+                                         norm_layer=nn.BatchNorm2d if norm == "bn" else None)
         self.strides = [2 ** lvl for lvl in self.in_levels] + [2 ** (self.in_levels[-1] + k + 1) for k in range(n_extra)]
         self.out_channels = out_channels
 

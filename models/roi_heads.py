@@ -75,26 +75,79 @@ class RoIFeatureExtractor(nn.Module):
         return out
 
 
-class TwoFCBoxHead(nn.Module):
-    """Flatten -> FC -> ReLU -> FC -> ReLU, then class logits [R, C + 1] and class-specific deltas [R, C * 4]."""
+class _BoxPredictor(nn.Module):
+    """What every box head ends with: class logits [R, C + 1] (background last) and class-specific deltas
+    [R, C * 4] from ``fc_channels`` features; made last, after the head's own layers (initialisation order)."""
 
-    def __init__(self, in_channels: int, roi_size: int, num_classes: int, fc_channels: int = 1024):
-        super().__init__()
+    def _add_predictors(self, num_classes: int, fc_channels: int) -> None:
         self.num_classes = num_classes
-        self.fc1 = nn.Linear(in_channels * roi_size * roi_size, fc_channels)
-        self.fc2 = nn.Linear(fc_channels, fc_channels)
         self.cls = nn.Linear(fc_channels, num_classes + 1)
         self.reg = nn.Linear(fc_channels, num_classes * 4)
-        for fc in (self.fc1, self.fc2):
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.zeros_(fc.bias)
+
+    def _init_predictors(self) -> None:
         nn.init.normal_(self.cls.weight, std=0.01)
         nn.init.normal_(self.reg.weight, std=0.001)
         nn.init.zeros_(self.cls.bias)
         nn.init.zeros_(self.reg.bias)
 
+
+def _xavier(fcs) -> None:
+    for fc in fcs:
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.zeros_(fc.bias)
+
+
+class TwoFCBoxHead(_BoxPredictor):
+    """Flatten -> FC -> ReLU -> FC -> ReLU, then class logits [R, C + 1] and class-specific deltas [R, C * 4]."""
+
+    def __init__(self, in_channels: int, roi_size: int, num_classes: int, fc_channels: int = 1024):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * roi_size * roi_size, fc_channels)
+        self.fc2 = nn.Linear(fc_channels, fc_channels)
+        self._add_predictors(num_classes, fc_channels)
+        _xavier((self.fc1, self.fc2))
+        self._init_predictors()
+
     def forward(self, x: Tensor):
         x = torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1)))))
+        return self.cls(x), self.reg(x)
+
+
+class ConvFCBoxHead(_BoxPredictor):
+    """``num_convs`` 3x3 convs (each with ``norm``: ``"bn"``, ``"gn"`` or ``"none"``, then ReLU), flatten,
+    ``num_fcs`` FC + ReLU, then the class logits and deltas (mmdetection's ``Shared4Conv1FCBBoxHead``;
+    torchvision's v2 ``FastRCNNConvFCHead`` with BN)."""
+
+    def __init__(self, in_channels: int, roi_size: int, num_classes: int, fc_channels: int = 1024,
+                 num_convs: int = 4, conv_channels: int = 256, num_fcs: int = 1, norm: str = "bn"):
+        if norm not in ("none", "bn", "gn"):
+            raise ValueError(f"unknown box head norm '{norm}', use 'none', 'bn' or 'gn'")
+        if num_fcs < 1 or num_convs < 0:
+            raise ValueError(f"the box head needs num_fcs >= 1 and num_convs >= 0, got {num_fcs} and {num_convs}")
+        super().__init__()
+        layers: List[nn.Module] = []
+        for i in range(num_convs):
+            layers.append(nn.Conv2d(in_channels if i == 0 else conv_channels, conv_channels, 3, padding=1,
+                                    bias=norm == "none"))
+            if norm != "none":
+                layers.append(nn.BatchNorm2d(conv_channels) if norm == "bn" else nn.GroupNorm(32, conv_channels))
+            layers.append(nn.ReLU(inplace=True))
+        self.convs = nn.Sequential(*layers)
+        flat = (conv_channels if num_convs else in_channels) * roi_size * roi_size
+        self.fcs = nn.ModuleList(nn.Linear(flat if i == 0 else fc_channels, fc_channels) for i in range(num_fcs))
+        self._add_predictors(num_classes, fc_channels)
+        for m in self.convs.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        _xavier(self.fcs)
+        self._init_predictors()
+
+    def forward(self, x: Tensor):
+        x = self.convs(x).flatten(1)
+        for fc in self.fcs:
+            x = torch.relu(fc(x))
         return self.cls(x), self.reg(x)
 
 

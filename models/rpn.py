@@ -36,19 +36,30 @@ class ProposalConfig:
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU shared over levels, then 1x1 objectness [B, A, H, W] and deltas [B, A * 4, H, W]."""
+    """``num_convs`` 3x3 conv + ReLU shared over levels (torchvision's v2: 2), then 1x1 objectness
+    [B, A, H, W] and deltas [B, A * 4, H, W]. The first conv is ``conv``, any further ones ``extra_convs``."""
 
-    def __init__(self, in_channels: int, num_anchors: int, feat_channels: int = 256):
+    def __init__(self, in_channels: int, num_anchors: int, feat_channels: int = 256, num_convs: int = 1):
         super().__init__()
+        if num_convs < 1:
+            raise ValueError(f"the RPN head needs at least one conv, got num_convs={num_convs}")
         self.conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
+        self.extra_convs = nn.ModuleList(nn.Conv2d(feat_channels, feat_channels, 3, padding=1)
+                                         for _ in range(num_convs - 1))
         self.obj = nn.Conv2d(feat_channels, num_anchors, 1)
         self.reg = nn.Conv2d(feat_channels, num_anchors * 4, 1)
-        for m in (self.conv, self.obj, self.reg):
+        for m in (self.conv, *self.extra_convs, self.obj, self.reg):
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
 
+    def _hidden(self, f: Tensor) -> Tensor:
+        h = torch.relu(self.conv(f))
+        for conv in self.extra_convs:
+            h = torch.relu(conv(h))
+        return h
+
     def forward(self, feats: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        hidden = [torch.relu(self.conv(f)) for f in feats]
+        hidden = [self._hidden(f) for f in feats]
         return [self.obj(h) for h in hidden], [self.reg(h) for h in hidden]
 
 

@@ -39,6 +39,7 @@ class FPNConfig:
     in_levels: List[int] = field(default_factory=lambda: [3, 4, 5])
     extra: Literal["p6p7", "p6p7_p5", "maxpool", "none"] = "p6p7"
     p7_relu: bool = True  # P7 = conv(relu(P6)) (torchvision); false: conv(P6) (mmdetection 2.x, the ALWA configs)
+    norm: Literal["none", "bn"] = "none"  # bn: BatchNorm after every FPN conv (torchvision's v2 Faster R-CNN)
 
 
 @dataclass
@@ -161,6 +162,7 @@ class RPNConfig(DenseLossConfig):
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(256, 0.5))
     coder: CoderConfig = field(default_factory=CoderConfig)
     feat_channels: int = 256
+    num_convs: int = 1  # shared 3x3 convs before the 1x1 outputs (torchvision's v2: 2)
     train_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(2000, 1000, 0.7, 0.0))
     test_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(1000, 1000, 0.7, 0.0))
 
@@ -176,6 +178,13 @@ class RoIHeadConfig(HeadLossConfig):
     aligned: bool = True  # RoIAlign's half-pixel shift (mmdetection, detectron2); torchvision's detectors: false
     level_rule: Literal["mmdet", "torchvision"] = "mmdet"  # where the 1e-6 of the RoI-to-level rule sits
     fc_channels: int = 1024
+    # two_fc: flatten + 2 FC (mmdetection's default); conv_fc: head_convs 3x3 convs with head_norm, then head_fcs
+    # FC (mmdetection's Shared4Conv1FC, torchvision's v2 box head: 4 convs with BN + 1 FC)
+    head_type: Literal["two_fc", "conv_fc"] = "two_fc"
+    head_convs: int = 4
+    head_conv_channels: int = 256
+    head_fcs: int = 1
+    head_norm: Literal["none", "bn", "gn"] = "bn"
     assigner: AssignerConfig = field(default_factory=lambda: AssignerConfig(0.5, 0.5, 0.5, False, -1.0))
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(512, 0.25))
     add_gt_as_proposals: bool = True

@@ -106,3 +106,15 @@ def test_same_classes_load_everything_and_other_shapes_are_reinitialised(tmp_pat
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         init_from(tiny("retinanet", 3, 0), str(tmp_path / "absent.pth"), SHAPES)
+
+
+def test_voc_fine_tuning_config_pairs_all_twenty_classes_with_coco():
+    import os
+
+    from detection.config import load_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = load_config(Config, os.path.join(repo, "configs/torchvision/finetune_voc_retinanet.yaml"))
+    pairs = class_pairs(list(datasets.VOC_CLASSES), COCO, cfg.model.init_class_map, "coco")
+    assert len(pairs) == 20 and COCO[pairs[datasets.VOC_CLASSES.index("sofa")]] == "couch"
+    assert cfg.data.format == "voc" and cfg.data.preprocess == "torchvision"

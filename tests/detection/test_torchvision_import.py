@@ -17,7 +17,8 @@ from detection.convert import COCO_CATEGORY_IDS, convert, convert_state_dict
 from detection.inference import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARCHS = ["retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn"]
+ARCHS = ["retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
+         "maskrcnn_resnet50_fpn"]
 SMALL = ["data.min_size=320", "data.max_size=512"]  # both sides get the same smaller resize: a fast CPU test
 
 

@@ -68,6 +68,10 @@ def tv_model(arch: str, images, min_size: int, max_size: int, seed: int = 0):
     calibrate_bn(model, images_for_bn(images), v1=not arch.endswith("_v2"))
     g = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
+        for name, m in model.named_modules():  # the v2 FPN and box head BNs: random statistics
+            if isinstance(m, nn.BatchNorm2d) and not name.startswith("backbone.body"):
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
         if arch.startswith("retinanet"):
             bias = model.head.classification_head.cls_logits.bias.view(-1, TORCHVISION_SLOTS)
             bias.copy_(-3.0 + 2.5 * torch.rand(bias.shape, generator=g))

@@ -191,3 +191,40 @@ def test_p7_from_p6_with_or_without_relu(p7_relu):
         with_relu, without = conv(torch.relu(p6)), conv(p6)
     assert not torch.allclose(with_relu, without)
     torch.testing.assert_close(p7, with_relu if p7_relu else without)
+
+
+def test_torchvision_weight_names_read_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    ref, _ = saved(tmp_path / "checkpoints", "resnet18-f37072fd.pth", torchvision.models.resnet18, 5)
+    for name in ("torchvision", "IMAGENET1K_V1", "resnet18-f37072fd.pth"):  # the hub file, by any of its names
+        assert torch.equal(build_body("resnet18", "bn", 1, name).stem[0].weight, ref.conv1.weight)
+    # V2 exists for ResNet-50 / 101 only; a missing file names the path torchvision would use
+    with pytest.raises(FileNotFoundError, match=r"IMAGENET1K_V2.*checkpoints/resnet50-11ad3fa6\.pth"):
+        build_body("resnet50", "bn", 1, "IMAGENET1K_V2")
+    with pytest.raises(FileNotFoundError, match=r"resnet101-63fe2227\.pth"):
+        build_body("resnet101", "bn", 1, "IMAGENET1K_V1")
+    with pytest.raises(ValueError, match="no IMAGENET1K_V2 weights for resnet18"):
+        build_body("resnet18", "bn", 1, "IMAGENET1K_V2")
+
+
+def test_bn_eps_and_unfolded_frozen_bn(tmp_path):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def make():  # BNs with statistics away from (0, 1): folding then changes the rounding
+        net = torchvision.models.resnet18()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+        return net
+
+    _, path = saved(tmp_path, "r18.pth", make, 3)
+    body = build_body("resnet18", "frozen_bn", 1, str(path), bn_eps=0.0, fold_bn=False)
+    assert type(body.stem[1]) is FrozenBatchNorm2d and body.stem[1].eps == 0.0
+    folded = build_body("resnet18", "frozen_bn", 1, str(path), bn_eps=0.0)
+    assert type(folded.stem[0]).__name__ == "FoldedConv2d" and folded.stem[1].eps == 0.0
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = body(x)[-1], folded(x)[-1]
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4) and not torch.equal(a, b)  # same maths, other rounding

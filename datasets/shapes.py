@@ -77,6 +77,19 @@ def make_shapes(root, num_train=1000, num_val=100, num_test=300, image_size=128,
     return dict(summary, root=str(root), generated=True)
 
 
+def render_scene(seed: int, index: int, image_size=128, classes=SHAPE_KINDS, min_objects=1, max_objects=6,
+                 tiny_fraction=0.1):
+    """One synthetic image, in memory, drawn as ``make_shapes`` draws its images: ``(image uint8 [H, W, 3] RGB,
+    boxes float32 [M, 4] (x1, y1, x2, y2 pixels), labels int64 [M] indexing ``classes``)``. Deterministic in
+    ``(seed, index)``; a seed other than the detection data's gives images the detector never sees."""
+    p = _normalise_params(dict(num_train=0, num_val=0, num_test=0, image_size=image_size, classes=classes, seed=seed,
+                               min_objects=min_objects, max_objects=max_objects, empty_test_fraction=0.0,
+                               crowd_fraction=0.0, tiny_fraction=tiny_fraction, jpeg_quality=95))
+    img, objects = _render_image(np.random.default_rng([seed, 7, index]), p)
+    boxes = np.array([o["bbox"] for o in objects], np.float32).reshape(-1, 4)
+    return img, boxes, np.array([o["label"] for o in objects], np.int64)
+
+
 def _normalise_params(args: dict) -> dict:
     size = args["image_size"]
     h, w = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)

@@ -220,11 +220,13 @@ class ResNetBody(nn.Module):
         net = fn(weights=None, norm_layer=functools.partial(NORMS[norm], eps=bn_eps))
         state = resolve_pretrained(name, pretrained, weights)
         if state is not None:
+            # the classifier is never used: a file trained for another number of classes loads as well
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             try:
                 missing, unexpected = net.load_state_dict(state, strict=False)
             except RuntimeError as exc:  # shape mismatches
                 raise ValueError(f"pretrained weights {pretrained} do not fit {name}: {str(exc)[:300]}") from exc
-            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+            missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("fc.")]
             if missing or [k for k in unexpected if not k.startswith("fc.")]:
                 raise ValueError(f"pretrained weights {pretrained} do not fit {name}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")

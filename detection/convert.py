@@ -164,8 +164,8 @@ def convert(arch: str, src: str, dst: str, preset: str, overrides=(), log: Calla
     if missing or unexpected:
         raise ValueError(f"{arch}: the converted weights do not fit the model of {preset}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    extra = checkpoint_extra(cfg, classes)
-    save_checkpoint({"model": model.state_dict(), **extra, "category_ids": list(COCO_CATEGORY_IDS),
+    extra = checkpoint_extra(cfg, classes, category_ids=COCO_CATEGORY_IDS)
+    save_checkpoint({"model": model.state_dict(), **extra,
                      "converted_from": {"source": "torchvision", "arch": arch, "file": os.path.basename(src)}}, dst)
     log(f"{arch}: {len(state)} tensors from {src} -> {dst} (80 COCO classes; config {preset})")
     return cfg

@@ -55,10 +55,18 @@ def test_converted_model_gives_torchvisions_detections(arch, tmp_path):
     assert total >= 300
 
 
-def test_checkpoint_describes_itself(tmp_path):
+def test_convert_script_writes_a_self_describing_checkpoint(tmp_path, script, capsys):
     images = smooth_images([(200, 240)])
-    _, ckpt = converted("fasterrcnn_resnet50_fpn", images, tmp_path)
+    tv = tv_model("fasterrcnn_resnet50_fpn", images, 320, 512)
+    src, ckpt = str(tmp_path / "fasterrcnn_resnet50_fpn_tv.pth"), str(tmp_path / "ours.pth")
+    torch.save(tv.state_dict(), src)
+    script("convert_weights").main(["--from", "torchvision", "--arch", "fasterrcnn_resnet50_fpn", src, ckpt])
+    assert "80 COCO classes" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="error: .*absent.pth do not exist"):
+        script("convert_weights").main(["--from", "torchvision", "--arch", "fasterrcnn_resnet50_fpn",
+                                        str(tmp_path / "absent.pth"), ckpt])
     state = load_checkpoint(ckpt)
+    assert state["config"]["data"]["min_size"] == 800  # the preset as it is: torchvision's scale
     assert state["category_ids"] == COCO_CATEGORY_IDS and len(state["classes"]) == 80
     assert state["config"]["data"]["preprocess"] == "torchvision"
     assert state["config"]["model"]["roi_head"]["aligned"] is False

@@ -39,23 +39,36 @@ def fake_losses(n, device, gen):
 
 
 class SyncChecked:
-    """Wraps a fresh weighting: non-boundary calls run under ``set_sync_debug_mode("error")`` (CUDA)."""
+    """Wraps a fresh weighting: its non-boundary calls run under ``set_sync_debug_mode("error")`` (CUDA).
+    Usable as ``weighting(losses)`` and, inside ``train_step``, as ``weigh`` + ``observe`` (one call per step)."""
 
     def __init__(self, weighting, interval):
         self.weighting, self.interval, self.calls, self.errors = weighting, interval, 0, []
 
-    def __call__(self, losses):
-        self.calls += 1
-        boundary = self.calls % self.interval == 0
+    def _checked(self, fn, fallback, boundary: bool):
         if not boundary:
             torch.cuda.set_sync_debug_mode("error")
         try:
-            return self.weighting(losses)
-        except RuntimeError as exc:  # the call was cut short: report it, let the step go on unweighted
+            return fn()
+        except RuntimeError as exc:  # the call was cut short: report it, let the step go on
             self.errors.append(f"call {self.calls}: {str(exc).splitlines()[0]}")
-            return sum(losses.values())
+            return fallback()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+    def __call__(self, losses):
+        self.calls += 1
+        return self._checked(lambda: self.weighting(losses), lambda: sum(losses.values()),
+                             self.calls % self.interval == 0)
+
+    def weigh(self, losses):  # the step's weights are in force before its own observe: never a boundary
+        from losses.weighting import Fixed
+
+        return self._checked(lambda: self.weighting.weigh(losses), lambda: Fixed().weigh(losses), False)
+
+    def observe(self, losses):
+        self.calls += 1
+        self._checked(lambda: self.weighting.observe(losses), lambda: None, self.calls % self.interval == 0)
 
 
 def main():
@@ -73,7 +86,7 @@ def main():
     _, model, optimizer, _ = build_ours("retinanet", args, device)
     weightings = {"Fixed": Fixed(), "ALWA": make_alwa(args.interval)}
     check = not args.no_check_finite
-    step = {k: (lambda w=w: train_step(model, images, targets, w, optimizer, amp=args.amp, check_finite=check))
+    step = {k: (lambda w=w: train_step(model, [(images, targets)], w, optimizer, amp=args.amp, check_finite=check))
             for k, w in weightings.items()}
     times = interleaved(step, args.reps, args.warmup, device)
     rows = [[k, *timing_cells(times[k]), ratio(times[k], times["Fixed"])] for k in times]
@@ -130,7 +143,7 @@ def main():
     _, model, optimizer, _ = build_ours("retinanet", args, device)
     in_step = SyncChecked(make_alwa(args.interval), args.interval)
     for _ in range(min(args.reps, args.interval - 1)):
-        train_step(model, images, targets, in_step, optimizer, amp=args.amp, check_finite=False)
+        train_step(model, [(images, targets)], in_step, optimizer, amp=args.amp, check_finite=False)
     rows = [["fake losses", checked.calls, len(checked.errors)],
             ["train_step(check_finite=False)", in_step.calls, len(in_step.errors)]]
     print_table(["weighting calls", "calls", "sync errors outside boundaries"], rows,

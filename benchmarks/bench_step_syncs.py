@@ -74,12 +74,12 @@ def check_model(kind, args, device, images, targets) -> dict:
                                       f"data.batch_size={args.batch}"])
     model = builders.build_model(cfg, args.num_classes).to(device).train()
     optimizer, _ = builders.build_optimizer(cfg, model)
-    train_step(model, images, targets, Fixed(), optimizer, amp=args.amp)  # warm-up: cuDNN / allocator set-up
+    train_step(model, [(images, targets)], Fixed(), optimizer, amp=args.amp)  # warm-up: cuDNN / allocator set-up
     cls_keys, reg_keys = (list(model.loss_contract.groups[g]) for g in ALWA_GROUPS[kind])
     alwa = ALWA(variant=2, interval=args.interval, cls_keys=cls_keys, reg_keys=reg_keys)
     counts = {"boundary": defaultdict(int), "other": defaultdict(int)}
     for step in range(1, args.steps + 1):
-        sites = record_syncs(lambda: train_step(model, images, targets, alwa, optimizer, amp=args.amp), device)
+        sites = record_syncs(lambda: train_step(model, [(images, targets)], alwa, optimizer, amp=args.amp), device)
         kind_of_step = "boundary" if step % args.interval == 0 else "other"
         for site in sites:
             counts[kind_of_step][site] += 1

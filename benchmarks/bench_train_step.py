@@ -185,7 +185,7 @@ def main():
 
         def make_step(name, model, opt, tgts):
             def step():
-                out = train_step(model, images_ours if name == "ours" else images, tgts, fixed, opt, amp=args.amp,
+                out = train_step(model, [(images_ours if name == "ours" else images, tgts)], fixed, opt, amp=args.amp,
                                  check_finite=check)
                 skipped[(kind, name)] += bool(out.skipped)
             return step

@@ -265,7 +265,9 @@ def build_optimizer(cfg: Config, model: nn.Module, world_size: int = 1,
     """SGD or AdamW over the model's trainable parameters, plus any learnable loss-weighting parameters
     (uncertainty weighting's log-variances), which get no weight decay."""
     o = cfg.optimizer
-    lr = o.lr * (cfg.data.batch_size * world_size / o.base_batch_size if o.scale_lr else 1.0)
+    # the effective batch: images per micro-batch x micro-batches per step (train.accumulate) x processes
+    effective = cfg.data.batch_size * cfg.train.accumulate * world_size
+    lr = o.lr * (effective / o.base_batch_size if o.scale_lr else 1.0)
     params = [p for p in model.parameters() if p.requires_grad]
     extra = list(weighting.parameters()) if weighting is not None else []
     # biases and norm parameters get no weight decay only under AdamW; SGD follows mmdetection (decay on all)

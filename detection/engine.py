@@ -15,10 +15,12 @@ from detection import dist as dist_utils
 from detection.checkpoint import CheckpointError, load_checkpoint, load_weights, seed_everything
 from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
 from detection.evaluate import PER_IMAGE, evaluate_coco, evaluate_voc
+from detection.eval_hook import EvalHook
 from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
 from detection.init_from import init_from
 from detection.resume import resume as resume_run
 from detection.schema import Config
+from detection.tensorboard import open_tensorboard
 from detection.trainer import Trainer
 from detection.workdir import WorkDirLock, check_writable
 
@@ -38,10 +40,13 @@ def checkpoint_config(state: dict, ckpt: str, overrides: Sequence[str] = ()) -> 
     return config_from_tree(Config, state["config"], {"": f"{ckpt} (its saved config)"}, overrides, ckpt)
 
 
-def checkpoint_extra(cfg: Config, classes, world: int = 1) -> dict:
-    """What makes a checkpoint self-describing: the resolved config, the class names and the number of
-    processes that trained it."""
-    return {"config": config_to_dict(cfg), "classes": list(classes), "world_size": world}
+def checkpoint_extra(cfg: Config, classes, world: int = 1, category_ids=None) -> dict:
+    """What makes a checkpoint self-describing: the resolved config, the class names, the number of
+    processes that trained it, and for COCO-format data the category id of each class."""
+    extra = {"config": config_to_dict(cfg), "classes": list(classes), "world_size": world}
+    if category_ids is not None:
+        extra["category_ids"] = [int(c) for c in category_ids]
+    return extra
 
 
 def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.nn.Module:
@@ -55,6 +60,7 @@ def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.
     load_weights(model, state, path)
     model.classes = classes
     model.config = cfg  # for detection.inference.predict: the preprocessing the model was built with
+    model.category_ids = state.get("category_ids")  # COCO-format training data (or a converted file): their ids
     return model.to(torch.device(device)).eval()
 
 
@@ -123,27 +129,41 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     weight_params = list(weighting.parameters())
     optimizer, lr = builders.build_optimizer(cfg, model, world, weighting)
-    max_iters, steps = builders.schedule_length(cfg, len(sampler))
+    steps_per_epoch = len(sampler) // cfg.train.accumulate  # optimizer steps: accumulate batches each
+    if steps_per_epoch < 1:
+        raise ConfigError([f"train.accumulate={cfg.train.accumulate} needs at least that many batches per epoch; "
+                           f"the training set gives {len(sampler)}"])
+    max_iters, steps = builders.schedule_length(cfg, steps_per_epoch)
     scheduler = builders.build_scheduler(cfg, optimizer, steps)
 
     ckpt_dir = os.path.join(work_dir, "checkpoints")
-    hooks = [MetricsLogger(os.path.join(work_dir, "metrics.jsonl") if writer else None, cfg.train.log_interval,
-                           cfg.train.progress, contract),
-             CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval, extra=checkpoint_extra(cfg, names, world), writer=writer,
-                            keep=cfg.train.keep_checkpoints)]
+    category_ids = getattr(getattr(train_set, "dataset", train_set), "cat_ids", None)  # COCO-format data
+    board = open_tensorboard(os.path.join(work_dir, "tensorboard")) if cfg.train.tensorboard and writer else None
+    logger = MetricsLogger(os.path.join(work_dir, "metrics.jsonl") if writer else None, cfg.train.log_interval,
+                           cfg.train.progress, contract, board)
+    checkpoints = CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval,
+                                 extra=checkpoint_extra(cfg, names, world, category_ids), writer=writer,
+                                 keep=cfg.train.keep_checkpoints)
+    hooks = [logger, checkpoints]
     if world > 1 and weight_params:
         hooks.insert(0, WeightingGradSync(weight_params))
+    # every split the run will read is parsed and checked now, not after hours of training
+    test_set = builders.build_dataset(cfg, train=False) if cfg.train.eval_after or cfg.train.eval_interval else None
+    if cfg.train.eval_interval:
+        hooks.append(_eval_hook(cfg, model, test_set, device, rank, world, steps_per_epoch, checkpoints, logger, board))
     trainer = Trainer(ddp_model, optimizer, scheduler, weighting, loader, sampler, max_iters, device,
                       cfg.train.amp, cfg.optimizer.grad_clip, hooks, cfg.train.check_finite, cfg.train.max_bad_steps,
-                      channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss)
-    trainer.classes = names
+                      channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss,
+                      accumulate=cfg.train.accumulate)
+    trainer.classes, trainer.test_set = names, test_set
     if resume and os.path.exists(last):
         resume_run(trainer, cfg, last, lr, rank, world, writer, allow_config_change)
     elif resume and writer:
         print(f"--resume: no checkpoint at {last}, starting from scratch")
     if writer:
         print(f"training {cfg.model.type} ({cfg.model.backbone.name}) for {max_iters} iterations "
-              f"({len(sampler)} per epoch, {world} process(es) x {cfg.data.batch_size} images, lr {lr:g}, "
+              f"({steps_per_epoch} per epoch, {world} process(es) x {cfg.data.batch_size} images"
+              f"{f' x {cfg.train.accumulate} accumulated' if cfg.train.accumulate > 1 else ''}, lr {lr:g}, "
               f"weighting {cfg.weighting.type}) in {work_dir}")
     return trainer
 
@@ -166,9 +186,7 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
             print(f"config: {note}", flush=True)
     prepare_work_dir(cfg, work_dir, rank)
     trainer = build_trainer(cfg, work_dir, device, rank, world, resume, allow_config_change)
-    # every split the run will read is parsed and checked now (the training set in build_trainer), not after
-    # hours of training
-    test_set = builders.build_dataset(cfg, train=False) if cfg.train.eval_after else None
+    test_set = trainer.test_set if cfg.train.eval_after else None
     save_run_config(cfg, work_dir, rank)
     model = trainer.model.module if world > 1 else trainer.model
     weighting = trainer.weighting
@@ -181,7 +199,11 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
 
     metrics: Dict = {}
     if test_set is not None:
-        metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
+        hook = next((h for h in trainer.hooks if isinstance(h, EvalHook)), None)
+        if hook is not None and hook.last_iter == trainer.iter:  # the last step was just evaluated
+            metrics = dict(hook.last_metrics)
+        else:
+            metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
         # the layout the run trained with: ALWA's statistics depend on the images per process (and the ranks
         # pooled or not), so reproduce.py --collect reports it beside the numbers
         metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights,
@@ -192,6 +214,22 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
             write_metrics(metrics, os.path.join(work_dir, "eval.json"))
             print(format_metrics(metrics))
     return metrics if writer else {}
+
+
+def _eval_hook(cfg: Config, model, test_set, device, rank: int, world: int, steps_per_epoch: int, checkpoints,
+               logger, board) -> EvalHook:
+    """Validation during training (``train.eval_interval``): the test set every N iterations or epochs."""
+    t = cfg.train
+    every = t.eval_interval * (steps_per_epoch if t.eval_unit == "epochs" else 1)
+    metric = t.best_metric or ("mAP" if cfg.data.format == "voc" else "AP")
+    on_eval = None
+    if board is not None:
+        def on_eval(it, values):
+            board.evaluation(it, values)
+            board.pictures(it, model, test_set, cfg, device)
+    return EvalHook(lambda: evaluate_dataset(model, test_set, cfg, device, rank, world), every, metric,
+                    t.early_stop_patience, checkpoints.save, logger.write_record, on_eval,
+                    log=print if rank == 0 else _quiet)
 
 
 def write_metrics(metrics: Dict, path: str) -> None:
@@ -218,9 +256,11 @@ def _restart_hint(trainer: Trainer, work_dir: str) -> str:
             f"--resume --allow-config-change --set optimizer.lr=...{stop}")
 
 
-def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = ()) -> Dict:
+def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = (),
+             plots: Optional[str] = None) -> Dict:
     """Evaluate a checkpoint on its config's test set. ``cfg_path`` None: the config saved in the checkpoint
-    (with ``overrides``); a given config file wins over it."""
+    (with ``overrides``); a given config file wins over it. ``plots``: a folder for the VOC precision-recall
+    curves (``pr_curves.png``)."""
     state = load_checkpoint(ckpt)
     cfg = load(cfg_path, overrides) if cfg_path else checkpoint_config(state, ckpt, overrides)
     device, rank, world = setup(cfg)
@@ -235,6 +275,12 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     metrics["checkpoint"] = os.path.abspath(ckpt)
     if rank == 0:
         print(format_metrics(metrics))
+        if plots and metrics.get(PER_IMAGE) is not None:
+            from detection.evaluation.curves import plot_voc_pr_curves
+
+            print(f"precision-recall curves: {plot_voc_pr_curves(metrics[PER_IMAGE], plots)}")
+        elif plots:
+            print("--plots: precision-recall curves are drawn for VOC evaluations (COCO: see per-class AP)")
         if out:
             write_metrics(metrics, out)
     metrics.pop(PER_IMAGE, None)
@@ -254,6 +300,9 @@ def format_metrics(metrics: Dict) -> str:
     if "mAP" not in metrics:  # COCO
         names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
         lines = [metrics.get("summary", "").rstrip()]
+        for cls, ap in metrics.get("per_class_AP", {}).items():
+            segm = metrics.get("segm_per_class_AP", {}).get(cls)
+            lines.append(f"{cls:>14s}  AP {ap:.4f}" + (f"  segm AP {segm:.4f}" if segm is not None else ""))
         for prefix, label in (("", "bbox"), ("segm_", "segm")):
             if f"{prefix}AP" in metrics:
                 lines.append(f"COCO {label}: " + "  ".join(f"{n} {metrics[prefix + n]:.4f}" for n in names)

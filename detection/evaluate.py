@@ -113,10 +113,14 @@ def evaluate_coco(model: nn.Module, dataset, cfg: Config, device: torch.device, 
         types = tuple(iou_types) if iou_types is not None else (
             ("bbox", "segm") if any("rles" in d for d in detections) else ("bbox",))
         results = detections_to_coco(detections, image_ids, dataset.cat_ids)
-        metrics, summaries = coco_evaluate(dataset.coco, results, types, img_ids=image_ids, return_summary=True)
+        metrics, summaries = coco_evaluate(dataset.coco, results, types, img_ids=image_ids, return_summary=True,
+                                           backend=cfg.eval.coco_backend)
         out = {name: metrics["bbox"][name] for name in METRIC_NAMES} if "bbox" in metrics else {}
+        if "bbox" in metrics:
+            out["per_class_AP"] = metrics["bbox"]["per_class"]
         if "segm" in metrics:
             out.update({f"segm_{name}": metrics["segm"][name] for name in METRIC_NAMES})
+            out["segm_per_class_AP"] = metrics["segm"]["per_class"]
         out.update(iou_types=list(types), num_images=len(order),
                    summary="".join(f"{t}:\n{summaries[t]}" for t in types))
     # COCOeval runs once; the other ranks receive its result

@@ -56,8 +56,9 @@ class MetricsLogger(HookBase):
     the writer (rank 0) writes ``metrics.jsonl`` and shows the progress bar."""
 
     def __init__(self, path: Optional[str], interval: int, progress: bool = True,
-                 contract: Optional[LossContract] = None):
+                 contract: Optional[LossContract] = None, tensorboard=None):
         self.path, self.interval, self.progress = path, max(1, interval), progress
+        self.tensorboard = tensorboard  # a detection.tensorboard.TensorBoard (rank 0), or None
         # the model's loss keys and groups, written into every record (plots and comparisons read them)
         self.contract = contract
         self._contract_written = False
@@ -160,8 +161,9 @@ class MetricsLogger(HookBase):
         if self.contract is not None and not self._contract_written:  # once per run: its first record
             record["contract"] = self.contract.to_record()
             self._contract_written = True
-        if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+        self.write_record(record)
+        if self.tensorboard is not None:
+            self.tensorboard.training_record(record)
         if self._bar is not None:
             label = (self.contract or LossContract(tuple(raw_keys))).label
             shown = {k: f"{record[k]:.3f}" for k in ["loss"] + [k for k in record["weighted"]][:3]}
@@ -171,6 +173,11 @@ class MetricsLogger(HookBase):
         self._skipped, self._skipped_keys = 0, {}
         self._tic = time.perf_counter()
 
+    def write_record(self, record: dict) -> None:
+        """Append one record to metrics.jsonl (the writer rank only; e.g. the evaluation hook's)."""
+        if self._file is not None and not self._file.closed:
+            self._file.write(json.dumps(record) + "\n")
+
     def after_train(self):
         try:
             # after an error under DDP the other ranks may be mid-step: the interval's averages need a
@@ -179,13 +186,15 @@ class MetricsLogger(HookBase):
             if (self._count or self._skipped) and not on_error_dist:  # stopped between log points
                 self.flush()
         except FloatingPointError:
-            if self.trainer.stop_reason is None:
+            if self.trainer.stop_reason in (None, "early_stop"):
                 raise
             # already stopping on an error: the non-finite interval is not written, the error is reported
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:
             self._file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 class CheckpointHook(HookBase):
@@ -245,7 +254,7 @@ class CheckpointHook(HookBase):
 
     def after_train(self):
         reason = self.trainer.stop_reason
-        if reason in (None, "interrupted"):  # a whole step's state: what --resume continues from
+        if reason in (None, "interrupted", "early_stop"):  # a whole step's state: what --resume continues from
             self.save()
         elif reason == "non_finite":
             # the weights that gave non-finite (or diverged) losses: kept for inspection, but never in place of

@@ -20,10 +20,11 @@ per step).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,16 @@ from detection.signals import StopSignals, TrainingInterrupted
 from losses.weighting import WeightingStrategy
 
 class HookBase:
+    """Hooks with state return it from ``state_dict()`` (part of every checkpoint) and take it back in
+    ``load_state_dict()``."""
+
     trainer: "Trainer"
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def before_train(self): ...
 
@@ -85,30 +95,53 @@ def _grad_norm(params: List[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting: WeightingStrategy,
+def _mean(dicts: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    return dicts[0] if len(dicts) == 1 else {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0]}
+
+
+def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], weighting: WeightingStrategy,
                optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
                amp: str = "off", grad_clip: Optional[float] = None, after_backward=None,
                check_finite: bool = True, max_loss: Optional[float] = None) -> StepOutput:
-    """Forward, weighting, backward and optimizer step. AMP is a flag; DDP is whatever ``model`` is."""
-    with autocast(images.device, amp):
-        losses = model(images, targets)
-    # the weighting sees float32 losses whatever the autocast dtype
-    losses = {k: v.float() for k, v in losses.items()}
-    detached = {k: v.detach() for k, v in losses.items()}
+    """Forward, weighting, backward for each micro-batch ``(images, targets)`` of ``batches`` (one without
+    gradient accumulation), then one optimizer step. AMP is a flag; DDP is whatever ``model`` is (gradients are
+    all-reduced on the last micro-batch only).
+
+    Each micro-batch is weighted with the step's weights and backpropagated divided by their number, so the
+    gradient is the mean of the micro-batches' gradients; the weighting then observes the step's mean raw
+    losses once (ALWA's C counts optimizer steps). ``StepOutput`` holds the means over micro-batches."""
+    n = len(batches)
     optimizer.zero_grad(set_to_none=True)
-    if check_finite:
-        ok = _all_finite_flags(list(detached.values()), max_loss)
-        if not all(ok):
-            return StepOutput(detached, torch.full((), float("nan"), device=images.device),
-                              skipped=[k for k, good in zip(detached, ok) if not good])
-    weighted = weighting.apply(losses)
-    total = weighted.total
-    terms = {k: v.detach() for k, v in weighted.terms.items()}
+    raws, terms, weights, total = [], [], {}, None
+    for i, (images, targets) in enumerate(batches):
+        sync = contextlib.nullcontext() if i == n - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(images.device, amp):
+                losses = model(images, targets)
+            # the weighting sees float32 losses whatever the autocast dtype
+            losses = {k: v.float() for k, v in losses.items()}
+            detached = {k: v.detach() for k, v in losses.items()}
+            if check_finite:
+                ok = _all_finite_flags(list(detached.values()), max_loss)
+                if not all(ok):
+                    optimizer.zero_grad(set_to_none=True)
+                    return StepOutput(detached, torch.full((), float("nan"), device=images.device),
+                                      skipped=[k for k, good in zip(detached, ok) if not good])
+            weighted = weighting.weigh(losses)
+            part = weighted.total / n if n > 1 else weighted.total
+            if scaler is not None:
+                scaler.scale(part).backward()
+            else:
+                part.backward()
+        raws.append(detached)
+        terms.append({k: v.detach() for k, v in weighted.terms.items()})
+        weights = weighted.weights
+        total = part.detach() if total is None else total + part.detach()
+    raw = _mean(raws)
+    weighting.observe(raw)
+    terms = _mean(terms)
     if scaler is not None:
-        scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-    else:
-        total.backward()
     if after_backward is not None:
         after_backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -118,24 +151,29 @@ def train_step(model: nn.Module, images: Tensor, targets: List[Dict], weighting:
         norm = _grad_norm(params)
     if check_finite and scaler is None and not _all_finite_flags([norm])[0]:
         optimizer.zero_grad(set_to_none=True)
-        return StepOutput(detached, total.detach(), terms, weighted.weights, skipped=["gradients"])
+        return StepOutput(raw, total, terms, weights, skipped=["gradients"])
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when fp16 gradients overflowed
         scaler.update()
     else:
         optimizer.step()
-    return StepOutput(detached, total.detach(), terms, weighted.weights)
+    return StepOutput(raw, total, terms, weights)
 
 
 class Trainer:
     def __init__(self, model: nn.Module, optimizer, scheduler, weighting: WeightingStrategy, loader, sampler,
                  max_iters: int, device: torch.device, amp: str = "off", grad_clip: Optional[float] = None,
                  hooks: Optional[List[HookBase]] = None, check_finite: bool = True, max_bad_steps: int = 5,
-                 channels_last: bool = False, max_loss: Optional[float] = None):
+                 channels_last: bool = False, max_loss: Optional[float] = None, accumulate: int = 1):
         self.model, self.optimizer, self.scheduler, self.weighting = model, optimizer, scheduler, weighting
         self.loader, self.sampler = loader, sampler
         self.max_iters, self.device, self.amp, self.grad_clip = max_iters, device, amp, grad_clip
-        self.iters_per_epoch = len(sampler)
+        # an optimizer step takes `accumulate` batches of the sampler; an epoch's leftover batches are not used
+        self.accumulate = int(accumulate)
+        self.iters_per_epoch = len(sampler) // self.accumulate
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"the sampler has {len(sampler)} batches per epoch, fewer than one optimizer step of "
+                             f"{self.accumulate} accumulated batches")
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         self.iter = 0
         self.epoch = 0
@@ -149,6 +187,7 @@ class Trainer:
         # "interrupted" (a stop signal, after a whole step) or "error" (any other exception); set before the
         # after_train hooks run
         self.stop_reason: Optional[str] = None
+        self._stop_request: Optional[str] = None  # a hook's request to end after this step (early stopping)
         self.consecutive_bad = 0
         self.hooks: List[HookBase] = []
         for h in hooks or []:
@@ -162,6 +201,10 @@ class Trainer:
         for h in self.hooks:
             getattr(h, name)()
 
+    def request_stop(self, reason: str) -> None:
+        """End training after the current step, normally (the hooks run; ``stop_reason`` becomes ``reason``)."""
+        self._stop_request = reason
+
     def train(self) -> None:
         self.model.train()
         self._call("before_train")
@@ -170,7 +213,7 @@ class Trainer:
         try:
             with StopSignals() as signals:
                 self._loop(signals)
-            self.stop_reason = None
+            self.stop_reason = self._stop_request
         except FloatingPointError:
             if self.check_finite:  # the guard kept the weights finite: they may be checkpointed
                 self.stop_reason = "non_finite"
@@ -202,23 +245,30 @@ class Trainer:
             yield batch
 
     def _loop(self, signals: StopSignals) -> None:
-        while self.iter < self.max_iters:
+        while self.iter < self.max_iters and self._stop_request is None:
             self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
-            self.sampler.set_epoch(self.epoch, start_batch=offset)
+            self.sampler.set_epoch(self.epoch, start_batch=offset * self.accumulate)
             tic = time.perf_counter()
+            group: List = []
             for batch in self._batches(signals):
+                group.append(batch)
+                if len(group) < self.accumulate:
+                    continue
                 self.data_time = time.perf_counter() - tic
-                self.run_step(batch)
-                if self.iter >= self.max_iters:
+                self.run_step(group if self.accumulate > 1 else batch)
+                group = []
+                if self.iter >= self.max_iters or self._stop_request is not None:
                     break
                 if any_rank(signals.requested is not None, self.device):  # every rank stops at the same step
                     raise TrainingInterrupted(signals.requested or "a signal to another rank", self.iter)
                 tic = time.perf_counter()
 
     def run_step(self, batch) -> None:
+        """One optimizer step on a batch, or on a list of ``accumulate`` micro-batches."""
         self._call("before_step")
-        images, targets = move_batch(batch, self.device, self.channels_last)
-        self.last = train_step(self.model, images, targets, self.weighting, self.optimizer, self.scaler, self.amp,
+        group = batch if isinstance(batch, list) else [batch]
+        micro = [move_batch(b, self.device, self.channels_last) for b in group]
+        self.last = train_step(self.model, micro, self.weighting, self.optimizer, self.scaler, self.amp,
                                self.grad_clip, after_backward=lambda: self._call("after_backward"),
                                check_finite=self.check_finite, max_loss=self.max_loss)
         # a skipped step still advances the schedule: the data position and the LR stay in step with the plan
@@ -247,6 +297,9 @@ class Trainer:
         state = {"iter": self.iter, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "weighting": self.weighting.state_dict(),
                  "bad_steps": self.bad_steps}
+        hooks = {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict()}
+        if hooks:
+            state["hooks"] = hooks
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -261,3 +314,6 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.iter = int(state["iter"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        for h in self.hooks:
+            if type(h).__name__ in state.get("hooks", {}):
+                h.load_state_dict(state["hooks"][type(h).__name__])

@@ -89,12 +89,50 @@ def _empty_results(coco_gt):
     return res
 
 
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def _evaluator(backend: str, coco_gt):
+    """(COCOeval class, the ground truth in that backend's COCO type) for ``backend``."""
+    if backend == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+
+        return COCOeval, coco_gt
+    if backend != "faster_coco_eval":
+        raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {BACKENDS}")
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError as exc:
+        raise ImportError(f"eval.coco_backend: faster_coco_eval needs the faster-coco-eval package ({exc}); "
+                          f"pip install -e \".[coco_fast]\" or use pycocotools") from None
+    gt = getattr(coco_gt, "_faster_copy", None)
+    if gt is None:  # built once per ground truth (evaluation during training reuses it)
+        gt = COCO(copy.deepcopy(coco_gt.dataset))
+        coco_gt._faster_copy = gt
+    return COCOeval_faster, gt
+
+
+def per_class_ap(ev, cat_names: Dict[int, str]) -> Dict[str, float]:
+    """AP (IoU 0.50:0.95, all areas, 100 detections) of each category from an accumulated COCOeval:
+    the mean of its defined precisions; -1.0 for a category without ground truth."""
+    precision = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        out[cat_names.get(cat_id, str(cat_id))] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    return out
+
+
 def coco_evaluate(coco_gt, results: Sequence[dict], iou_types: Sequence[str] = ("bbox",),
-                  img_ids: Optional[Sequence[int]] = None, return_summary: bool = False):
+                  img_ids: Optional[Sequence[int]] = None, return_summary: bool = False,
+                  backend: str = "pycocotools"):
     """Run COCOeval for each IoU type; returns ``metrics``, or ``(metrics, summaries)`` with ``return_summary``.
 
     * ``metrics[iou_type]`` = ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as floats in [0, 1]; as in
-      pycocotools, ``-1.0`` means undefined (no ground truth in that area range).
+      pycocotools, ``-1.0`` means undefined (no ground truth in that area range); plus ``per_class``
+      (category name -> AP).
+    * ``backend``: ``pycocotools`` or ``faster_coco_eval`` (the faster-coco-eval package: the same numbers,
+      several times faster).
     * ``summaries[iou_type]``: COCOeval's summary table (12 lines, AP and AR), captured instead of printed.
 
     ``results`` come from ``detections_to_coco`` (not modified). ``img_ids`` restricts the evaluation to
@@ -102,8 +140,8 @@ def coco_evaluate(coco_gt, results: Sequence[dict], iou_types: Sequence[str] = (
     runs (on an empty result set): AP is 0.0 wherever ground truth exists. For ``segm`` the results'
     ``bbox`` is dropped so that COCOeval's small/medium/large split uses the mask area, as mmdetection does.
     """
-    from pycocotools.cocoeval import COCOeval
-
+    evaluator, gt = _evaluator(backend, coco_gt)
+    names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
     metrics: Dict[str, Dict[str, float]] = {}
     summaries: Dict[str, str] = {}
     for iou_type in iou_types:
@@ -124,8 +162,10 @@ def coco_evaluate(coco_gt, results: Sequence[dict], iou_types: Sequence[str] = (
             dts = [dict(r) for r in results]
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):  # pycocotools prints progress and the table
-            coco_dt = coco_gt.loadRes(dts) if dts else _empty_results(coco_gt)
-            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            coco_dt = gt.loadRes(dts) if dts else _empty_results(coco_gt)
+            if backend != "pycocotools" and not dts:
+                coco_dt = gt.loadRes([])
+            ev = evaluator(gt, coco_dt, iou_type)
             if img_ids is not None:
                 ev.params.imgIds = sorted(int(i) for i in img_ids)
             ev.evaluate()
@@ -134,5 +174,6 @@ def coco_evaluate(coco_gt, results: Sequence[dict], iou_types: Sequence[str] = (
             with contextlib.redirect_stdout(table):
                 ev.summarize()
         metrics[iou_type] = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats[:6])}
+        metrics[iou_type]["per_class"] = per_class_ap(ev, names)
         summaries[iou_type] = table.getvalue()
     return (metrics, summaries) if return_summary else metrics

@@ -133,10 +133,7 @@ def _match_class(d_boxes, d_img, g_boxes, g_img, g_diff, num_images, iou_thr, le
 
 def _average_precision(tp_flags, npos, metric):
     """Return (AP, final recall) from ranked TP flags."""
-    tp = np.cumsum(tp_flags, dtype=np.float64)
-    fp = np.cumsum(~tp_flags, dtype=np.float64)
-    rec = tp / npos
-    prec = tp / np.maximum(tp + fp, _EPS)
+    rec, prec = pr_curve(tp_flags, npos)
     final_rec = float(rec[-1]) if len(rec) else 0.0
     if metric == "11point":
         # Suffix max of precision, plus a 0 sentinel for "no point with rec >= t".
@@ -151,8 +148,15 @@ def _average_precision(tp_flags, npos, metric):
     return float(np.sum((mrec[step + 1] - mrec[step]) * env[step + 1])), final_rec
 
 
+def pr_curve(tp_flags, npos):
+    """(recall, precision) after each ranked detection, from its TP flags and the class's gt count."""
+    tp = np.cumsum(tp_flags, dtype=np.float64)
+    fp = np.cumsum(~tp_flags, dtype=np.float64)
+    return tp / npos, tp / np.maximum(tp + fp, _EPS)
+
+
 def voc_map(detections, annotations, num_classes, iou_thr=0.5, metric="11point",
-            legacy_coords=True, class_names=None):
+            legacy_coords=True, class_names=None, curves=False):
     """PASCAL VOC mAP (see the module docstring for the exact conventions).
 
     Args:
@@ -167,6 +171,8 @@ def voc_map(detections, annotations, num_classes, iou_thr=0.5, metric="11point",
         metric: ``"11point"`` (VOC2007) or ``"area"`` (VOC2010+).
         legacy_coords: use the devkit's +1 pixel convention for box sizes.
         class_names: optional list of ``num_classes`` names.
+        curves: also return ``curves``, per class ``(recall, precision)`` arrays after each ranked
+            detection (None for a class without non-difficult gts).
 
     Returns:
         dict with ``mAP`` (float), ``AP`` (list of per-class floats),
@@ -195,7 +201,7 @@ def voc_map(detections, annotations, num_classes, iou_thr=0.5, metric="11point",
     classes = np.arange(num_classes + 1)
     d_cut = np.searchsorted(det["labels"][d_ord], classes)
     g_cut = np.searchsorted(gt["labels"][g_ord], classes)
-    aps, num_gts, recalls = [], [], []
+    aps, num_gts, recalls, pr = [], [], [], []
     for c in range(num_classes):
         di, gi = d_ord[d_cut[c]:d_cut[c + 1]], g_ord[g_cut[c]:g_cut[c + 1]]
         npos = int(np.count_nonzero(~gt["difficult"][gi]))
@@ -203,12 +209,14 @@ def voc_map(detections, annotations, num_classes, iou_thr=0.5, metric="11point",
         if npos == 0:
             aps.append(float("nan"))
             recalls.append(float("nan"))
+            pr.append(None)
             continue
         tp = _match_class(det["boxes"][di], det["img"][di], gt["boxes"][gi], gt["img"][gi],
                           gt["difficult"][gi], len(detections), iou_thr, legacy_coords)
         ap, rec = _average_precision(tp, npos, metric)
         aps.append(ap)
         recalls.append(rec)
+        pr.append(pr_curve(tp, npos) if curves else None)
     valid = [a for a, n in zip(aps, num_gts) if n > 0]
     if valid:
         mean_ap = float(np.mean(valid))
@@ -219,4 +227,6 @@ def voc_map(detections, annotations, num_classes, iou_thr=0.5, metric="11point",
     out = {"mAP": mean_ap, "AP": aps, "num_gts": num_gts, "recall": recalls}
     if class_names is not None:
         out["AP_by_class"] = dict(zip(class_names, aps))
+    if curves:
+        out["curves"] = pr
     return out

@@ -14,7 +14,9 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 
-def read_metrics(work_dir: str) -> List[dict]:
+def read_metrics(work_dir: str, evaluations: bool = False) -> List[dict]:
+    """The training records of a run's metrics.jsonl (one per iteration, the last written), or with
+    ``evaluations`` the validation records of ``train.eval_interval`` (``{"iter", "eval": {...}, "best"}``)."""
     path = work_dir if work_dir.endswith(".jsonl") else os.path.join(work_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no metrics file at {path} (is {work_dir} a training work dir?)")
@@ -27,7 +29,7 @@ def read_metrics(work_dir: str) -> List[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path} line {n} is not JSON: {e}") from e
     # a resumed run appends: keep the last record of each iteration
-    by_iter = {r["iter"]: r for r in records}
+    by_iter = {r["iter"]: r for r in records if ("eval" in r) == evaluations}
     return [by_iter[i] for i in sorted(by_iter)]
 
 
@@ -133,8 +135,9 @@ def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] 
     import matplotlib.pyplot as plt
 
     runs = [read_metrics(d) for d in work_dirs]
+    evals = [read_metrics(d, evaluations=True) for d in work_dirs]
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in work_dirs]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    fig, axes = plt.subplots(1, 4 if any(evals) else 3, figsize=(24 if any(evals) else 18, 4.8))
     styles = ["-", "--", ":", "-."]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for r_idx, (records, label) in enumerate(zip(runs, labels)):
@@ -156,6 +159,15 @@ def plot_runs(work_dirs: Sequence[str], out: str, keys: Optional[Sequence[str]] 
             it = [r["iter"] for r in records if key in r.get("weights", {})]
             w = [r["weights"][key] for r in records if key in r.get("weights", {})]
             axes[2].plot(it, w, styles[k_idx % len(styles)], color=colour, label=f"{label}: {key}")
+        if evals[r_idx]:  # validation during training: the metric best.pth is chosen by
+            metric = evals[r_idx][-1]["best"]["metric"]
+            axes[3].plot([r["iter"] for r in evals[r_idx]], [r["eval"][metric] for r in evals[r_idx]], "o-",
+                         color=colour, label=f"{label}: {metric}")
+    if any(evals):
+        axes[3].set_title("test metric during training", fontsize=9)
+        axes[3].set_xlabel("iteration")
+        axes[3].grid(alpha=0.3)
+        axes[3].legend(fontsize=7)
     # runs by colour (left panel), keys by line style (named in the titles), λ lines labelled in full
     from matplotlib.lines import Line2D
 

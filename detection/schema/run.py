@@ -119,6 +119,16 @@ class TrainConfig:
     keep_checkpoints: int = 1  # > 1: also keep the newest K as checkpoints/iter_NNNNNNN.pth
     amp: Literal["off", "bf16", "fp16"] = "off"
     eval_after: bool = True
+    # validation during training: every eval_interval iterations (or epochs, eval_unit) the test set is
+    # evaluated into metrics.jsonl and checkpoints/best.pth keeps the best state by best_metric (null: mAP for
+    # VOC, AP for COCO); early_stop_patience > 0 stops after that many evaluations without improvement
+    eval_interval: int = 0
+    eval_unit: Literal["iters", "epochs"] = "iters"
+    best_metric: Optional[str] = None
+    early_stop_patience: int = 0
+    tensorboard: bool = False  # also log to <work dir>/tensorboard (pip install -e ".[tensorboard]")
+    # micro-batches per optimizer step: the effective batch is accumulate x data.batch_size x processes
+    accumulate: int = 1
     progress: bool = True
     sync_bn: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP on GPUs
     channels_last: bool = False  # NHWC model and images: faster convs on GPUs and oneDNN CPUs (docs/benchmarks.md)
@@ -144,6 +154,9 @@ class TrainConfig:
             warmup_ratio=(self.warmup_ratio, 0 < self.warmup_ratio <= 1, "in (0, 1]"),
             lr_gamma=(self.lr_gamma, self.lr_gamma > 0, "> 0"),
             max_bad_steps=(self.max_bad_steps, self.max_bad_steps >= 1, ">= 1"),
+            eval_interval=(self.eval_interval, self.eval_interval >= 0, ">= 0 (0: no evaluation during training)"),
+            early_stop_patience=(self.early_stop_patience, self.early_stop_patience >= 0, ">= 0 (0: never stop)"),
+            accumulate=(self.accumulate, self.accumulate >= 1, ">= 1 (micro-batches per optimizer step)"),
             max_loss=(self.max_loss, self.max_loss is None or self.max_loss > 0, "> 0 or null"))
 
 
@@ -156,6 +169,8 @@ class EvalConfig:
     metric: Literal["11point", "area"] = "11point"
     iou_thr: float = 0.5
     legacy_coords: bool = False
+    # COCO: pycocotools' COCOeval, or faster-coco-eval's (pip install -e ".[coco_fast]"): the same numbers, faster
+    coco_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
 
 
 @dataclass

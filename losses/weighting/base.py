@@ -74,14 +74,20 @@ class WeightingStrategy:
         """Record this step's losses after its weights were applied (windowed strategies update here, so the
         step that completes a window keeps the old weights)."""
 
-    def apply(self, losses: Mapping[str, Tensor]) -> WeightedLosses:
+    def weigh(self, losses: Mapping[str, Tensor]) -> WeightedLosses:
+        """The step's total, terms and weights for ``losses``, recording nothing (see ``apply``)."""
         self.check_keys(losses)
         weights = self.step_weights()
         terms = self.weighted(losses)
         terms.update(self.extra_terms(losses))
-        total = sum(terms.values())
+        return WeightedLosses(sum(terms.values()), terms, {k: weights.get(k, 1.0) for k in losses})
+
+    def apply(self, losses: Mapping[str, Tensor]) -> WeightedLosses:
+        """``weigh(losses)``, then ``observe(losses)``: one whole training step. With gradient accumulation
+        the trainer weighs every micro-batch and observes the step's mean raw losses once."""
+        weighted = self.weigh(losses)
         self.observe(losses)
-        return WeightedLosses(total, terms, {k: weights.get(k, 1.0) for k in losses})
+        return weighted
 
     def __call__(self, losses: Mapping[str, Tensor]) -> Tensor:
         return self.apply(losses).total

@@ -80,11 +80,13 @@ def test_hand_computed_ap_and_summary(tmp_path):
     res = detections_to_coco(dets, [1], [5])
     metrics, summary = coco_evaluate(gt, res, return_summary=True)
     ap = 51 / 101
+    assert metrics["bbox"].pop("per_class") == {"a": pytest.approx(ap)}  # the one category: its AP is the AP
     assert metrics["bbox"] == pytest.approx({"AP": ap, "AP50": ap, "AP75": ap, "APs": ap, "APm": -1.0, "APl": -1.0})
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in summary["bbox"]
     assert res[0]["bbox"] == [0, 0, 20, 20] and "id" not in res[0]  # loadRes did not touch our dicts
     # an empty result set runs too: AP 0 where ground truth exists, -1 where none (as pycocotools)
     empty = coco_evaluate(gt, [])
+    assert empty["bbox"].pop("per_class") == {"a": 0.0}
     assert empty["bbox"] == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": -1.0, "APl": -1.0}
     with pytest.raises(ValueError, match="ground-truth annotation 1 has no 'segmentation'"):
         coco_evaluate(gt, [], iou_types=("segm",))
@@ -115,8 +117,40 @@ def test_dropping_one_class_gives_two_thirds(shapes_test):
     # AP is the mean over categories: circles (label 0) undetected -> (0 + 1 + 1) / 3
     dets = gt_as_detections(targets)
     dets = [{k: v[d["labels"] != 0] for k, v in d.items()} for d in dets]
-    assert coco_evaluate(ds.coco, detections_to_coco(dets, ds.image_ids, ds.cat_ids))["bbox"]["AP"] == \
-        pytest.approx(2 / 3)
+    m = coco_evaluate(ds.coco, detections_to_coco(dets, ds.image_ids, ds.cat_ids))["bbox"]
+    assert m["AP"] == pytest.approx(2 / 3)
+    assert m["per_class"] == {"circle": 0.0, "rectangle": pytest.approx(1.0), "triangle": pytest.approx(1.0)}
+
+
+def _noisy(targets, seed=0):
+    """Ground truth as detections with jittered boxes, random scores and some false positives."""
+    g = torch.Generator().manual_seed(seed)
+    dets = []
+    for t in gt_as_detections(targets, masks=True):
+        n = len(t["labels"])
+        boxes = t["boxes"] + torch.randn(n, 4, generator=g) * 2.0
+        extra = torch.rand(3, 2, generator=g) * 40
+        dets.append({"boxes": torch.cat([boxes, torch.cat([extra, extra + 12], 1)]),
+                     "scores": torch.rand(n + 3, generator=g),
+                     "labels": torch.cat([t["labels"], torch.randint(0, 3, (3,), generator=g)]),
+                     "masks": torch.cat([t["masks"], torch.zeros(3, *t["masks"].shape[1:], dtype=torch.bool)])})
+    return dets
+
+
+def test_faster_backend_gives_the_same_numbers(shapes_test):
+    pytest.importorskip("faster_coco_eval")
+    ds, targets = shapes_test
+    res = detections_to_coco(_noisy(targets), ds.image_ids, ds.cat_ids)
+    ref = coco_evaluate(ds.coco, res, iou_types=("bbox", "segm"))
+    fast = coco_evaluate(ds.coco, res, iou_types=("bbox", "segm"), backend="faster_coco_eval")
+    assert 0.1 < ref["bbox"]["AP"] < 0.9 and 0.1 < ref["segm"]["AP"] < 0.9  # a non-trivial case
+    for t in ("bbox", "segm"):
+        assert fast[t].pop("per_class") == pytest.approx(ref[t].pop("per_class"), abs=1e-12)
+        assert fast[t] == pytest.approx(ref[t], abs=1e-12)
+    empty = coco_evaluate(ds.coco, [], backend="faster_coco_eval")
+    assert empty["bbox"]["AP"] == 0.0
+    with pytest.raises(ValueError, match="unknown COCO evaluation backend 'fast'"):
+        coco_evaluate(ds.coco, res, backend="fast")
 
 
 # ------------------------------------------------------------------------------ evaluate_coco
@@ -143,7 +177,7 @@ class FakeModel(torch.nn.Module):
 
 def cfg():
     return SimpleNamespace(data=SimpleNamespace(test_batch_size=3, num_workers=0, size_divisor=32),
-                           train=SimpleNamespace(amp="off"))
+                           train=SimpleNamespace(amp="off"), eval=SimpleNamespace(coco_backend="pycocotools"))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,11 @@ TWO_STAGE = ["model.rpn.feat_channels=16", "model.roi_head.fc_channels=32", "mod
 DETECTORS = {
     "retinanet": ("configs/demo/retinanet_shapes_alwa2.yaml",
                   ["model.head.feat_channels=16", "model.head.num_convs=1", "data.repeat=2"], 16),
+    # two micro-batches per optimizer step (8 steps per epoch) and validation every 10 steps: the data position
+    # counts micro-batches, and the best-so-far (the evaluation hook's state) comes back with the checkpoint
+    "retinanet_accumulate_eval": ("configs/demo/retinanet_shapes_alwa2.yaml",
+                                  ["model.head.feat_channels=16", "model.head.num_convs=1", "data.repeat=2",
+                                   "train.accumulate=2", "train.eval_interval=10"], 8),
     "faster_rcnn": ("configs/demo/frcnn_shapes_alwa1.yaml", TWO_STAGE, 8),
     "mask_rcnn": ("configs/demo/maskrcnn_shapes_coco_alwa1.yaml", TWO_STAGE + ["model.mask_head.conv_channels=16"], 8),
 }
@@ -78,6 +83,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(detector, tmp_path):
     assert not unequal, f"{len(unequal)} of {len(a['model'])} model tensors differ, e.g. {unequal[:3]}"
     assert same(a["weighting"], b["weighting"]) and a["weighting"]["num_updates"] == 10  # 30 steps / C = 3
     assert same(a["optimizer"], b["optimizer"]) and same(a["scheduler"], b["scheduler"])
+    assert same(a.get("hooks"), b.get("hooks"))
     assert len(a["optimizer"]["state"]) > 0
     # only the newest three numbered checkpoints are kept, and last.pth is the newest
     kept = sorted(p.name for p in (ref / "checkpoints").glob("iter_*.pth"))

@@ -165,9 +165,9 @@ def test_a_finite_loss_that_explodes_counts_as_diverged(tmp_path):
     p = torch.nn.Parameter(torch.ones(()))
     opt = torch.optim.SGD([p], lr=0.1)
     model = lambda images, targets: {"loss_cls": p * 1e7, "loss_bbox": p}  # noqa: E731
-    out = train_step(model, torch.zeros(1, 3, 8, 8), [{}], Fixed(), opt, max_loss=1e4)
+    out = train_step(model, [(torch.zeros(1, 3, 8, 8), [{}])], Fixed(), opt, max_loss=1e4)
     assert out.skipped == ["loss_cls"] and p.item() == 1.0
-    assert train_step(model, torch.zeros(1, 3, 8, 8), [{}], Fixed(), opt).skipped is None
+    assert train_step(model, [(torch.zeros(1, 3, 8, 8), [{}])], Fixed(), opt).skipped is None
 
 
 # ------------------------------------------------------------------------- review follow-ups (same issue)

@@ -343,3 +343,16 @@ def test_validation_errors():
                  dets[1]], anns, 2)
     with pytest.raises(ValueError, match="foo"):
         voc_map(dets, anns, 2, metric="foo")
+
+
+def test_pr_curves_by_hand():
+    from detection.evaluation.voc import voc_map
+
+    # class 0: 2 gts; detections ranked TP, FP, TP -> recall .5 .5 1, precision 1 .5 2/3
+    dets = [{"boxes": np.array([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], float),
+             "scores": np.array([0.9, 0.8, 0.7]), "labels": np.array([0, 0, 0])}]
+    anns = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), "labels": np.array([0, 0])}]
+    out = voc_map(dets, anns, 2, legacy_coords=False, curves=True)
+    rec, prec = out["curves"][0]
+    assert rec.tolist() == [0.5, 0.5, 1.0] and prec.tolist() == pytest.approx([1.0, 0.5, 2 / 3])
+    assert out["curves"][1] is None  # no ground truth for class 1

@@ -1,0 +1,117 @@
+"""``scripts/predict.py``'s work: run one checkpoint (or two, side by side) on image files, draw the
+detections, and write them in COCO results format.
+
+``predictions.json`` is a list of ``{"image_id", "file_name", "category_id", "category", "bbox": [x, y, w, h],
+"score"}`` (plus ``"segmentation"``, COCO RLE, for Mask R-CNN): image ids are 1, 2, ... in the sorted input
+order, category ids the training data's (COCO-format data and converted torchvision files) or ``label + 1``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(spec: str) -> List[str]:
+    """Image files of ``spec``: one file, a folder (its images, not recursive) or a glob pattern; sorted."""
+    if os.path.isdir(spec):
+        paths = [os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    elif os.path.isfile(spec):
+        paths = [spec]
+    else:
+        paths = [p for p in glob.glob(spec, recursive=True) if p.lower().endswith(IMAGE_EXTENSIONS)]
+    if not paths:
+        raise FileNotFoundError(f"--input {spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found there")
+    names = [os.path.basename(p) for p in paths]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"--input {spec}: several images are named {dup[:3]}; the pictures are saved under the "
+                         f"input's name, so give one folder at a time")
+    return sorted(paths)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path} (not an image, or corrupt)")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def coco_results(dets: Dict, image_id: int, file_name: str, classes: Sequence[str],
+                 category_ids: Optional[Sequence[int]], score_thr: float) -> List[Dict]:
+    """COCO results entries of one image's detections scoring at least ``score_thr``."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    boxes, scores, labels = dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist()
+    masks = dets.get("masks")
+    for i, (b, s, lab) in enumerate(zip(boxes, scores, labels)):
+        if s < score_thr:
+            continue
+        entry = {"image_id": image_id, "file_name": file_name,
+                 "category_id": int(category_ids[lab]) if category_ids else int(lab) + 1,
+                 "category": classes[lab], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)}
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[i].numpy().astype(np.uint8)))
+            entry["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        out.append(entry)
+    return out
+
+
+def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: str = "auto",
+        compare: Optional[str] = None, batch_size: int = 4, progress: bool = True) -> List[str]:
+    """Pictures in ``out_dir`` (one per input, under its name) and ``out_dir/predictions.json``; returns the
+    picture paths. With ``compare`` each picture shows ``ckpt``'s detections beside ``compare``'s."""
+    from tqdm import tqdm
+
+    from detection import builders, load_model
+    from detection.inference import predict
+    from detection.visualize import draw_detections, enlarged, side_by_side
+
+    paths = find_images(inputs)
+    dev = builders.resolve_device(device)
+    # the model's own test threshold becomes --score-thr: it keeps what the user asks to see, no more, no less
+    overrides = [f"model.test.score_thr={score_thr}"]
+    models = [load_model(ckpt, dev, overrides)] + ([load_model(compare, dev, overrides)] if compare else [])
+    if compare and models[0].classes != models[1].classes:
+        raise ValueError(f"--compare: {ckpt} has classes {models[0].classes}, {compare} has {models[1].classes}")
+    titles = tuple(_run_name(p) for p in ([ckpt, compare] if compare else [ckpt]))
+    os.makedirs(out_dir, exist_ok=True)
+    results, written = [], []
+    bar = tqdm(total=len(paths), desc="predict", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = [read_rgb(p) for p in chunk]
+        per_model = [predict(m, images, batch_size=batch_size) for m in models]
+        for k, (path, image) in enumerate(zip(chunk, images)):
+            canvas, f = enlarged(image)  # small images are drawn enlarged: legible labels
+            drawn = []
+            for model, dets in zip(models, per_model):
+                d = dets[k]
+                masks = d["masks"].numpy().repeat(f, 1).repeat(f, 2) if "masks" in d else None
+                drawn.append(draw_detections(canvas, d["boxes"].numpy() * f, d["labels"].numpy(), d["scores"].numpy(),
+                                             model.classes, masks, score_thr))
+            picture = side_by_side(drawn[0], drawn[1], titles) if compare else drawn[0]
+            target = os.path.join(out_dir, os.path.basename(path))
+            if not cv2.imwrite(target, picture[..., ::-1]):
+                raise ValueError(f"cannot write {target}")
+            written.append(target)
+            results += coco_results(per_model[0][k], start + k + 1, os.path.basename(path), models[0].classes,
+                                    getattr(models[0], "category_ids", None), score_thr)
+        bar.update(len(chunk))
+    bar.close()
+    with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+        json.dump(results, f)
+    return written
+
+
+def _run_name(ckpt: str) -> str:
+    """``work_dirs/<run>/checkpoints/last.pth`` -> ``<run>``; any other file -> its name."""
+    parts = os.path.normpath(os.path.abspath(ckpt)).split(os.sep)
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "checkpoints" else os.path.basename(ckpt)

@@ -15,7 +15,7 @@ from detection import dist as dist_utils
 from detection.checkpoint import CheckpointError, load_checkpoint, load_weights, seed_everything
 from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
 from detection.evaluate import PER_IMAGE, evaluate_coco, evaluate_voc
-from detection.eval_hook import EvalHook
+from detection.eval_hook import EvalHook, expected_metrics
 from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
 from detection.init_from import init_from
 from detection.resume import resume as resume_run
@@ -149,8 +149,9 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         hooks.insert(0, WeightingGradSync(weight_params))
     # every split the run will read is parsed and checked now, not after hours of training
     test_set = builders.build_dataset(cfg, train=False) if cfg.train.eval_after or cfg.train.eval_interval else None
-    if cfg.train.eval_interval:
-        hooks.append(_eval_hook(cfg, model, test_set, device, rank, world, steps_per_epoch, checkpoints, logger, board))
+    if cfg.train.eval_interval:  # before the checkpoint hook: a checkpoint of that step holds its evaluation
+        hooks.insert(hooks.index(checkpoints),
+                     _eval_hook(cfg, model, test_set, device, rank, world, steps_per_epoch, checkpoints, logger, board))
     trainer = Trainer(ddp_model, optimizer, scheduler, weighting, loader, sampler, max_iters, device,
                       cfg.train.amp, cfg.optimizer.grad_clip, hooks, cfg.train.check_finite, cfg.train.max_bad_steps,
                       channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss,
@@ -204,6 +205,8 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
             metrics = dict(hook.last_metrics)
         else:
             metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)
+        if hook is not None:  # eval.json is the final state; best.pth's evaluation is named beside it
+            metrics["best"] = {"metric": hook.metric, "value": hook.best, "iter": hook.best_iter}
         # the layout the run trained with: ALWA's statistics depend on the images per process (and the ranks
         # pooled or not), so reproduce.py --collect reports it beside the numbers
         metrics.update({"iter": trainer.iter, "train_time_s": train_time, "weights": weighting.weights,
@@ -222,6 +225,10 @@ def _eval_hook(cfg: Config, model, test_set, device, rank: int, world: int, step
     t = cfg.train
     every = t.eval_interval * (steps_per_epoch if t.eval_unit == "epochs" else 1)
     metric = t.best_metric or ("mAP" if cfg.data.format == "voc" else "AP")
+    known = expected_metrics(cfg.data.format, cfg.model.type == "mask_rcnn", list(test_set.classes))
+    if metric not in known:
+        raise ConfigError([f"train.best_metric {metric!r} is not a metric of this evaluation; choose from "
+                           f"{[k for k in known if '/' not in k]} or a class's AP/<class>"])
     on_eval = None
     if board is not None:
         def on_eval(it, values):

@@ -19,12 +19,23 @@ BEST_FILE = "best.pth"
 
 
 def numeric_metrics(metrics: Dict) -> Dict[str, float]:
-    """The scalar metrics of an evaluation (mAP, AP, AP50 ...; per-class APs as ``AP/<class>``)."""
+    """The scalar metrics of an evaluation (mAP, AP, AP50 ...; per-class APs as ``AP/<class>``, COCO masks'
+    as ``segm_AP/<class>``)."""
     out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
            and k not in ("num_images", "iou_thr")}
-    if isinstance(metrics.get("AP"), dict):
-        out.update({f"AP/{name}": float(v) for name, v in metrics["AP"].items()})
+    for key, prefix in (("AP", "AP"), ("per_class_AP", "AP"), ("segm_per_class_AP", "segm_AP")):
+        if isinstance(metrics.get(key), dict):
+            out.update({f"{prefix}/{name}": float(v) for name, v in metrics[key].items()})
     return out
+
+
+def expected_metrics(data_format: str, masks: bool, classes) -> list:
+    """The names ``numeric_metrics`` gives for an evaluation of this kind (to check ``train.best_metric`` when
+    the run is built, not at its first evaluation)."""
+    if data_format == "voc":
+        return ["mAP"] + [f"AP/{c}" for c in classes]
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl"] + [f"AP/{c}" for c in classes]
+    return names + ([f"segm_{n}" for n in names[:6]] + [f"segm_AP/{c}" for c in classes] if masks else [])
 
 
 class EvalHook(HookBase):
@@ -41,6 +52,14 @@ class EvalHook(HookBase):
         self.since_best = 0
         self.last_metrics: Optional[Dict] = None  # the full metrics of the last evaluation
         self.last_iter: Optional[int] = None
+
+    def before_train(self):
+        t = self.trainer
+        if self.patience and self.since_best >= self.patience and t.iter < t.max_iters:  # resumed after its stop
+            self.log(f"early stop: the run stopped at iteration {t.iter} ({self.metric} not improved on "
+                     f"{self.best:.4f} of iteration {self.best_iter} for {self.since_best} evaluations); raise "
+                     f"train.early_stop_patience to train on")
+            t.request_stop("early_stop")
 
     def after_step(self):
         t = self.trainer

@@ -75,6 +75,10 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
     from detection.visualize import draw_detections, enlarged, side_by_side
 
     paths = find_images(inputs)
+    os.makedirs(out_dir, exist_ok=True)
+    if any(os.path.samefile(os.path.dirname(os.path.abspath(p)), out_dir) for p in paths):
+        raise ValueError(f"--out {out_dir} holds the input images: the pictures, saved under the inputs' names, "
+                         f"would replace them; choose another folder")
     dev = builders.resolve_device(device)
     # the model's own test threshold becomes --score-thr: it keeps what the user asks to see, no more, no less
     overrides = [f"model.test.score_thr={score_thr}"]

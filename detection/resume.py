@@ -21,7 +21,8 @@ FREE = ("train.max_iters", "train.epochs", "train.log_interval", "train.checkpoi
         "train.channels_last", "train.check_finite", "train.max_bad_steps", "train.max_loss", "device", "data.root",
         "data.coco_image_dir", "data.num_workers", "data.test_batch_size", "data.test_sets", "eval.",
         "model.test.", "model.rpn.test_proposals.", "model.mask_head.mask_thr", "model.backbone.pretrained",
-        "model.init_from", "model.init_class_map")
+        "model.init_from", "model.init_class_map", "train.eval_interval", "train.eval_unit", "train.best_metric",
+        "train.early_stop_patience", "train.tensorboard")
 # what --allow-config-change cannot apply: the random streams continue from the checkpoint
 NOT_APPLIED = {"seed": "the random streams continue from the checkpoint's"}
 
@@ -49,6 +50,18 @@ def config_changes(saved: dict, current: dict) -> List[Tuple[str, object, object
             if a.get(k, missing) != b.get(k, missing) and not _free(k)]
 
 
+def _with_defaults(saved: dict, ckpt: str) -> dict:
+    """The saved config with today's defaults for keys it predates (a checkpoint written before a key existed
+    ran with the behaviour that key's default keeps); as saved when it no longer validates."""
+    from detection.config import config_from_tree
+    from detection.schema import Config
+
+    try:
+        return config_to_dict(config_from_tree(Config, saved, {"": f"{ckpt} (its saved config)"}))
+    except ConfigError:
+        return saved
+
+
 def _show(value) -> str:
     return "(not set)" if type(value) is object else repr(value)
 
@@ -65,7 +78,7 @@ def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: boo
                            f"the same class list (and order), or train in a new --work-dir"])
     if "config" not in state:
         return []
-    changes = config_changes(state["config"], config_to_dict(cfg))
+    changes = config_changes(_with_defaults(state["config"], ckpt), config_to_dict(cfg))
     saved_world = state.get("world_size")
     if saved_world is not None and saved_world != world and cfg.optimizer.scale_lr:
         changes.append(("processes (optimizer.scale_lr scales the lr with them)", saved_world, world))

@@ -121,7 +121,7 @@ def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], w
             # the weighting sees float32 losses whatever the autocast dtype
             losses = {k: v.float() for k, v in losses.items()}
             detached = {k: v.detach() for k, v in losses.items()}
-            if check_finite:
+            if check_finite and n == 1:  # one micro-batch: checked before its backward
                 ok = _all_finite_flags(list(detached.values()), max_loss)
                 if not all(ok):
                     optimizer.zero_grad(set_to_none=True)
@@ -137,6 +137,12 @@ def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], w
         terms.append({k: v.detach() for k, v in weighted.terms.items()})
         weights = weighted.weights
         total = part.detach() if total is None else total + part.detach()
+    if check_finite and n > 1:  # every micro-batch's losses, one host read for the step
+        ok = _all_finite_flags([torch.stack([d[k] for d in raws]) for k in raws[0]], max_loss)
+        if not all(ok):
+            optimizer.zero_grad(set_to_none=True)
+            return StepOutput(_mean(raws), torch.full((), float("nan"), device=total.device),
+                              skipped=[k for k, good in zip(raws[0], ok) if not good])
     raw = _mean(raws)
     weighting.observe(raw)
     terms = _mean(terms)
@@ -255,7 +261,7 @@ class Trainer:
                 if len(group) < self.accumulate:
                     continue
                 self.data_time = time.perf_counter() - tic
-                self.run_step(group if self.accumulate > 1 else batch)
+                self.run_step(group)
                 group = []
                 if self.iter >= self.max_iters or self._stop_request is not None:
                     break
@@ -263,10 +269,10 @@ class Trainer:
                     raise TrainingInterrupted(signals.requested or "a signal to another rank", self.iter)
                 tic = time.perf_counter()
 
-    def run_step(self, batch) -> None:
-        """One optimizer step on a batch, or on a list of ``accumulate`` micro-batches."""
+    def run_step(self, group: List) -> None:
+        """One optimizer step on a list of ``accumulate`` loader batches (one without accumulation). Always a
+        list: a pinned-memory loader may hand each batch over as a list itself (``[images, targets]``)."""
         self._call("before_step")
-        group = batch if isinstance(batch, list) else [batch]
         micro = [move_batch(b, self.device, self.channels_last) for b in group]
         self.last = train_step(self.model, micro, self.weighting, self.optimizer, self.scaler, self.amp,
                                self.grad_clip, after_backward=lambda: self._call("after_backward"),

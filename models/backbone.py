@@ -356,5 +356,8 @@ def build_body(name: str, norm: str, frozen_stages: int, pretrained: Optional[st
     if name in RESNETS:
         return ResNetBody(name, norm, frozen_stages, pretrained, bn_eps, fold_bn)
     if name in MOBILENETS:
+        if bn_eps != 1e-5 or not fold_bn:
+            raise ValueError(f"model.backbone.bn_eps / fold_bn apply to the ResNet bodies; {name} keeps "
+                             f"torchvision's BN eps 1e-3 and is never folded")
         return MobileNetBody(name, norm, frozen_stages, pretrained)
     raise ValueError(f"unknown backbone '{name}', choose from {sorted(RESNETS) + sorted(MOBILENETS)}")

@@ -7,7 +7,7 @@ Nothing is downloaded: IN is a local file (torchvision's hub cache names work as
 self-describing checkpoint (the preset config configs/torchvision/ARCH.yaml inside, the 80 COCO class names
 and category ids), which `scripts/eval.py --ckpt OUT --set data.root=COCO` evaluates and `model.init_from`
 fine-tunes from. Architectures: retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2, fasterrcnn_resnet50_fpn,
-maskrcnn_resnet50_fpn.
+fasterrcnn_resnet50_fpn_v2, maskrcnn_resnet50_fpn.
 """
 import argparse
 import os

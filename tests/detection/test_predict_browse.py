@@ -55,6 +55,8 @@ def test_predict_writes_pictures_and_coco_results(finished, script, tmp_path, ca
     script("predict").main(["--ckpt", ckpt, "--compare", ckpt, "--input", os.path.join(str(inputs), "*.jpg"),
                             "--out", str(both), "--no-progress"])
     assert cv2.imread(str(both / pictures[0])).shape[:2] == (448 + 22, 2 * 448 + 8)
+    with pytest.raises(SystemExit, match="holds the input images"):
+        script("predict").main(["--ckpt", ckpt, "--input", str(inputs), "--out", str(inputs), "--no-progress"])
     with pytest.raises(SystemExit, match="no image files"):
         script("predict").main(["--ckpt", ckpt, "--input", str(tmp_path / "nothing"), "--out", str(out)])
 

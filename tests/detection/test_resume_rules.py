@@ -118,3 +118,17 @@ def test_a_second_ctrl_c_stops_at_once(tiny_cfg, tmp_path, monkeypatch):
         engine.train(tiny_cfg, str(tmp_path / "w"), overrides=["train.max_iters=20"])
     assert load_checkpoint(str(tmp_path / "w" / "checkpoints" / "last.pth"))["iter"] == 3  # the periodic one
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_checkpoint_older_than_a_new_key_resumes(trained, tiny_cfg, tmp_path):
+    """Checkpoints carry the config of their day: a key added since (here train.accumulate, data.preprocess,
+    model.backbone.bn_eps) took today's default, which keeps the old behaviour, and is not a change."""
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    path = os.path.join(work, "checkpoints", "last.pth")
+    state = load_checkpoint(path)
+    del state["config"]["train"]["accumulate"], state["config"]["data"]["preprocess"]
+    del state["config"]["model"]["backbone"]["bn_eps"]
+    torch.save(state, path)
+    engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=7", "train.eval_after=false",
+                                                         "train.eval_interval=7", "train.tensorboard=false"])
+    assert load_checkpoint(path)["iter"] == 7  # evaluation settings may change on a resume too

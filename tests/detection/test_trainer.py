@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detection.hooks import MetricsLogger, keep_records_upto
-from detection.trainer import HookBase, Trainer
+from detection.trainer import HookBase, Trainer, train_step
 from losses.weighting import ALWA, Fixed
 from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
@@ -393,3 +393,34 @@ def test_an_error_mid_run_still_closes_the_log_and_leaves_the_last_checkpoint(tm
     assert logger._file.closed and logger._bar.disable  # tqdm marks a closed bar disabled
     assert load_checkpoint(os.path.join(tmp_path, "ckpt", "last.pth"))["iter"] == 2
     assert [json.loads(line)["iter"] for line in open(tmp_path / "m.jsonl")] == [1, 2]
+
+
+def test_batches_handed_over_as_lists_are_one_batch():
+    """A pinned-memory DataLoader of older torch turns each (images, targets) tuple into a list: it is still one
+    batch, not two micro-batches (which failed on the first step)."""
+    trainer = make_trainer(2, Fixed())
+    trainer.loader.batches = [list(b) for b in trainer.loader.batches]
+    trainer.train()
+    assert trainer.iter == 2 and trainer.last.skipped is None
+
+
+def test_a_non_finite_micro_batch_skips_the_whole_accumulated_step():
+    from losses.weighting import ALWA
+
+    class Losses(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, images, targets):
+            return {"loss_cls": self.w * images.sum(), "loss_bbox": self.w * 2}
+
+    model = Losses()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    alwa = ALWA(variant=2, interval=3)
+    good, bad = torch.ones(1, 3, 2, 2), torch.full((1, 3, 2, 2), float("nan"))
+    out = train_step(model, [(good, [{}]), (bad, [{}])], alwa, opt)
+    assert out.skipped == ["loss_cls"] and model.w.item() == 1.0 and model.w.grad is None
+    assert alwa.state_dict()["count"] == 0  # the weighting observed nothing
+    out = train_step(model, [(good, [{}]), (good, [{}])], alwa, opt)
+    assert out.skipped is None and alwa.state_dict()["count"] == 1 and model.w.item() < 1.0

@@ -240,8 +240,9 @@ def _eval_hook(cfg: Config, model, test_set, device, rank: int, world: int, step
 
 
 def write_metrics(metrics: Dict, path: str) -> None:
-    """``eval.json`` (the metrics without the COCO summary text and the per-image data) and, for VOC,
-    ``detections.pkl`` beside it: every image's detections and ground truth, for scripts/significance.py."""
+    """``eval.json`` (the metrics without the COCO summary text and the per-image data) and
+    ``detections.pkl`` beside it: every image's detections and ground truth (COCO: box results and box
+    ground truth), for scripts/significance.py."""
     per_image = metrics.pop(PER_IMAGE, None)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

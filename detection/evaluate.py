@@ -123,5 +123,12 @@ def evaluate_coco(model: nn.Module, dataset, cfg: Config, device: torch.device, 
             out["segm_per_class_AP"] = metrics["segm"]["per_class"]
         out.update(iou_types=list(types), num_images=len(order),
                    summary="".join(f"{t}:\n{summaries[t]}" for t in types))
+        # what a paired bootstrap of box AP needs (detection/evaluation/coco_bootstrap.py): written to
+        # detections.pkl beside eval.json, boxes only
+        from detection.evaluation.coco_bootstrap import gt_for_bootstrap
+
+        out[PER_IMAGE] = {"format": "coco", "gt": gt_for_bootstrap(dataset.coco, image_ids),
+                          "results": [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results],
+                          "classes": list(dataset.classes)}
     # COCOeval runs once; the other ranks receive its result
     return dist_utils.all_gather_objects(out)[0]

@@ -1,5 +1,5 @@
-"""Paired bootstrap of VOC mAP over test images: is the difference of two runs larger than the noise of the
-test set?
+"""Paired bootstrap of VOC mAP (or COCO box AP, ``coco_bootstrap.py``) over test images: is the difference of
+two runs larger than the noise of the test set?
 
 Matching detections to ground truth is per image, so a resample of images with replacement only re-weights
 each image by how often it was drawn. The detections are matched once (:func:`match_tables`); every resample
@@ -40,6 +40,25 @@ def match_tables(detections, annotations, num_classes: int, iou_thr: float = 0.5
     return tables, npos
 
 
+def resampled_metric(run: Dict, counts: torch.Tensor, metric: str = "11point") -> torch.Tensor:
+    """The run's metric on each resample ``counts`` [B, N]: VOC mAP, or COCO box AP."""
+    if "coco" in run:
+        from detection.evaluation.coco_bootstrap import resampled_ap
+
+        return resampled_ap(run["coco"], counts)
+    return resampled_map(run["tables"], run["npos"], counts, metric)
+
+
+def _images(run: Dict) -> int:
+    return run["coco"]["images"] if "coco" in run else run["npos"].shape[0]
+
+
+def _same_ground_truth(a: Dict, b: Dict) -> bool:
+    if "coco" in a or "coco" in b:
+        return "coco" in a and "coco" in b and a["gt_key"] == b["gt_key"]
+    return a["npos"].shape == b["npos"].shape and np.array_equal(a["npos"], b["npos"])
+
+
 def resampled_map(tables: Sequence[Table], npos: np.ndarray, counts: torch.Tensor, metric: str = "11point"):
     """mAP of each resample: ``counts`` [B, N] draws per image -> [B] (classes without positives in a
     resample are left out of its mean, as ``voc_map`` does)."""
@@ -67,8 +86,9 @@ def resampled_map(tables: Sequence[Table], npos: np.ndarray, counts: torch.Tenso
 
 def paired_bootstrap(run_a: Dict, run_b: Dict, n: int = 1000, seed: int = 0, chunk: int = 100,
                      metric: str = "11point") -> Dict:
-    """``run_*``: ``{"tables", "npos"}`` of :func:`match_tables` on the same test images. Returns the observed
-    difference B - A, its 95% percentile interval, the fraction of resamples where B beats A, and n."""
+    """``run_*``: ``{"tables", "npos"}`` of :func:`match_tables` (or ``{"coco", "gt_key"}`` of
+    :func:`load_run` for COCO) on the same test images. Returns the observed difference B - A, its 95%
+    percentile interval, the fraction of resamples where B beats A, and n."""
     return paired_bootstrap_mean([(run_a, run_b)], n, seed, chunk, metric)
 
 
@@ -76,15 +96,15 @@ def paired_bootstrap_mean(pairs: Sequence[Tuple[Dict, Dict]], n: int = 1000, see
                           metric: str = "11point") -> Dict:
     """The mean of B - A over several pairs (e.g. one per seed) on the same test images, each resample drawing
     the same images for every run: the interval covers the test set's noise of that mean."""
-    images = pairs[0][0]["npos"].shape[0]
+    images = _images(pairs[0][0])
     for a, b in pairs:
         for r in (a, b):
-            if r["npos"].shape != pairs[0][0]["npos"].shape or not np.array_equal(r["npos"], pairs[0][0]["npos"]):
+            if not _same_ground_truth(r, pairs[0][0]):
                 raise ValueError("the runs were not evaluated on the same test images (ground truth differs)")
 
     def mean_diff(counts):
-        return torch.stack([resampled_map(b["tables"], b["npos"], counts, metric)
-                            - resampled_map(a["tables"], a["npos"], counts, metric) for a, b in pairs]).mean(0)
+        return torch.stack([resampled_metric(b, counts, metric) - resampled_metric(a, counts, metric)
+                            for a, b in pairs]).mean(0)
 
     observed = float(mean_diff(torch.ones(1, images)))
     g = torch.Generator().manual_seed(seed)
@@ -108,11 +128,19 @@ def load_run(path: str) -> Dict:
     file = path if path.endswith(".pkl") else os.path.join(path, "detections.pkl")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no per-image detections at {file}: they are written beside eval.json by training "
-                                f"runs and by scripts/eval.py --out of this version (VOC data)")
+                                f"runs and by scripts/eval.py --out of this version")
     with open(file, "rb") as f:
         data = pickle.load(f)
+    if data.get("format") == "coco":
+        import json
+
+        from detection.evaluation.coco_bootstrap import match_coco
+
+        key = json.dumps(data["gt"], sort_keys=True)  # the same test images and ground truth for both runs
+        return {"coco": match_coco(data["gt"], data["results"]), "gt_key": key, "classes": list(data["classes"]),
+                "metric": "coco_box_AP", "file": file}
     if data.get("format") != "voc":
-        raise ValueError(f"{file}: the bootstrap covers VOC mAP only, got format {data.get('format')!r}")
+        raise ValueError(f"{file}: the bootstrap covers VOC mAP and COCO box AP, got format {data.get('format')!r}")
     tables, npos = match_tables(data["detections"], data["annotations"], len(data["classes"]), data["iou_thr"],
                                 data["legacy_coords"])
     return {"tables": tables, "npos": npos, "classes": list(data["classes"]), "metric": data["metric"], "file": file}
@@ -123,4 +151,4 @@ def compare_runs(path_a: str, path_b: str, n: int = 1000, seed: int = 0) -> Dict
     if (a["classes"], a["metric"]) != (b["classes"], b["metric"]):
         raise ValueError(f"{a['file']} and {b['file']} differ in classes or metric: {a['classes']} {a['metric']} vs "
                          f"{b['classes']} {b['metric']}")
-    return paired_bootstrap(a, b, n=n, seed=seed, metric=a["metric"])
+    return dict(paired_bootstrap(a, b, n=n, seed=seed, metric=a["metric"]), metric=a["metric"])

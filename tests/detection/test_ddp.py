@@ -82,3 +82,22 @@ def test_two_ranks_end_identical(name, nan_at, tmp_path):
     assert len(r0["params"]) > 50
     for k, v in r0["params"].items():
         assert torch.equal(v, r1["params"][k]), k
+
+
+@NO_TORCHRUN
+def test_two_ranks_validate_during_training_and_accumulate(tmp_path):
+    """Two micro-batches per step and an evaluation every 2 steps on 2 ranks: each rank evaluates its shard,
+    both take the same best / early-stop decisions (the best checkpoint is a collective save), and the ranks
+    end with the same weights."""
+    import json
+
+    work = tmp_path / "work"
+    ranks = run_ranks("retinanet", work, tmp_path / "shapes",
+                      ["train.accumulate=2", "train.eval_interval=2", "weighting.sync=true"])
+    assert ranks[0]["iter"] == ranks[1]["iter"] == 4
+    for k, v in ranks[0]["params"].items():
+        assert torch.equal(v, ranks[1]["params"][k]), k
+    records = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    evals = [r for r in records if "eval" in r]
+    assert [r["iter"] for r in evals] == [2, 4] and evals[-1]["eval"]["AP/circle"] >= 0
+    assert (work / "checkpoints" / "best.pth").is_file()

@@ -283,7 +283,7 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     metrics["checkpoint"] = os.path.abspath(ckpt)
     if rank == 0:
         print(format_metrics(metrics))
-        if plots and metrics.get(PER_IMAGE) is not None:
+        if plots and (metrics.get(PER_IMAGE) or {}).get("format") == "voc":
             from detection.evaluation.curves import plot_voc_pr_curves
 
             print(f"precision-recall curves: {plot_voc_pr_curves(metrics[PER_IMAGE], plots)}")

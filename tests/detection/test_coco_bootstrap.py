@@ -85,3 +85,32 @@ def test_significance_on_coco_runs(shapes, tmp_path):
     weaker = [r for r in results if rng.uniform() > 0.4]  # 40% of the detections removed
     out = compare_runs(a, write("c", weaker), n=200)
     assert out["diff"] < 0 and out["high"] < 0 and out["b_better"] == 0.0
+
+
+def test_coco_runs_write_their_boxes_for_the_bootstrap_and_plots_say_voc_only(tmp_path, capsys):
+    """evaluate on a COCO-format run: detections.pkl holds the box results and ground truth (significance.py
+    reads it), and --plots explains that the PR curves are VOC's instead of failing."""
+    import os
+
+    from detection import builders, engine
+    from detection.checkpoint import save_checkpoint
+    from detection.config import config_to_dict
+
+    root = tmp_path / "shapes"
+    cfg = engine.load(os.path.join(os.path.dirname(__file__), "..", "..", "configs/demo/maskrcnn_shapes_coco_alwa1.yaml"),
+                      [f"data.root={root}", "data.shapes.num_train=2", "data.shapes.num_val=1", "data.shapes.num_test=3",
+                       "data.shapes.image_size=64", "data.min_size=64", "data.max_size=64", "data.num_workers=0",
+                       "model.type=faster_rcnn", "model.fpn.out_channels=16", "model.rpn.feat_channels=16",
+                       "model.roi_head.fc_channels=16", "model.test.score_thr=0.0"])
+    builders.prepare_data(cfg.data)
+    model = builders.build_model(cfg, 3)
+    ckpt = str(tmp_path / "m.pth")
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg),
+                     "classes": ["circle", "rectangle", "triangle"]}, ckpt)
+    out = str(tmp_path / "eval" / "eval.json")
+    engine.evaluate(None, ckpt, out, plots=str(tmp_path / "plots"))
+    assert "precision-recall curves are drawn for VOC" in capsys.readouterr().out
+    with open(tmp_path / "eval" / "detections.pkl", "rb") as f:
+        data = pickle.load(f)
+    assert data["format"] == "coco" and len(data["gt"]["images"]) == 3
+    assert compare_runs(str(tmp_path / "eval"), str(tmp_path / "eval"), n=20)["high"] == 0.0

@@ -6,7 +6,7 @@ trainer's public attributes (``iter``, ``epoch``, ``last``...). Everything state
 ``state_dict()``; ``Trainer.state_dict()`` collects it for checkpoints.
 
 Non-finite guard (``check_finite``): a step whose raw losses are not all finite is skipped before the
-weighting sees them (so ALWA's window stays clean), and a step whose gradients are not finite is skipped
+weighting records them (so ALWA's window stays clean; its gradients are discarded), and a step whose gradients are not finite is skipped
 before the optimizer (fp16 leaves that to its GradScaler). Skipped steps are counted with the offending
 keys (``StepOutput.skipped``); a finite raw loss above ``max_loss`` counts as diverged and is skipped the same
 way. After ``max_bad_steps`` consecutive ones, training stops with ``FloatingPointError`` after the
@@ -121,13 +121,7 @@ def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], w
             # the weighting sees float32 losses whatever the autocast dtype
             losses = {k: v.float() for k, v in losses.items()}
             detached = {k: v.detach() for k, v in losses.items()}
-            if check_finite and n == 1:  # one micro-batch: checked before its backward
-                ok = _all_finite_flags(list(detached.values()), max_loss)
-                if not all(ok):
-                    optimizer.zero_grad(set_to_none=True)
-                    return StepOutput(detached, torch.full((), float("nan"), device=images.device),
-                                      skipped=[k for k, good in zip(detached, ok) if not good])
-            weighted = weighting.weigh(losses)
+            weighted = weighting.weigh(losses)  # records nothing: a skipped step leaves the weighting as it was
             part = weighted.total / n if n > 1 else weighted.total
             if scaler is not None:
                 scaler.scale(part).backward()
@@ -137,13 +131,13 @@ def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], w
         terms.append({k: v.detach() for k, v in weighted.terms.items()})
         weights = weighted.weights
         total = part.detach() if total is None else total + part.detach()
-    if check_finite and n > 1:  # every micro-batch's losses, one host read for the step
+    raw = _mean(raws)
+    if check_finite:  # every micro-batch's raw losses, one host read for the step, before the weighting observes
         ok = _all_finite_flags([torch.stack([d[k] for d in raws]) for k in raws[0]], max_loss)
         if not all(ok):
             optimizer.zero_grad(set_to_none=True)
-            return StepOutput(_mean(raws), torch.full((), float("nan"), device=total.device),
+            return StepOutput(raw, torch.full((), float("nan"), device=total.device),
                               skipped=[k for k, good in zip(raws[0], ok) if not good])
-    raw = _mean(raws)
     weighting.observe(raw)
     terms = _mean(terms)
     if scaler is not None:

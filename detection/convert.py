@@ -31,7 +31,10 @@ from detection import builders
 from detection.checkpoint import save_checkpoint
 from detection.config import load_config
 from detection.engine import checkpoint_extra
+from detection.init_from import class_row_index
 from detection.schema import Config
+from models.faster_rcnn import FasterRCNN
+from models.retinanet import RetinaNet
 
 # the 80 COCO category ids, in the order of our labels (ascending id, as COCO's annotation files list them)
 COCO_CATEGORY_IDS: List[int] = [
@@ -94,25 +97,28 @@ def rename(key: str, rules) -> str:
     raise KeyError(key)
 
 
-def _class_rows(name: str, value: Tensor, arch: str) -> Tensor:
-    """Gather the rows of a class-dependent tensor of ours (by its new ``name``) from torchvision's 91 slots."""
-    ids = torch.tensor(COCO_CATEGORY_IDS)
-    n = value.shape[0] if value.dim() else 0
-    if name.startswith("head.cls_out."):  # [A * 91, ...], anchor-major
-        expected = n - n % TORCHVISION_SLOTS or TORCHVISION_SLOTS
-        rows = (torch.arange(n // TORCHVISION_SLOTS)[:, None] * TORCHVISION_SLOTS + ids[None, :]).reshape(-1)
-    elif name.startswith("roi_heads.box_head.cls."):  # background (slot 0) goes last
-        expected, rows = TORCHVISION_SLOTS, torch.cat([ids, torch.zeros(1, dtype=torch.long)])
-    elif name.startswith("roi_heads.box_head.reg."):  # [91 * 4, ...], class-major
-        expected, rows = TORCHVISION_SLOTS * 4, (ids[:, None] * 4 + torch.arange(4)[None, :]).reshape(-1)
-    elif name.startswith("roi_heads.mask_branch.head.predictor."):
-        expected, rows = TORCHVISION_SLOTS, ids
-    else:
+def class_layout(arch: str, state: Dict[str, Tensor]) -> Dict[str, tuple]:
+    """The class-dependent tensors of our model of ``arch`` (the models' own ``class_layout_for``), RetinaNet's
+    anchors per location read from torchvision's classifier."""
+    if arch.startswith("retinanet"):
+        bias = state.get("head.classification_head.cls_logits.bias")
+        return RetinaNet.class_layout_for(0 if bias is None else bias.shape[0] // TORCHVISION_SLOTS)
+    return FasterRCNN.class_layout_for(arch.startswith("maskrcnn"))
+
+
+def _class_rows(name: str, value: Tensor, layout: Dict[str, tuple], arch: str) -> Tensor:
+    """Our rows of a class-dependent tensor (by its new ``name``) gathered from torchvision's 91 slots: its
+    blocks of 91 slots (slot = category id, background at 0) become blocks of our 80 classes (+ background
+    last), the order ``detection.init_from.class_row_index`` gives."""
+    if name not in layout:
         return value
-    if n != expected:
-        raise ValueError(f"{arch}: {name} has {n} rows, not a multiple of torchvision's {TORCHVISION_SLOTS} COCO "
-                         f"slots (a model trained with another class count cannot be converted to COCO's 80)")
-    return value.index_select(0, rows).clone()
+    outer, inner, background = layout[name]
+    n, expected = (value.shape[0] if value.dim() else 0), outer * TORCHVISION_SLOTS * inner
+    if n != expected or n == 0:
+        raise ValueError(f"{arch}: {name} has {n} rows, not {outer} block(s) of torchvision's {TORCHVISION_SLOTS} "
+                         f"COCO slots (a model trained with another class count cannot be converted to COCO's 80)")
+    slots = list(COCO_CATEGORY_IDS) + ([0] if background else [])
+    return value.index_select(0, class_row_index((outer, inner, False), TORCHVISION_SLOTS, slots)).clone()
 
 
 def convert_state_dict(arch: str, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -125,6 +131,7 @@ def convert_state_dict(arch: str, state: Dict[str, Tensor]) -> Dict[str, Tensor]
     else:
         v2 = _RPN_V2 + _BOX_V2 if arch.endswith("_v2") else []
         rules += v2 + _RPN + _BOX + (_MASK if arch.startswith("maskrcnn") else [])
+    layout = class_layout(arch, state)
     out = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
@@ -134,7 +141,7 @@ def convert_state_dict(arch: str, state: Dict[str, Tensor]) -> Dict[str, Tensor]
         except KeyError:
             raise ValueError(f"{arch}: torchvision key {key!r} has no counterpart here; is the file a "
                              f"{arch} state dict?") from None
-        out[new] = _class_rows(new, value, arch)
+        out[new] = _class_rows(new, value, layout, arch)
     return out
 
 

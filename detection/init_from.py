@@ -35,7 +35,7 @@ def class_pairs(ours: Sequence[str], theirs: Sequence[str], class_map: Union[Non
     return {j: index[explicit.get(name, name)] for j, name in enumerate(ours) if explicit.get(name, name) in index}
 
 
-def _row_index(layout, num_classes: int, classes: List[int]) -> torch.Tensor:
+def class_row_index(layout, num_classes: int, classes: List[int]) -> torch.Tensor:
     """Rows of the given class indices (and the background row when the layout has one) of a tensor with
     ``layout`` = (outer, inner, background) for ``num_classes`` classes."""
     outer, inner, background = layout
@@ -66,8 +66,8 @@ def init_from(model: torch.nn.Module, path: str, classes: Sequence[str], class_m
             if have is None or not pairs:
                 report["reinitialised"].append(name)
                 continue
-            ours_rows = _row_index(layout[name], len(classes), list(pairs))
-            src_rows = _row_index(layout[name], len(theirs), list(pairs.values()))
+            ours_rows = class_row_index(layout[name], len(classes), list(pairs))
+            src_rows = class_row_index(layout[name], len(theirs), list(pairs.values()))
             if have.shape[1:] != value.shape[1:] or int(src_rows.max()) >= have.shape[0]:
                 report["reinitialised"].append(name)
                 continue

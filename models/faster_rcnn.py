@@ -31,11 +31,16 @@ class FasterRCNN(nn.Module):
     def class_layout(self) -> Dict[str, tuple]:
         """Class-dependent tensors: name -> ``(outer, inner, background)`` (see ``RetinaNet.class_layout``): the
         box classifier (background last), the class-specific box regression (4 rows per class), the mask logits."""
+        return self.class_layout_for(self.roi_heads.mask_branch is not None)
+
+    @staticmethod
+    def class_layout_for(with_masks: bool) -> Dict[str, tuple]:
+        """``class_layout`` of a Faster (``with_masks``: Mask) R-CNN, without building it."""
         layout = {}
         for p in ("weight", "bias"):
             layout[f"roi_heads.box_head.cls.{p}"] = (1, 1, True)
             layout[f"roi_heads.box_head.reg.{p}"] = (1, 4, False)
-            if self.roi_heads.mask_branch is not None:
+            if with_masks:
                 layout[f"roi_heads.mask_branch.head.predictor.{p}"] = (1, 1, False)
         return layout
 

@@ -92,8 +92,12 @@ class RetinaNet(nn.Module):
         """Class-dependent tensors: name -> ``(outer, inner, background)``, their rows being ``outer`` blocks of
         ``num_classes`` (+1 background last, if ``background``) classes of ``inner`` rows each (the classifier:
         one block per anchor)."""
-        a = self.anchor_generator.num_anchors_per_location
-        return {f"head.cls_out.{p}": (a, 1, False) for p in ("weight", "bias")}
+        return self.class_layout_for(self.anchor_generator.num_anchors_per_location)
+
+    @staticmethod
+    def class_layout_for(num_anchors: int) -> Dict[str, tuple]:
+        """``class_layout`` of a RetinaNet with ``num_anchors`` anchors per location, without building it."""
+        return {f"head.cls_out.{p}": (num_anchors, 1, False) for p in ("weight", "bias")}
 
     @property
     def loss_contract(self) -> LossContract:

@@ -6,7 +6,7 @@ import datasets
 from detection import builders
 from detection.checkpoint import save_checkpoint
 from detection.config import ConfigError, config_from_tree
-from detection.init_from import _row_index, class_pairs, init_from
+from detection.init_from import class_pairs, class_row_index, init_from
 from detection.schema import Config
 
 COCO = list(datasets.COCO_CLASSES)
@@ -34,9 +34,9 @@ def checkpoint(tmp_path, model, classes):
 
 
 def test_row_index_by_hand():
-    assert _row_index((1, 4, False), 3, [2, 0]).tolist() == [8, 9, 10, 11, 0, 1, 2, 3]  # class-specific boxes
-    assert _row_index((1, 1, True), 3, [1]).tolist() == [1, 3]  # + the background row, last
-    assert _row_index((2, 1, False), 3, [0, 2]).tolist() == [0, 2, 3, 5]  # one block of classes per anchor
+    assert class_row_index((1, 4, False), 3, [2, 0]).tolist() == [8, 9, 10, 11, 0, 1, 2, 3]  # class-specific boxes
+    assert class_row_index((1, 1, True), 3, [1]).tolist() == [1, 3]  # + the background row, last
+    assert class_row_index((2, 1, False), 3, [0, 2]).tolist() == [0, 2, 3, 5]  # one block of classes per anchor
 
 
 def test_class_pairs():

@@ -6,7 +6,6 @@ import os
 import random
 from typing import List
 
-import cv2
 import numpy as np
 
 from detection.schema import Config
@@ -25,7 +24,7 @@ def browse(cfg: Config, out_dir: str, split: str = "train", augmented: bool = Fa
     transformed training input (resize, flip; de-normalised) with its boxes, else the original image with the
     annotation: difficult objects dashed, crowd / ignore regions grey."""
     from detection import builders
-    from detection.visualize import draw_ground_truth, enlarged
+    from detection.visualize import draw_ground_truth, enlarged, save_picture
 
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, got {split!r}")
@@ -55,8 +54,6 @@ def browse(cfg: Config, out_dir: str, split: str = "train", augmented: bool = Fa
         image, f = enlarged(image)  # small images are drawn enlarged: legible labels
         picture = draw_ground_truth(image, np.asarray(boxes, np.float32) * f, labels, classes, difficult,
                                     None if ignore is None else np.asarray(ignore, np.float32) * f)
-        target_path = os.path.join(out_dir, os.path.splitext(os.path.basename(r["path"]))[0] + ".png")
-        if not cv2.imwrite(target_path, picture[..., ::-1]):
-            raise ValueError(f"cannot write {target_path}")
-        written.append(target_path)
+        written.append(save_picture(os.path.join(out_dir, os.path.splitext(os.path.basename(r["path"]))[0] + ".png"),
+                                    picture))
     return written

@@ -200,11 +200,17 @@ def prepare_data(data: DataConfig) -> None:
                 image_size=s.image_size, classes=tuple(s.classes), seed=s.seed)
 
 
+def build_transform(cfg: Config, train: bool):
+    """The preprocessing of ``cfg``'s training (with flips) or test images."""
+    d = cfg.data
+    return datasets.build_transforms(train=train, min_size=d.min_size, max_size=d.max_size,
+                                     flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std,
+                                     style=d.preprocess)
+
+
 def build_dataset(cfg: Config, train: bool):
     d = cfg.data
-    transforms = datasets.build_transforms(train=train, min_size=d.min_size, max_size=d.max_size,
-                                           flip_prob=d.flip_prob if train else 0.0, mean=d.mean, std=d.std,
-                                           style=d.preprocess)
+    transforms = build_transform(cfg, train)
     sets = d.train_sets if train else d.test_sets
     if d.format == "coco" and not train and len(sets) > 1:
         raise ConfigError([f"data.test_sets {list(sets)}: COCO evaluation takes one set (one annotation file); "

@@ -25,7 +25,7 @@ from detection.trainer import Trainer
 from detection.workdir import WorkDirLock, check_writable
 
 
-DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC)
+DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
 
 
 def load(cfg_path: str, overrides: Sequence[str] = ()) -> Config:

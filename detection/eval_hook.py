@@ -53,9 +53,12 @@ class EvalHook(HookBase):
         self.last_metrics: Optional[Dict] = None  # the full metrics of the last evaluation
         self.last_iter: Optional[int] = None
 
+    def _out_of_patience(self) -> bool:
+        return bool(self.patience) and self.since_best >= self.patience and self.trainer.iter < self.trainer.max_iters
+
     def before_train(self):
         t = self.trainer
-        if self.patience and self.since_best >= self.patience and t.iter < t.max_iters:  # resumed after its stop
+        if self._out_of_patience():  # resumed after its stop
             self.log(f"early stop: the run stopped at iteration {t.iter} ({self.metric} not improved on "
                      f"{self.best:.4f} of iteration {self.best_iter} for {self.since_best} evaluations); raise "
                      f"train.early_stop_patience to train on")
@@ -88,10 +91,10 @@ class EvalHook(HookBase):
             self.write(record)
         if self.on_eval is not None:
             self.on_eval(t.iter, values)
-        if self.patience and self.since_best >= self.patience and t.iter < t.max_iters:
+        if self._out_of_patience():
             t.request_stop("early_stop")
             self.log(f"early stop at iteration {t.iter}: {self.metric} has not improved on {self.best:.4f} "
-                  f"(iteration {self.best_iter}) for {self.since_best} evaluations")
+                     f"(iteration {self.best_iter}) for {self.since_best} evaluations")
         return metrics
 
     def state_dict(self) -> dict:

@@ -15,20 +15,15 @@ import numpy as np
 import torch
 
 import datasets
+from detection import builders
 from detection.schema import Config
 
 
-def test_transform(cfg: Config):
-    """The preprocessing of ``cfg``'s test set (no flip)."""
-    d = cfg.data
-    return datasets.build_transforms(train=False, min_size=d.min_size, max_size=d.max_size, flip_prob=0.0,
-                                     mean=d.mean, std=d.std, style=d.preprocess)
-
-
-def prepare(images: Sequence[np.ndarray], cfg: Config):
-    """``(batch [B, 3, H, W], targets)`` for raw images: each preprocessed, padded to ``data.size_divisor``,
-    with the ``orig_size`` / ``img_size`` / ``scale_factor`` the models use to map boxes back."""
-    transform = test_transform(cfg)
+def prepare(images: Sequence[np.ndarray], cfg: Config, transform=None):
+    """``(batch [B, 3, H, W], targets)`` for raw images: each preprocessed (``transform``, default ``cfg``'s
+    test preprocessing), padded to ``data.size_divisor``, with the ``orig_size`` / ``img_size`` /
+    ``scale_factor`` the models use to map boxes back."""
+    transform = transform or builders.build_transform(cfg, train=False)
     samples = []
     for i, image in enumerate(images):
         image = np.asarray(image)
@@ -48,9 +43,10 @@ def predict(model, images: Sequence[np.ndarray], cfg: Optional[Config] = None, b
     if cfg is None:
         raise ValueError("predict needs the model's config: load the model with detection.load_model or pass cfg")
     device = next(model.parameters()).device
+    transform = builders.build_transform(cfg, train=False)  # once: it caches its resize pipelines
     out: List[Dict] = []
     for start in range(0, len(images), batch_size):
-        batch, targets = prepare(images[start:start + batch_size], cfg)
+        batch, targets = prepare(images[start:start + batch_size], cfg, transform)
         dets = model(batch.to(device), targets)
         out += [{k: v.cpu() for k, v in d.items()} for d in dets]
     return out

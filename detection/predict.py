@@ -12,7 +12,6 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -34,13 +33,6 @@ def find_images(spec: str) -> List[str]:
         raise ValueError(f"--input {spec}: several images are named {dup[:3]}; the pictures are saved under the "
                          f"input's name, so give one folder at a time")
     return sorted(paths)
-
-
-def read_rgb(path: str) -> np.ndarray:
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path} (not an image, or corrupt)")
-    return np.ascontiguousarray(image[..., ::-1])
 
 
 def coco_results(dets: Dict, image_id: int, file_name: str, classes: Sequence[str],
@@ -72,7 +64,8 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
 
     from detection import builders, load_model
     from detection.inference import predict
-    from detection.visualize import draw_detections, enlarged, side_by_side
+    from datasets import read_image
+    from detection.visualize import draw_detections, enlarged, save_picture, side_by_side
 
     paths = find_images(inputs)
     os.makedirs(out_dir, exist_ok=True)
@@ -86,12 +79,11 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
     if compare and models[0].classes != models[1].classes:
         raise ValueError(f"--compare: {ckpt} has classes {models[0].classes}, {compare} has {models[1].classes}")
     titles = tuple(_run_name(p) for p in ([ckpt, compare] if compare else [ckpt]))
-    os.makedirs(out_dir, exist_ok=True)
     results, written = [], []
     bar = tqdm(total=len(paths), desc="predict", disable=not progress)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        images = [read_rgb(p) for p in chunk]
+        images = [read_image(p) for p in chunk]
         per_model = [predict(m, images, batch_size=batch_size) for m in models]
         for k, (path, image) in enumerate(zip(chunk, images)):
             canvas, f = enlarged(image)  # small images are drawn enlarged: legible labels
@@ -102,10 +94,7 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
                 drawn.append(draw_detections(canvas, d["boxes"].numpy() * f, d["labels"].numpy(), d["scores"].numpy(),
                                              model.classes, masks, score_thr))
             picture = side_by_side(drawn[0], drawn[1], titles) if compare else drawn[0]
-            target = os.path.join(out_dir, os.path.basename(path))
-            if not cv2.imwrite(target, picture[..., ::-1]):
-                raise ValueError(f"cannot write {target}")
-            written.append(target)
+            written.append(save_picture(os.path.join(out_dir, os.path.basename(path)), picture))
             results += coco_results(per_model[0][k], start + k + 1, os.path.basename(path), models[0].classes,
                                     getattr(models[0], "category_ids", None), score_thr)
         bar.update(len(chunk))

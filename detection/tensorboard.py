@@ -37,7 +37,7 @@ class TensorBoard:
         w = self.writer
         w.add_scalar("loss", record["loss"], it)
         w.add_scalar("lr", record["lr"], it)
-        for k, v in record.get("std", {}).items():
+        for k in record.get("std", {}):  # the raw loss keys (each has its spread in "std")
             w.add_scalar(f"raw/{k}", record[k], it)
         for group in ("weighted", "weights"):
             for k, v in record.get(group, {}).items():

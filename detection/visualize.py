@@ -106,6 +106,13 @@ def side_by_side(left: np.ndarray, right: np.ndarray, titles: Optional[Tuple[str
     return canvas
 
 
+def save_picture(path: str, picture: np.ndarray) -> str:
+    """Write an RGB picture (the format by the file's extension); an error naming the file if that fails."""
+    if not cv2.imwrite(path, np.ascontiguousarray(picture[..., ::-1])):
+        raise ValueError(f"cannot write {path}")
+    return path
+
+
 def enlarged(image: np.ndarray, min_side: int = 400):
     """(image, factor): images smaller than ``min_side`` on their long side are enlarged by the integer factor
     that brings them to at least that (nearest neighbour), so that labels drawn on them stay legible."""

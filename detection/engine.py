@@ -22,7 +22,7 @@ from detection.resume import resume as resume_run
 from detection.schema import Config
 from detection.tensorboard import open_tensorboard
 from detection.trainer import Trainer
-from detection.workdir import WorkDirLock, check_writable
+from detection.workdir import WorkDirLock, check_writable, clear_diverged, write_diverged
 
 
 DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
@@ -191,11 +191,16 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
     save_run_config(cfg, work_dir, rank)
     model = trainer.model.module if world > 1 else trainer.model
     weighting = trainer.weighting
+    if writer:
+        clear_diverged(work_dir)
     start = time.perf_counter()
     try:
         trainer.train()
     except FloatingPointError as exc:
-        raise FloatingPointError(f"{exc}. {_restart_hint(trainer, work_dir)}") from None
+        message = f"{exc}. {_restart_hint(trainer, work_dir)}"
+        if writer:
+            write_diverged(work_dir, trainer.iter, trainer.last.skipped if trainer.last else None, message)
+        raise FloatingPointError(message) from None
     train_time = time.perf_counter() - start
 
     metrics: Dict = {}

@@ -4,6 +4,9 @@
 A second run in the same folder refuses with those; a lock left by a process that no longer runs (on this
 host) is taken over, and said so. A lock from another host cannot be checked: the message says how to
 remove it by hand.
+
+A run stopped by the non-finite guard leaves ``<work dir>/diverged.json`` (iteration, loss keys, message),
+removed when a run starts in the folder again.
 """
 from __future__ import annotations
 
@@ -106,3 +109,29 @@ class WorkDirLock:
             except FileNotFoundError:
                 pass
             self._held = False
+
+
+DIVERGED = "diverged.json"
+
+
+def write_diverged(work_dir: str, iteration: int, keys, message: str) -> None:
+    """Record that the run in ``work_dir`` was stopped by the non-finite guard: a grid then reports it as
+    diverged (a result: the same seed diverges again) instead of a crash to retry."""
+    with open(os.path.join(work_dir, DIVERGED), "w") as f:
+        json.dump({"iter": int(iteration), "keys": list(keys or []), "message": message}, f, indent=1)
+
+
+def read_diverged(work_dir: str) -> Optional[dict]:
+    """The record :func:`write_diverged` left in ``work_dir``, or None."""
+    path = os.path.join(work_dir, DIVERGED)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def clear_diverged(work_dir: str) -> None:
+    """A run (re)starting in ``work_dir`` is no longer the diverged one."""
+    path = os.path.join(work_dir, DIVERGED)
+    if os.path.isfile(path):
+        os.unlink(path)

@@ -15,7 +15,7 @@ giou, diou, ciou, ciou_mmdet: RetinaNet's box loss, or the RoI head's, the RPN k
 NAME:key=value,.... Writes <work-root>[/<variant>]/<scheme>[/seed<S>]/ (a normal work
 dir each), compare.md (with variants or seeds: mean ± sd per cell and paired differences to the first
 scheme), compare.csv and the loss plots; finished runs are skipped and interrupted ones resumed when the
-command is repeated.
+command is repeated; a run that diverged (non-finite losses) is reported as such and not retrained.
 """
 import argparse
 

@@ -10,7 +10,8 @@ head's, or ``name:key=value,...``) and
 *seeds* (``seed=S`` per run; the data stay the same, the initialisation, batch order and augmentation
 change). Work dirs are ``<root>[/<variant>]/<scheme>[/seed<S>]``: the variant and seed levels exist only when
 variants / seeds are given, so a plain comparison keeps ``<root>/<scheme>``. Finished runs (``eval.json``
-present) are skipped, interrupted ones resume from their checkpoint. With ``jobs > 1`` several runs train
+present) are skipped, interrupted ones resume from their checkpoint. A run stopped by the non-finite guard
+(``diverged.json``) is a result, not a failure: it is reported as diverged and not retrained. With ``jobs > 1`` several runs train
 at once as ``scripts/train.py`` subprocesses (each with ``threads`` CPU threads, output in
 ``<work dir>/train.log``): on a small CPU, two one-thread runs get more done than one two-thread run.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detection.experiments.plots import markdown_table, metric_columns, plot_runs, summary_rows
+from detection.workdir import read_diverged
 
 ONE_STAGE, TWO_STAGE = "one_stage", "two_stage"  # RetinaNet; Faster / Mask R-CNN
 
@@ -141,7 +143,14 @@ def plan_grid(schemes: Sequence[str], work_root: str, variants: Sequence[str] = 
 
 
 def is_finished(run: GridRun) -> bool:
-    return os.path.isfile(os.path.join(run.work_dir, "eval.json"))
+    """Evaluated (``eval.json``), or stopped by the non-finite guard (``diverged.json``): a diverged run is a
+    result, reported as such; retraining the same seed would diverge again (delete its folder to retry)."""
+    return os.path.isfile(os.path.join(run.work_dir, "eval.json")) or read_diverged(run.work_dir) is not None
+
+
+def _diverged_note(run: GridRun) -> Optional[str]:
+    record = read_diverged(run.work_dir)
+    return None if record is None else f"diverged at iteration {record['iter']}"
 
 
 def pending_runs(runs: Sequence[GridRun], seeds: Sequence[Optional[int]] = ()) -> List[GridRun]:
@@ -192,10 +201,11 @@ def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Op
             if proc.poll() is not None:
                 log.close()
                 active.remove(item)
-                ok = proc.returncode == 0
-                print(f"[compare] {r.label}: {'finished' if ok else f'FAILED (exit {proc.returncode}), see {log.name}'}",
-                      flush=True)
-                if not ok:
+                ok, diverged = proc.returncode == 0, _diverged_note(r)
+                status = "finished" if ok else (f"{diverged}, see {log.name}" if diverged
+                                                else f"FAILED (exit {proc.returncode}), see {log.name}")
+                print(f"[compare] {r.label}: {status}", flush=True)
+                if not ok and not diverged:
                     failed.append(r.label)
     return failed
 
@@ -221,7 +231,7 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
         print(f"[compare] report of {len(done)} finished run(s) of {len(runs)}")
         return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
     for r in done:
-        print(f"[compare] {r.label}: finished, skipped")
+        print(f"[compare] {r.label}: {_diverged_note(r) or 'finished'}, skipped")
     if jobs > 1 and todo:
         _prepare_data(cfg_path, todo)
         failed = _run_parallel(cfg_path, todo, jobs, threads)
@@ -230,7 +240,10 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
     else:
         for r in todo:
             print(f"[compare] {r.label}: {' '.join(r.overrides) or '(config as is)'}")
-            engine.train(cfg_path, r.work_dir, resume=True, overrides=list(r.overrides))
+            try:
+                engine.train(cfg_path, r.work_dir, resume=True, overrides=list(r.overrides))
+            except FloatingPointError as exc:
+                print(f"[compare] {r.label}: {_diverged_note(r) or 'diverged'}: {exc}", flush=True)
     return write_report(cfg_path, runs, work_root, overrides, window, plot_keys)
 
 
@@ -239,7 +252,7 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
     rows = summary_rows([r.work_dir for r in runs], [r.label for r in runs])
     text = f"config: `{cfg_path}`, overrides: `{' '.join(overrides) or '-'}`\n\n"
     if any(r.seed is not None or r.variant is not None for r in runs):
-        metric = metric_columns(rows)[0]
+        metric = (metric_columns(rows) or ["mAP"])[0]  # every run diverged: no metric to name
         text += f"{metric}, mean ± sample standard deviation over seeds (n runs):\n\n{grid_markdown(runs, rows, metric)}\n\n"
         schemes = list(dict.fromkeys(r.scheme for r in runs))
         if len(schemes) > 1:
@@ -253,10 +266,10 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
     with open(os.path.join(work_root, "compare.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         metrics = metric_columns(rows)
-        writer.writerow(["variant", "scheme", "seed"] + metrics + ["train_time_s"])
+        writer.writerow(["variant", "scheme", "seed"] + metrics + ["train_time_s", "diverged_at_iter"])
         for run, r in zip(runs, rows):
             writer.writerow([run.variant or "", run.scheme, "" if run.seed is None else run.seed]
-                            + [r.get(m, "") for m in metrics] + [r.get("train_time_s", "")])
+                            + [r.get(m, "") for m in metrics] + [r.get("train_time_s") or "", r.get("diverged_at", "")])
     first_seed = runs[0].seed
     for variant in dict.fromkeys(r.variant for r in runs):
         chosen = [r for r in runs if r.variant == variant and r.seed == first_seed]
@@ -276,7 +289,7 @@ def bootstrap_markdown(runs: Sequence[GridRun], n: int = 1000) -> str:
     from detection.evaluation.bootstrap import load_run, paired_bootstrap_mean
 
     schemes = list(dict.fromkeys(r.scheme for r in runs))
-    paths = {(r.variant, r.scheme, r.seed): r.work_dir for r in runs}
+    paths = {(r.variant, r.scheme, r.seed): r.work_dir for r in runs if read_diverged(r.work_dir) is None}
     if len(schemes) < 2 or not all(os.path.isfile(os.path.join(p, "detections.pkl")) for p in paths.values()):
         return ""
     cache: Dict[str, Dict] = {}
@@ -307,8 +320,10 @@ def mean_sd(values: Sequence[float]) -> Tuple[float, Optional[float]]:
 def grid_markdown(runs: Sequence[GridRun], rows: Sequence[Dict], metric: str, paired: bool = False,
                   digits: int = 4) -> str:
     """Variants as rows, schemes as columns; each cell is mean ± sd (n) of ``metric`` over seeds, or with
-    ``paired`` of (scheme - first scheme) over the seeds both finished."""
+    ``paired`` of (scheme - first scheme) over the seeds both finished. Seeds whose run diverged are counted
+    in the cell, e.g. ``0.61 ± 0.02 (2; 1 diverged)``."""
     value = {(run.variant, run.scheme, run.seed): r[metric] for run, r in zip(runs, rows) if metric in r}
+    diverged = {(run.variant, run.scheme, run.seed) for run, r in zip(runs, rows) if "diverged_at" in r}
     variants = list(dict.fromkeys(r.variant for r in runs))
     schemes = list(dict.fromkeys(r.scheme for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
@@ -321,11 +336,18 @@ def grid_markdown(runs: Sequence[GridRun], rows: Sequence[Dict], metric: str, pa
                         if (v, s, k) in value and (v, schemes[0], k) in value]
             else:
                 vals = [value[(v, s, k)] for k in seeds if (v, s, k) in value]
-            if not vals or (paired and s == schemes[0]):
+            if paired and s == schemes[0]:
                 cells.append("-")
+                continue
+            # seeds without a value because a run diverged (in a paired cell: either run of the pair)
+            lost = sum((v, s, k) in diverged or (paired and (v, schemes[0], k) in diverged) for k in seeds)
+            note = f"{lost} diverged" if lost else ""
+            if not vals:
+                cells.append(f"- ({note})" if note else "-")
                 continue
             m, sd = mean_sd(vals)
             sign = "+" if paired else ""
-            cells.append(f"{m:{sign}.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" ({len(vals)})")
+            cells.append(f"{m:{sign}.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+                         + f" ({len(vals)}{'; ' + note if note else ''})")
         lines.append(f"| {v or 'all'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

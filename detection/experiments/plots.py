@@ -13,6 +13,8 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+from detection.workdir import read_diverged
+
 
 def read_metrics(work_dir: str, evaluations: bool = False) -> List[dict]:
     """The training records of a run's metrics.jsonl (one per iteration, the last written), or with
@@ -200,11 +202,16 @@ def metric_columns(rows: Sequence[Dict]) -> List[str]:
 
 
 def summary_rows(work_dirs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[Dict]:
-    """One row per run from its eval.json and last metrics record: the main metric, final λ, time."""
+    """One row per run from its eval.json and last metrics record: the main metric, final λ, time; a run
+    stopped by the non-finite guard (diverged.json) has ``diverged_at`` (its iteration) instead."""
     rows = []
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in work_dirs]
     for d, label in zip(work_dirs, labels):
         path = os.path.join(d, "eval.json")
+        diverged = read_diverged(d)
+        if diverged is not None and not os.path.isfile(path):
+            rows.append({"run": label, "diverged_at": diverged["iter"], "train_time_s": None, "weights": {}})
+            continue
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: the run in {d} has not finished")
         with open(path) as f:
@@ -220,11 +227,13 @@ def summary_rows(work_dirs: Sequence[str], labels: Optional[Sequence[str]] = Non
 
 
 def markdown_table(rows: Sequence[Dict]) -> str:
-    metrics = metric_columns(rows)
+    metrics = metric_columns(rows) or ["mAP"]  # every run diverged: one column for the note
     head = "| run | " + " | ".join(metrics) + " | train time (s) | final weights ≠ 1 |"
     lines = [head, "|" + "---|" * (len(metrics) + 3)]
     for r in rows:
         cells = [f"{r[m]:.4f}" if m in r else "" for m in metrics]
+        if "diverged_at" in r:
+            cells = [f"diverged at iteration {r['diverged_at']}"] + [""] * (len(metrics) - 1)
         w = ", ".join(f"{k} {v:.3g}" for k, v in r["weights"].items()) or "-"
         t = f"{r['train_time_s']:.0f}" if r.get("train_time_s") is not None else ""
         lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {t} | {w} |")

@@ -2,8 +2,8 @@
 
 Every cell of ``configs/tables.yaml`` is one training run: ``configs/<name>.yaml`` trained into
 ``<work root>/<name>/``. A run is *finished* when its ``eval.json`` exists (it is then skipped), *partial*
-when only ``checkpoints/last.pth`` exists (it is resumed: every command carries ``--resume``), *missing*
-otherwise. Cells shared by two tables (Table 1's 1 : 1 row is Table 2's baseline, Table 5's 1 : 1 row is
+when only ``checkpoints/last.pth`` exists (it is resumed: every command carries ``--resume``), *diverged*
+when the non-finite guard stopped it (``diverged.json``: reported, not retrained), *missing* otherwise. Cells shared by two tables (Table 1's 1 : 1 row is Table 2's baseline, Table 5's 1 : 1 row is
 Table 4's L1 baseline) share their work dir, so they are trained once.
 
 Each table records the paper's layout (``gpus`` x ``images_per_gpu`` images per step); a run uses that many
@@ -23,13 +23,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
+from detection.experiments.schedule import describe_schedule, schedule_estimate
 from detection.experiments.tables import CONFIG_DIR, REPO, Spec, Table, load_spec
+from detection.workdir import read_diverged
 
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "train.py")
 DEFAULT_WORK_ROOT = os.path.join("work_dirs", "reproduce")
-# training images of the standard splits, for the schedule estimate when the data are not on this machine
-STANDARD_SPLIT_SIZES = {"VOC2007/trainval": 5011, "VOC2012/trainval": 11540, "VOC2007/test": 4952,
-                        "train2017": 118287, "val2017": 5000}
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,8 @@ def default_work_root(scale: float = 1.0, data_fraction: Optional[float] = None)
 def run_status(work_dir: str) -> str:
     if os.path.isfile(os.path.join(work_dir, "eval.json")):
         return "finished"
+    if read_diverged(work_dir) is not None:
+        return "diverged"
     if os.path.isfile(os.path.join(work_dir, "checkpoints", "last.pth")):
         return "partial"
     return "missing"
@@ -127,63 +128,6 @@ def resolve_gpus(requested: Optional[int], available: int, paper: Optional[int] 
     return available if paper is None else min(paper, available)
 
 
-def count_train_images(cfg) -> tuple:
-    """``(images, how)``: training images before ``data.repeat`` and after ``data.train_fraction``, counted
-    from the VOC split files or the shapes settings when possible, else the standard split sizes; ``how`` is
-    ``"counted"``, ``"standard split size"`` or ``"unknown"`` (images None)."""
-    d = cfg.data
-    if d.shapes is not None:
-        n, how = d.shapes.num_train, "counted"
-    else:
-        n, how = 0, "counted"
-        for s in d.train_sets:
-            split = os.path.join(d.root, *s.split("/")[:-1], "ImageSets", "Main", s.split("/")[-1] + ".txt")
-            if d.format == "voc" and os.path.isfile(split):
-                with open(split) as f:
-                    n += sum(1 for line in f if line.strip())
-            elif s in STANDARD_SPLIT_SIZES:
-                n, how = n + STANDARD_SPLIT_SIZES[s], "standard split size"
-            else:
-                return None, "unknown"
-    return max(1, round(n * d.train_fraction)), how
-
-
-def schedule_estimate(cfg, processes: int) -> Dict:
-    """Iterations and images seen of a run with ``processes`` processes (0 or 1: one): ``data.repeat`` passes
-    per epoch, ``data.batch_size`` images per process and step; approximate (each orientation group drops
-    its last partial batch)."""
-    procs = max(1, processes)
-    per_step = cfg.data.batch_size * procs
-    images, how = count_train_images(cfg)
-    if cfg.train.max_iters is not None:
-        iters = cfg.train.max_iters
-    elif images is None:
-        return {"iters": None, "images_seen": None, "per_step": per_step, "images": None, "how": how}
-    else:
-        iters = cfg.train.epochs * max(1, images * cfg.data.repeat // per_step)
-    return {"iters": iters, "images_seen": iters * per_step, "per_step": per_step, "images": images, "how": how}
-
-
-def describe_schedule(cfg, processes: int, table: Table, est: Dict) -> str:
-    """One line for --dry-run from a :func:`schedule_estimate`: iterations, images seen, layout, and a note
-    when the layout is not the paper's."""
-    procs = max(1, processes)
-    layout = f"{procs} x {cfg.data.batch_size} images per step"
-    if est["iters"] is None:
-        text = f"{layout}; iterations unknown (training set size unknown)"
-    else:
-        source = "" if est["how"] == "counted" else f", {est['how']}"
-        text = (f"≈ {est['iters']:,} iterations, {est['images_seen']:,} images seen "
-                f"({est['images']:,} training images{source} x {cfg.data.repeat} per epoch x "
-                f"{cfg.train.epochs if cfg.train.max_iters is None else 'max_iters'}); {layout}")
-    paper = (table.gpus, table.images_per_gpu)
-    if (procs, cfg.data.batch_size) != paper:
-        text += (f" (the paper: {paper[0]} x {paper[1]}; the lr follows the total batch linearly"
-                 + (", and ALWA's per-process statistics see a different number of images"
-                    if cfg.weighting.type == "alwa" and not cfg.weighting.sync else "") + ")")
-    return text
-
-
 def train_command(cfg: str, work_dir: str, gpus: int, overrides: Sequence[str] = (),
                   python: str = sys.executable, script: str = TRAIN_SCRIPT) -> List[str]:
     """``torchrun --nproc_per_node=K train.py ...`` for K > 1 GPUs, ``python train.py ...`` otherwise."""
@@ -218,7 +162,7 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
               data_fraction: Optional[float] = None) -> int:
     """List (``dry_run``: status, iterations, images seen, command) or train, one after another, the runs
     of the given tables that are not finished. Stops at the first failing run and returns its exit code
-    (0 when all ran); rerunning resumes."""
+    (0 when all ran; a run that diverged is reported and the others go on); rerunning resumes."""
     from detection import engine
 
     spec = load_spec()
@@ -233,9 +177,9 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
 
     for n in numbers:
         mine = [r for r in runs if r.table == n]
-        counts = {s: sum(run_status(r.work_dir) == s for r in mine) for s in ("finished", "partial", "missing")}
-        out(f"Table {n}, {spec.tables[n].title}: {len(mine)} runs "
-            f"({counts['finished']} finished, {counts['partial']} partial, {counts['missing']} missing)")
+        counts = {s: sum(run_status(r.work_dir) == s for r in mine) for s in ("finished", "diverged", "partial", "missing")}
+        said = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "diverged")
+        out(f"Table {n}, {spec.tables[n].title}: {len(mine)} runs ({said})")
         total_images = 0
         for r in mine:
             status = run_status(r.work_dir)
@@ -246,7 +190,7 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
                 est = schedule_estimate(cfg, procs)
                 total_images += est["images_seen"] or 0
                 out("            " + describe_schedule(cfg, procs, spec.tables[n], est))
-                if status != "finished":
+                if status not in ("finished", "diverged"):
                     out("            $ " + shlex.join(train_command(r.cfg, r.work_dir, procs, over)))
         if dry_run:
             out(f"  Table {n} in all: ≈ {total_images:,} training images seen over {len(mine)} runs")
@@ -254,12 +198,14 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
         return 0
     done = set()
     for r in runs:
-        if r.name in done or run_status(r.work_dir) == "finished":
+        if r.name in done or run_status(r.work_dir) in ("finished", "diverged"):
             continue
         cmd = train_command(r.cfg, r.work_dir, nproc(r), run_overrides(r, data_root, scale, overrides, data_fraction))
         out(f"[reproduce] Table {r.table} {r.row} / {r.col}: {shlex.join(cmd)}")
         code = (runner or run_child)(cmd)
-        if code != 0:
+        if code != 0 and run_status(r.work_dir) == "diverged":  # a result (the same run diverges again)
+            out(f"[reproduce] {r.name} diverged at iteration {read_diverged(r.work_dir)['iter']} (diverged.json); going on")
+        elif code != 0:
             out(f"[reproduce] {r.name} failed (exit code {code}); rerun the same command to resume")
             return code
         done.add(r.name)
@@ -321,9 +267,10 @@ def table_rows(table: Table, work_root: str) -> List[dict]:
         work = os.path.join(work_root, c.name)
         row = {"row": c.row, "col": c.col, "config": c.name, "status": run_status(work),
                "alwa_stats": alwa_statistics(work), "metrics": {}}
+        diverged = read_diverged(work) if row["status"] == "diverged" else None
         for m in table.metrics:
             ours, paper = read_metric(work, m), c.paper.get(m)
-            row["metrics"][m] = {"ours": ours, "paper": paper,
+            row["metrics"][m] = {"ours": ours, "paper": paper, "diverged_at": diverged and diverged["iter"],
                                  "delta": None if ours is None or paper is None else ours - paper}
         rows.append(row)
     return rows
@@ -345,11 +292,13 @@ def markdown(table: Table, rows: List[dict]) -> str:
             diff = "n/a"
         else:
             diff = f"{round(m['delta'], d) + 0.0:+.{d}f}"  # + 0.0: no "-0.000"
-        return [num(m["ours"], "-"), num(m["paper"], "n/a"), diff]
+        ours = num(m["ours"], "-" if m.get("diverged_at") is None else f"diverged (it. {m['diverged_at']})")
+        return [ours, num(m["paper"], "n/a"), diff]
 
     metrics = table.metrics
     lines = [f"### Table {table.number}: {table.title}; {', '.join(metrics)}", "",
-             f"Paper numbers: {table.source}. Δ = ours − paper; - = run not finished; n/a = no paper number.", ""]
+             f"Paper numbers: {table.source}. Δ = ours − paper; - = run not finished; n/a = no paper number; "
+             "diverged (it. N) = stopped by non-finite losses at iteration N.", ""]
     if len(metrics) == 1:
         m = metrics[0]
         head = [table.row_header] + [h for col in table.cols for h in (f"{col} (ours)", "paper", "Δ")]

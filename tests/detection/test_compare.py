@@ -2,6 +2,7 @@
 grid trained as two parallel subprocesses."""
 import json
 import os
+import re
 
 import pytest
 
@@ -157,3 +158,24 @@ def test_iou_balanced_preset_is_the_released_voc_r50_config():
     _, overrides = parse_scheme("iou_balanced")
     preset = engine.load(os.path.join(configs, "_base_", "retinanet_r50_voc.yaml"), overrides)
     assert config_to_dict(preset) == config_to_dict(released)
+
+
+def test_a_diverged_run_is_reported_not_retrained_and_not_a_failure(tmp_path, capsys, write_tiny_retinanet):
+    """A run that diverged made the grid raise before writing any report, and rerunning trained it again (the
+    same seed diverges the same way); the bootstrap table vanished because the run has no detections."""
+    cfg = write_tiny_retinanet(tmp_path)
+    root = str(tmp_path / "grid")
+    short = ["train.max_iters=2", "data.shapes.seed=5"]
+    schemes = ["fixed", "same:weighting.type=fixed", "blowup:weighting.type=fixed,train.max_loss=1e-9,train.max_bad_steps=1"]
+    text = run_grid(str(cfg), schemes, root, seeds=[0], overrides=short, jobs=2, threads=1)
+    out = capsys.readouterr().out
+    assert "blowup/seed0: diverged at iteration 1" in out and "FAILED" not in out
+    assert re.search(r"\| all \| [0-9.]+ \(1\) \| [0-9.]+ \(1\) \| - \(1 diverged\) \|", text)  # mean ± sd
+    assert "| all | - | +0.0000 (1) | - (1 diverged) |" in text  # paired differences
+    assert "+0.0000 [+0.0000, +0.0000] | - |" in text  # the bootstrap table keeps the runs that finished
+    assert "| blowup/seed0 | diverged at iteration 1 |" in text
+    csv_lines = open(os.path.join(root, "compare.csv")).read().splitlines()
+    assert csv_lines[0] == "variant,scheme,seed,mAP,train_time_s,diverged_at_iter" and csv_lines[-1].endswith(",1")
+    run_grid(str(cfg), schemes, root, seeds=[0], overrides=short, jobs=2)
+    out = capsys.readouterr().out
+    assert "blowup/seed0: diverged at iteration 1, skipped" in out and "started" not in out

@@ -171,6 +171,40 @@ def test_reproduce_stops_at_a_failing_run(tmp_path):
     assert code == 3 and len(calls) == 1
 
 
+def _diverge(root, name, iteration):
+    from detection.workdir import write_diverged
+
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    write_diverged(os.path.join(root, name), iteration, ["loss_cls"], "5 consecutive steps with non-finite values")
+
+
+def test_a_diverged_run_is_reported_and_the_reproduction_goes_on(tmp_path):
+    """A run that diverged stopped the whole reproduction, was retrained (and diverged again) on every rerun,
+    and its cell read "-" like a run never started."""
+    root, calls, lines = str(tmp_path), [], []
+    _diverge(root, "retinanet_r50_voc_l1", 271)
+
+    def runner(cmd):  # the first run trained diverges, the others finish
+        calls.append(cmd)
+        name = os.path.basename(cmd[cmd.index("--work-dir") + 1])
+        if len(calls) == 1:
+            _diverge(root, name, 30)
+            return 1
+        _finish(root, name, mAP=0.7)
+        return 0
+
+    assert reproduce.reproduce([2], root, available_gpus=0, runner=runner, out=lines.append) == 0
+    trained = [os.path.basename(c[c.index("--work-dir") + 1]) for c in calls]
+    assert len(trained) == 18 - 1 and "retinanet_r50_voc_l1" not in trained
+    assert f"[reproduce] {trained[0]} diverged at iteration 30 (diverged.json); going on" in lines
+    listing = []
+    assert reproduce.reproduce([2], root, available_gpus=0, out=listing.append, dry_run=True) == 0
+    assert any("18 runs (16 finished, 2 diverged, 0 partial, 0 missing)" in line for line in listing)
+    assert any(line.startswith("  diverged  ") for line in listing)
+    text = reproduce.collect([2], root, str(tmp_path / "out"))
+    assert "| L1, R50 | diverged (it. 271) | 0.7517 | - |" in text
+
+
 def _finish_run(root, name, world, batch, sync=False, weighting="alwa", **metrics):
     """A finished run as train.py leaves it: eval.json with the layout, config.yaml with the weighting."""
     _finish(root, name, world_size=world, images_per_process=batch, **metrics)

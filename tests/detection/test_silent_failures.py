@@ -293,3 +293,20 @@ def test_reproduce_waits_for_its_run_through_ctrl_c(monkeypatch):
 
     monkeypatch.setattr(reproduce.subprocess, "Popen", lambda cmd: Child())
     assert reproduce.run_child(["train"]) == 130 and Child.waits == 2
+
+
+# ------------------------------------------------------------------------- a diverged run leaves a record
+def test_a_diverged_run_writes_diverged_json_and_a_new_run_clears_it(tiny_cfg, tmp_path, monkeypatch):
+    """A grid could not tell a run that diverged from one that crashed: nothing in the work dir said so."""
+    poison_from_step(monkeypatch, 4, float("nan"))
+    work = str(tmp_path / "w")
+    with pytest.raises(FloatingPointError):
+        engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=2", "train.max_iters=20"])
+    with open(os.path.join(work, "diverged.json")) as f:
+        record = json.load(f)
+    assert record["iter"] == 5 and record["keys"] == ["loss_cls", "loss_bbox"]
+    assert "2 consecutive steps with non-finite values" in record["message"]
+    assert not os.path.exists(os.path.join(work, "eval.json"))
+    monkeypatch.undo()  # the same folder trained again (here from its checkpoint) is no longer a diverged run
+    engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=6", "train.eval_after=false"])
+    assert not os.path.exists(os.path.join(work, "diverged.json"))

@@ -258,8 +258,9 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
         if len(schemes) > 1:
             text += (f"Difference to `{schemes[0]}` in {metric}, paired by seed (same seed = same initialisation "
                      f"and data order), mean ± sd (n pairs):\n\n{grid_markdown(runs, rows, metric, paired=True)}\n\n")
+    text += bootstrap_markdown(runs)  # before the per-run table, not between its heading and it
+    if any(r.seed is not None or r.variant is not None for r in runs):
         text += "Every run:\n\n"
-    text += bootstrap_markdown(runs)
     text += markdown_table(rows) + "\n"
     with open(os.path.join(work_root, "compare.md"), "w") as f:
         f.write(text)

@@ -132,7 +132,7 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retina
         assert f"reg_loss: {variant}" in saved and "seed: 3" in saved
         assert os.path.isfile(os.path.join(root, f"losses_{variant}.png"))
     assert "| l1 |" in text and "| giou |" in text and "(1)" in text
-    assert open(os.path.join(root, "compare.csv")).readline().strip() == "variant,scheme,seed,mAP,train_time_s"
+    assert open(os.path.join(root, "compare.csv")).readline().strip() == "variant,scheme,seed,mAP,train_time_s,diverged_at_iter"
     capsys.readouterr()
     run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3], overrides=short, jobs=2)  # all finished
     out = capsys.readouterr().out
@@ -173,6 +173,8 @@ def test_a_diverged_run_is_reported_not_retrained_and_not_a_failure(tmp_path, ca
     assert re.search(r"\| all \| [0-9.]+ \(1\) \| [0-9.]+ \(1\) \| - \(1 diverged\) \|", text)  # mean ± sd
     assert "| all | - | +0.0000 (1) | - (1 diverged) |" in text  # paired differences
     assert "+0.0000 [+0.0000, +0.0000] | - |" in text  # the bootstrap table keeps the runs that finished
+    # the bootstrap table comes before the per-run table's heading, not between the heading and the table
+    assert text.index("bootstrap over the test images") < text.index("Every run:\n\n| run |")
     assert "| blowup/seed0 | diverged at iteration 1 |" in text
     csv_lines = open(os.path.join(root, "compare.csv")).read().splitlines()
     assert csv_lines[0] == "variant,scheme,seed,mAP,train_time_s,diverged_at_iter" and csv_lines[-1].endswith(",1")

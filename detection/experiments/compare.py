@@ -11,9 +11,10 @@ head's, or ``name:key=value,...``) and
 change). Work dirs are ``<root>[/<variant>]/<scheme>[/seed<S>]``: the variant and seed levels exist only when
 variants / seeds are given, so a plain comparison keeps ``<root>/<scheme>``. Finished runs (``eval.json``
 present) are skipped, interrupted ones resume from their checkpoint. A run stopped by the non-finite guard
-(``diverged.json``) is a result, not a failure: it is reported as diverged and not retrained. With ``jobs > 1`` several runs train
-at once as ``scripts/train.py`` subprocesses (each with ``threads`` CPU threads, output in
-``<work dir>/train.log``): on a small CPU, two one-thread runs get more done than one two-thread run.
+(``diverged.json``) is a result, not a failure: it is reported as diverged and not retrained. With
+``jobs > 1`` several runs train at once as ``scripts/train.py`` subprocesses (each with ``threads`` CPU
+threads, output in ``<work dir>/train.log``): on a small CPU, two one-thread runs get more done than one
+two-thread run.
 """
 from __future__ import annotations
 
@@ -270,7 +271,8 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
         writer.writerow(["variant", "scheme", "seed"] + metrics + ["train_time_s", "diverged_at_iter"])
         for run, r in zip(runs, rows):
             writer.writerow([run.variant or "", run.scheme, "" if run.seed is None else run.seed]
-                            + [r.get(m, "") for m in metrics] + [r.get("train_time_s") or "", r.get("diverged_at", "")])
+                            + [r.get(m, "") for m in metrics]
+                            + [r.get("train_time_s") or "", r.get("diverged_at", "")])
     first_seed = runs[0].seed
     for variant in dict.fromkeys(r.variant for r in runs):
         chosen = [r for r in runs if r.variant == variant and r.seed == first_seed]

@@ -3,8 +3,9 @@
 Every cell of ``configs/tables.yaml`` is one training run: ``configs/<name>.yaml`` trained into
 ``<work root>/<name>/``. A run is *finished* when its ``eval.json`` exists (it is then skipped), *partial*
 when only ``checkpoints/last.pth`` exists (it is resumed: every command carries ``--resume``), *diverged*
-when the non-finite guard stopped it (``diverged.json``: reported, not retrained), *missing* otherwise. Cells shared by two tables (Table 1's 1 : 1 row is Table 2's baseline, Table 5's 1 : 1 row is
-Table 4's L1 baseline) share their work dir, so they are trained once.
+when the non-finite guard stopped it (``diverged.json``: reported, not retrained), *missing* otherwise.
+Cells shared by two tables (Table 1's 1 : 1 row is Table 2's baseline, Table 5's 1 : 1 row is Table 4's L1
+baseline) share their work dir, so they are trained once.
 
 Each table records the paper's layout (``gpus`` x ``images_per_gpu`` images per step); a run uses that many
 processes unless ``--gpus`` says otherwise or fewer GPUs are visible (the learning rate then follows the
@@ -177,7 +178,8 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
 
     for n in numbers:
         mine = [r for r in runs if r.table == n]
-        counts = {s: sum(run_status(r.work_dir) == s for r in mine) for s in ("finished", "diverged", "partial", "missing")}
+        counts = {s: sum(run_status(r.work_dir) == s for r in mine)
+                  for s in ("finished", "diverged", "partial", "missing")}
         said = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "diverged")
         out(f"Table {n}, {spec.tables[n].title}: {len(mine)} runs ({said})")
         total_images = 0
@@ -204,7 +206,8 @@ def reproduce(numbers: Sequence[int], work_root: str, gpus: Optional[int] = None
         out(f"[reproduce] Table {r.table} {r.row} / {r.col}: {shlex.join(cmd)}")
         code = (runner or run_child)(cmd)
         if code != 0 and run_status(r.work_dir) == "diverged":  # a result (the same run diverges again)
-            out(f"[reproduce] {r.name} diverged at iteration {read_diverged(r.work_dir)['iter']} (diverged.json); going on")
+            it = read_diverged(r.work_dir)["iter"]
+            out(f"[reproduce] {r.name} diverged at iteration {it} (diverged.json); going on")
         elif code != 0:
             out(f"[reproduce] {r.name} failed (exit code {code}); rerun the same command to resume")
             return code

@@ -200,6 +200,9 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
         message = f"{exc}. {_restart_hint(trainer, work_dir)}"
         if writer:
             write_diverged(work_dir, trainer.iter, trainer.last.skipped if trainer.last else None, message)
+        # every rank stops at the same step; the others wait for rank 0's record and checkpoint, otherwise
+        # their early exit makes torchrun stop rank 0 before it has written them
+        dist_utils.barrier()
         raise FloatingPointError(message) from None
     train_time = time.perf_counter() - start
 

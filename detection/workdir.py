@@ -116,9 +116,16 @@ DIVERGED = "diverged.json"
 
 def write_diverged(work_dir: str, iteration: int, keys, message: str) -> None:
     """Record that the run in ``work_dir`` was stopped by the non-finite guard: a grid then reports it as
-    diverged (a result: the same seed diverges again) instead of a crash to retry."""
-    with open(os.path.join(work_dir, DIVERGED), "w") as f:
+    diverged (a result: the same seed diverges again) instead of a crash to retry. The results of an earlier
+    run in the folder (``eval.json``, ``detections.pkl``) no longer describe it and are removed. The record
+    is written atomically (a process stopped half way leaves no partial file)."""
+    for stale in ("eval.json", "detections.pkl"):
+        if os.path.isfile(os.path.join(work_dir, stale)):
+            os.unlink(os.path.join(work_dir, stale))
+    path = os.path.join(work_dir, DIVERGED)
+    with open(path + ".tmp", "w") as f:
         json.dump({"iter": int(iteration), "keys": list(keys or []), "message": message}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def read_diverged(work_dir: str) -> Optional[dict]:
@@ -126,8 +133,14 @@ def read_diverged(work_dir: str) -> Optional[dict]:
     path = os.path.join(work_dir, DIVERGED)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        int(record["iter"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WorkDirError(f"{path} is not a diverged-run record ({exc}); delete it, or the folder, to retrain "
+                           f"that run") from None
+    return record
 
 
 def clear_diverged(work_dir: str) -> None:

@@ -228,7 +228,7 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
     done = [r for r in runs if r not in todo]
     if report_only:
         if not done:
-            raise FileNotFoundError(f"no finished run (eval.json) under {work_root}")
+            raise FileNotFoundError(f"no finished run (eval.json or diverged.json) under {work_root}")
         print(f"[compare] report of {len(done)} finished run(s) of {len(runs)}")
         return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
     for r in done:
@@ -244,7 +244,9 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
             try:
                 engine.train(cfg_path, r.work_dir, resume=True, overrides=list(r.overrides))
             except FloatingPointError as exc:
-                print(f"[compare] {r.label}: {_diverged_note(r) or 'diverged'}: {exc}", flush=True)
+                if _diverged_note(r) is None:  # stopped without the engine's record: not a result
+                    raise
+                print(f"[compare] {r.label}: {_diverged_note(r)}: {exc}", flush=True)
     return write_report(cfg_path, runs, work_root, overrides, window, plot_keys)
 
 

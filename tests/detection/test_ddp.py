@@ -101,3 +101,23 @@ def test_two_ranks_validate_during_training_and_accumulate(tmp_path):
     evals = [r for r in records if "eval" in r]
     assert [r["iter"] for r in evals] == [2, 4] and evals[-1]["eval"]["AP/circle"] >= 0
     assert (work / "checkpoints" / "best.pth").is_file()
+
+
+@NO_TORCHRUN
+def test_two_ranks_that_diverge_leave_diverged_json(tmp_path):
+    """A diverged two-rank run under torchrun leaves rank 0's record. (That the other ranks wait for it, so
+    torchrun does not stop rank 0 first when a large checkpoint is slow to write, is
+    test_silent_failures.test_every_rank_waits_for_the_diverged_record.)"""
+    import json
+
+    cfg, model_extra = CASES["retinanet"]
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "scripts", "train.py"), "--cfg", os.path.join(REPO, cfg), "--work-dir", str(work),
+           "--set", f"data.root={tmp_path / 'shapes'}", *COMMON, *model_extra, "train.max_loss=1e-9",
+           "train.max_bad_steps=2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "consecutive steps with non-finite values" in proc.stdout + proc.stderr
+    record = json.load(open(work / "diverged.json"))
+    assert record["iter"] == 2 and "loss_cls" in record["keys"]

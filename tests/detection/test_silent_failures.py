@@ -310,3 +310,37 @@ def test_a_diverged_run_writes_diverged_json_and_a_new_run_clears_it(tiny_cfg, t
     monkeypatch.undo()  # the same folder trained again (here from its checkpoint) is no longer a diverged run
     engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=6", "train.eval_after=false"])
     assert not os.path.exists(os.path.join(work, "diverged.json"))
+
+
+def test_a_finished_folder_that_diverges_when_trained_again_is_only_diverged(tmp_path):
+    """An old eval.json beside a new diverged.json: the grid's table used the old metric, its bootstrap
+    dropped the run."""
+    from detection.workdir import read_diverged, write_diverged
+
+    for name in ("eval.json", "detections.pkl"):
+        (tmp_path / name).write_text("{}")
+    write_diverged(str(tmp_path), 7, ["loss_cls"], "stopped")
+    assert sorted(os.listdir(tmp_path)) == ["diverged.json"]  # no stale results, no temporary file
+    assert read_diverged(str(tmp_path)) == {"iter": 7, "keys": ["loss_cls"], "message": "stopped"}
+
+
+def test_a_cut_short_diverged_record_is_an_error_naming_the_file(tmp_path):
+    from detection.workdir import WorkDirError, read_diverged
+
+    (tmp_path / "diverged.json").write_text('{"iter": 3, "ke')
+    with pytest.raises(WorkDirError, match=r"diverged\.json is not a diverged-run record .*delete it"):
+        read_diverged(str(tmp_path))
+
+
+def test_every_rank_waits_for_the_diverged_record(tiny_cfg, tmp_path, monkeypatch):
+    """Ranks other than 0 left at once on the non-finite stop; under torchrun their exit gets rank 0 killed
+    before it has written its checkpoint and diverged.json. Now the last barrier comes after the record."""
+    from detection import dist as dist_utils
+
+    poison_from_step(monkeypatch, 2, float("nan"))
+    work = str(tmp_path / "w")
+    seen = []
+    monkeypatch.setattr(dist_utils, "barrier", lambda: seen.append(os.path.isfile(os.path.join(work, "diverged.json"))))
+    with pytest.raises(FloatingPointError):
+        engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=1", "train.max_iters=20"])
+    assert seen and seen[-1] is True

@@ -9,6 +9,7 @@ file. Inputs are normalised with the detection configs' ImageNet mean / std.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Dict, Tuple
 
@@ -19,9 +20,9 @@ import torchvision
 from torch import nn
 
 from datasets.shapes import SHAPE_KINDS, render_scene
+from detection.schema.run import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-STD = np.array([58.395, 57.12, 57.375], np.float32)
+MEAN, STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
 
 
 def _square(cx: float, cy: float, side: float, w: int, h: int) -> Tuple[int, int, int, int]:
@@ -100,8 +101,6 @@ def pretrain(out: str, steps: int = 600, batch_size: int = 64, lr: float = 2e-3,
             log(f"pretrain: step {step}/{steps}, loss {loss.item():.3f}")
     result = {"train_acc": accuracy(model, x[:2000], y[:2000]), "test_acc": accuracy(model, x_test, y_test),
               "examples": len(x), "steps": steps, "seconds": time.perf_counter() - tic, "path": out}
-    import os
-
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     torch.save(model.state_dict(), out)
     log(f"pretrain: test accuracy {result['test_acc']:.3f} (train {result['train_acc']:.3f}) after {steps} steps, "

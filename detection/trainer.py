@@ -297,7 +297,7 @@ class Trainer:
         state = {"iter": self.iter, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "weighting": self.weighting.state_dict(),
                  "bad_steps": self.bad_steps}
-        hooks = {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict()}
+        hooks = {name: s for name, s in ((type(h).__name__, h.state_dict()) for h in self.hooks) if s}
         if hooks:
             state["hooks"] = hooks
         if self.scaler is not None:

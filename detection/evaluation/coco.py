@@ -162,9 +162,8 @@ def coco_evaluate(coco_gt, results: Sequence[dict], iou_types: Sequence[str] = (
             dts = [dict(r) for r in results]
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):  # pycocotools prints progress and the table
-            coco_dt = gt.loadRes(dts) if dts else _empty_results(coco_gt)
-            if backend != "pycocotools" and not dts:
-                coco_dt = gt.loadRes([])
+            # pycocotools' loadRes cannot take an empty list; faster_coco_eval's can
+            coco_dt = gt.loadRes(dts) if dts or backend != "pycocotools" else _empty_results(coco_gt)
             ev = evaluator(gt, coco_dt, iou_type)
             if img_ids is not None:
                 ev.params.imgIds = sorted(int(i) for i in img_ids)

@@ -40,15 +40,14 @@ def match_coco(gt: Dict, results: Sequence[Dict]) -> Dict:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    from detection.evaluation.coco import _empty_results
+
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else None
-        if coco_dt is None:  # no detections: every category's AP is 0
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
-            coco_dt.createIndex()
+        # no detections: every category's AP is 0
+        coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else _empty_results(coco_gt)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
     p = ev.params

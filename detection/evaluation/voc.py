@@ -131,9 +131,8 @@ def _match_class(d_boxes, d_img, g_boxes, g_img, g_diff, num_images, iou_thr, le
     return (tp[~ignored], ~ignored) if return_kept else tp[~ignored]
 
 
-def _average_precision(tp_flags, npos, metric):
-    """Return (AP, final recall) from ranked TP flags."""
-    rec, prec = pr_curve(tp_flags, npos)
+def _average_precision(rec, prec, metric):
+    """Return (AP, final recall) from the ranked detections' recall and precision (``pr_curve``)."""
     final_rec = float(rec[-1]) if len(rec) else 0.0
     if metric == "11point":
         # Suffix max of precision, plus a 0 sentinel for "no point with rec >= t".
@@ -213,10 +212,11 @@ def voc_map(detections, annotations, num_classes, iou_thr=0.5, metric="11point",
             continue
         tp = _match_class(det["boxes"][di], det["img"][di], gt["boxes"][gi], gt["img"][gi],
                           gt["difficult"][gi], len(detections), iou_thr, legacy_coords)
-        ap, rec = _average_precision(tp, npos, metric)
+        curve = pr_curve(tp, npos)
+        ap, rec = _average_precision(*curve, metric)
         aps.append(ap)
         recalls.append(rec)
-        pr.append(pr_curve(tp, npos) if curves else None)
+        pr.append(curve if curves else None)
     valid = [a for a, n in zip(aps, num_gts) if n > 0]
     if valid:
         mean_ap = float(np.mean(valid))

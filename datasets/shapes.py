@@ -33,9 +33,10 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 
+from .shapes_root import META_FILE, claim
+
 SHAPE_KINDS = ("circle", "rectangle", "triangle")
 SPLITS = ("train", "val", "test")
-META_FILE = "shapes_meta.json"
 FORMAT_VERSION = 1
 _MIN_VISIBLE = 0.4  # reject a placement that would leave an earlier object <40% visible
 _DIFFICULT_REL = 10.0 / 128.0  # shorter box side below this * min(H, W) -> difficult
@@ -46,34 +47,31 @@ _MAX_REL = 0.6  # largest object side relative to min(H, W)
 def make_shapes(root, num_train=1000, num_val=100, num_test=300, image_size=128,
                 classes=SHAPE_KINDS, seed=0, min_objects=1, max_objects=6,
                 empty_test_fraction=0.02, crowd_fraction=0.0, tiny_fraction=0.1,
-                jpeg_quality=95) -> dict:
+                jpeg_quality=95, remedy="choose another root (an empty or new folder)") -> dict:
     """Generate (or reuse) the shapes dataset under ``root``; returns a summary dict.
 
     ``image_size`` is an int or ``(H, W)``.  ``classes`` is an ordered subset of
     ``SHAPE_KINDS``; COCO category ids are ``1, 3, 5, ...`` in that order (deliberately
     non-contiguous).  Train and val images always hold ``min_objects..max_objects``
     objects; ``max(1, round(empty_test_fraction * num_test))`` test images are empty
-    (when the fraction is > 0).  Generation is skipped when ``root/shapes_meta.json``
-    records identical parameters (``summary["generated"] is False``); a different
-    parameter set raises ``ValueError``.  The meta file is written last, so an
-    interrupted run is regenerated on the next call.
+    (when the fraction is > 0).  ``root`` must be missing, empty or the generator's own
+    (``shapes_root.claim``): generation is skipped when ``root/shapes_meta.json`` records a
+    complete run of identical parameters (``summary["generated"] is False``); other
+    parameters, or files the generator did not write, raise ``DataError`` naming ``root``
+    and ending in ``remedy``.  The marker is written first and completed last, so an
+    interrupted run is regenerated on the next call with the same parameters.
     """
-    params = _normalise_params(locals())
+    params = _normalise_params({k: v for k, v in locals().items() if k != "remedy"})
+    meta = claim(str(root), params, remedy)
+    if meta is not None:
+        return dict(meta["summary"], root=str(root), generated=False)
     meta_path = os.path.join(root, META_FILE)
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("params") == params:
-            return dict(meta["summary"], root=str(root), generated=False)
-        old = meta.get("params", {})
-        diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-        raise ValueError(
-            f"shapes dataset at {root!r} was generated with different parameters "
-            f"(differing: {', '.join(diff)}); delete that folder or choose another root")
+    os.makedirs(root, exist_ok=True)
+    _write_json(meta_path, {"params": params, "complete": False})
     start = time.perf_counter()
     summary = _generate(root, params)
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    _write_json(meta_path, {"params": params, "summary": summary})
+    _write_json(meta_path, {"params": params, "complete": True, "summary": summary})
     return dict(summary, root=str(root), generated=True)
 
 

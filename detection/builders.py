@@ -192,12 +192,16 @@ def _strategy(cfg: Config, contract: LossContract) -> WeightingStrategy:
 
 
 def prepare_data(data: DataConfig) -> None:
-    """Generate the synthetic shapes data into ``data.root`` if the config asks for it."""
+    """Generate the synthetic shapes data into ``data.root`` if the config asks for it. A root holding anything
+    the generator did not write (a user's own data under a demo config's ``data.shapes``) is a ``DataError``
+    naming the folder and the keys that fix it, before anything is written."""
     if data.shapes is None:
         return
     s = data.shapes
     make_shapes(data.root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
-                image_size=s.image_size, classes=tuple(s.classes), seed=s.seed)
+                image_size=s.image_size, classes=tuple(s.classes), seed=s.seed,
+                remedy="set data.root to an empty or new folder, or remove the data.shapes section "
+                       "(data.shapes: null) to use the data already there")
 
 
 def build_transform(cfg: Config, train: bool):

@@ -23,8 +23,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         summary = make_shapes(a.root, num_train=a.num_train, num_val=a.num_val, num_test=a.num_test,
-                              image_size=a.size, classes=a.classes, seed=a.seed)
-    except ValueError as exc:  # e.g. the root holds data generated with other parameters
+                              image_size=a.size, classes=a.classes, seed=a.seed,
+                              remedy="choose another --root (an empty or new folder)")
+    except ValueError as exc:  # the root holds other files, or shapes data of other parameters
         sys.exit(f"error: {exc}")
     print(json.dumps(summary, indent=2))
 

@@ -144,12 +144,3 @@ def test_crowd_objects_use_rle_matching_the_polygon(tmp_path):
         boxes = [[int(o.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")] + [o.findtext("difficult")]
                  for o in xml.getroot().findall("object")]
         assert [int(np.floor(x)) + 1, int(np.floor(y)) + 1, int(np.ceil(x + w)), int(np.ceil(y + h)), "1"] in boxes
-
-
-def test_interrupted_generation_is_redone(tmp_path):
-    root = str(tmp_path / "partial")
-    params = dict(num_train=3, num_val=1, num_test=1, image_size=32, seed=0)
-    make_shapes(root, **params)
-    os.remove(os.path.join(root, "shapes_meta.json"))  # as if killed before the meta was written
-    assert make_shapes(root, **params)["generated"] is True
-    assert make_shapes(root, **params)["generated"] is False

@@ -37,3 +37,23 @@ def test_foreign_datasets_package_is_reported(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "not this project's datasets package" in out.stderr and str(fake) in out.stderr
+
+
+def test_train_demo_config_on_a_users_folder_refuses_before_writing(tmp_path):
+    """A demo config keeps its data.shapes section under --set data.root=MY_VOC: the generator used to overwrite
+    the user's images and split files there and train on shapes, exit 0."""
+    root = tmp_path / "my_voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    files = {root / "JPEGImages" / "000001.jpg": b"\xff\xd8 a photo \xff\xd9", root / "ImageSets" / "Main" / "train.txt":
+             b"000001\n"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    demo = os.path.join(REPO, "configs", "demo", "retinanet_shapes_alwa2.yaml")
+    out = run(os.path.join(REPO, "scripts", "train.py"), "--cfg", demo, "--set", f"data.root={root}", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: shapes data folder {root} holds files not written")
+    assert "data.root" in lines[0] and "data.shapes: null" in lines[0]
+    assert {p: p.read_bytes() for p in files} == files and sorted(os.listdir(root)) == ["ImageSets", "JPEGImages"]
+    assert "training retinanet" not in out.stdout  # refused before the model was built

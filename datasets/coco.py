@@ -20,12 +20,14 @@ Bad input (the policy of ``datasets/report.py``)
   malformed JSON, a missing top-level key (``images``, ``annotations``, ``categories``), an image without
   ``id``/``file_name``/``width``/``height``, an annotation without ``id``/``image_id``/``category_id``/
   ``bbox`` (or ``segmentation`` when ``with_masks``), a ``bbox`` that is not 4 finite numbers, an unknown
-  ``category_id`` or ``image_id``, duplicate category / image / annotation ids in a file, and an image id
-  found in two of the concatenated files, an ``iscrowd`` other than 0 / 1 (the string ``"0"`` is truthy), and,
-  whenever masks are used (``with_masks`` for training, ``check_masks`` for a Mask R-CNN test set), a
-  segmentation that is no usable mask (``segmentation_problem``: fewer than 3 polygon points, an odd
-  coordinate count, no polygon, an RLE of another size). Missing image files are one ``FileNotFoundError``
-  listing them. ``iscrowd`` defaults to 0; a missing ``area`` is filled in as ``w * h`` (COCOeval needs it).
+  ``category_id`` or ``image_id``, duplicate category / image / annotation ids in a file, two categories of
+  one name in a file, concatenated files that number the classes differently (``check_same_categories``;
+  the engine applies it to the test file too), an image id found in two of the concatenated files, an
+  ``iscrowd`` other than 0 / 1 (the string ``"0"`` is truthy), and, whenever masks are used (``with_masks``
+  for training, ``check_masks`` for a Mask R-CNN test set), a segmentation that is no usable mask
+  (``segmentation_problem``: fewer than 3 polygon points, an odd coordinate count, no polygon, an RLE of
+  another size).
+  Missing image files are one ``FileNotFoundError`` listing them. ``iscrowd`` defaults to 0; a missing ``area`` is filled in as ``w * h`` (COCOeval needs it).
 * Boxes (crowd regions included) are repaired and counted in ``report``: clipped to the image when
   partly outside, dropped when under 1 px wide or high (``w < 1`` or ``h < 1``, as mmdetection drops from
   real COCO, which holds a few) or when less than 1 px of them lies inside the image. Images without
@@ -38,7 +40,7 @@ import io
 import json
 import math
 import os
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +92,22 @@ def segmentation_problem(segm, h: int, w: int) -> Optional[str]:
     return f"a segmentation of type {type(segm).__name__} (expected polygons or an RLE)"
 
 
+def _id_of(categories: Dict[str, int], name: str) -> str:
+    return f"id {categories[name]}" if name in categories else "absent"
+
+
+def check_same_categories(ref_path: str, ref: Dict[str, int], path: str, cats: Dict[str, int]) -> None:
+    """``cats`` (name -> category id, from ``path``) must equal ``ref`` (from ``ref_path``): labels are category
+    ids in sorted order, and evaluation maps them back through the test file's ids, so a file that numbers the
+    classes otherwise would score one class as another. The error lists every name whose id differs."""
+    if cats == ref:
+        return
+    diffs = [f"{n!r} is {_id_of(cats, n)} here, {_id_of(ref, n)} there"
+             for n in sorted(set(ref) | set(cats)) if ref.get(n) != cats.get(n)]
+    raise DataError(f"{path} does not number the classes as {ref_path}: {'; '.join(diffs)}; the files of a run "
+                    f"must share categories (same names, same ids)")
+
+
 def load_coco_json(path: str, with_masks: bool = False):
     """Validated ``pycocotools.coco.COCO`` for ``path`` (see the module docstring for the checks). With
     ``with_masks`` every annotation needs a usable ``segmentation`` (checked here, at start-up)."""
@@ -111,6 +129,13 @@ def load_coco_json(path: str, with_masks: bool = False):
         for key in ("id", "name"):
             if key not in cat:
                 raise DataError(f"COCO annotation file {path}: a category lacks key '{key}': {cat}")
+    named = {}  # name -> first category id: one class name must be one class
+    for cat in data["categories"]:
+        if cat["name"] in named and named[cat["name"]] != cat["id"]:
+            raise DataError(f"COCO annotation file {path}: categories {named[cat['name']]!r} and {cat['id']!r} are both "
+                            f"named {cat['name']!r}; class names must be distinct (give their annotations one "
+                            f"category_id, or rename one)")
+        named.setdefault(cat["name"], cat["id"])
     for img in data["images"]:
         for key in _IMAGE_KEYS:
             if key not in img:
@@ -209,19 +234,18 @@ class COCODataset(DetectionRecords):
             raise ValueError("COCODataset needs at least one set name")
         self.root, self.sets, self.image_dir = root, list(sets), image_dir
         self.with_masks, self.transforms = with_masks, transforms
-        self._cocos, self.records, self.report = [], [], DataReport()
-        categories = None
+        self._cocos, self.records, self.report, self.files = [], [], DataReport(), []
+        self.categories: Dict[str, int] = {}  # name -> category id, the same in every file
         first_file = {}  # image id -> annotation file that holds it
         for s in self.sets:
             path = os.path.join(root, "annotations", f"instances_{s}.json")
             # masks are checked whenever they will be used: decoded for training, or scored by segm evaluation
             coco = load_coco_json(path, with_masks or check_masks)
-            cats = sorted((c["id"], c["name"]) for c in coco.dataset["categories"])
-            if categories is None:
-                categories = cats
-            elif cats != categories:
-                raise DataError(f"{path} has categories {cats}, but {self.sets[0]} has {categories}; "
-                                f"concatenated sets must share categories")
+            cats = {c["name"]: c["id"] for c in coco.dataset["categories"]}
+            if self.files:
+                check_same_categories(self.files[0], self.categories, path, cats)
+            self.categories = cats
+            self.files.append(path)
             # targets carry the image id: across files it must still name one image
             for img_id in coco.imgs:
                 if img_id in first_file:
@@ -229,6 +253,7 @@ class COCODataset(DetectionRecords):
                 first_file[img_id] = path
             self._cocos.append(coco)
             self.records.extend(self._load_set(coco, path, os.path.join(root, image_dir or s), len(self._cocos) - 1))
+        categories = sorted((i, n) for n, i in self.categories.items())
         self.cat_ids: List[int] = [c for c, _ in categories]
         names = tuple(n for _, n in categories)
         if classes is not None and tuple(classes) != names:
@@ -258,6 +283,10 @@ class COCODataset(DetectionRecords):
                 "ann_ids": [a["id"] for a, c in zip(kept, crowd) if not c], "set": set_index,
             })
         return records
+
+    def check_same_categories(self, other: "COCODataset") -> None:
+        """``other`` (the test set of a run training on this one) gives every class this set's category id."""
+        check_same_categories(self.files[0], self.categories, other.files[0], other.categories)
 
     @property
     def coco(self):

@@ -236,6 +236,15 @@ def build_dataset(cfg: Config, train: bool):
     return dataset
 
 
+def check_test_classes(train_set, test_set) -> None:
+    """COCO-format data: evaluation maps the model's labels through the test file's category ids, so the test
+    file must give every class the id the training files give it (a ``DataError`` naming both files and each
+    differing name / id). VOC-format splits share ``class_names(cfg)`` by construction."""
+    train_set = getattr(train_set, "dataset", train_set)  # data.repeat's wrapper
+    if isinstance(train_set, datasets.COCODataset) and isinstance(test_set, datasets.COCODataset):
+        train_set.check_same_categories(test_set)
+
+
 def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):
     d = cfg.data
     ratios = dataset.aspect_ratios() if d.aspect_ratio_grouping else [1.0] * len(dataset)

@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from datasets.coco import check_same_categories
 from detection import builders
 from detection import dist as dist_utils
 from detection.checkpoint import CheckpointError, load_checkpoint, load_weights, seed_everything
@@ -110,6 +111,10 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     names = list(train_set.classes)
     if writer:  # the bad-input summary (boxes clipped / dropped, empty images) before any training step
         print(train_set.summary(), flush=True)
+    # every split the run will read is parsed and checked now, not after hours of training
+    test_set = builders.build_dataset(cfg, train=False) if cfg.train.eval_after or cfg.train.eval_interval else None
+    if test_set is not None:
+        builders.check_test_classes(train_set, test_set)
     loader, sampler = builders.build_train_loader(cfg, train_set, rank, world)
     model = builders.build_model(cfg, len(names))
     last = os.path.join(work_dir, "checkpoints", "last.pth")
@@ -147,8 +152,6 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     hooks = [logger, checkpoints]
     if world > 1 and weight_params:
         hooks.insert(0, WeightingGradSync(weight_params))
-    # every split the run will read is parsed and checked now, not after hours of training
-    test_set = builders.build_dataset(cfg, train=False) if cfg.train.eval_after or cfg.train.eval_interval else None
     if cfg.train.eval_interval:  # before the checkpoint hook: a checkpoint of that step holds its evaluation
         hooks.insert(hooks.index(checkpoints),
                      _eval_hook(cfg, model, test_set, device, rank, world, steps_per_epoch, checkpoints, logger, board))
@@ -285,6 +288,11 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     if "classes" in state and list(state["classes"]) != names:
         raise CheckpointError(f"checkpoint {ckpt} was trained on classes {list(state['classes'])}, the test set has "
                               f"{names}")
+    trained_ids, test_ids = state.get("category_ids"), getattr(test_set, "cat_ids", None)
+    if trained_ids is not None and test_ids is not None and list(trained_ids) != list(test_ids):
+        # the rule training applies to its own test file (builders.check_test_classes)
+        check_same_categories(f"checkpoint {ckpt}", dict(zip(names, trained_ids)), test_set.files[0],
+                              test_set.categories)
     model = builders.build_model(cfg, len(names)).to(device)
     load_weights(model, state, ckpt)
     metrics = evaluate_dataset(model, test_set, cfg, device, rank, world, progress=cfg.train.progress)

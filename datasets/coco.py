@@ -26,7 +26,7 @@ Bad input (the policy of ``datasets/report.py``)
   ``iscrowd`` other than 0 / 1 (the string ``"0"`` is truthy), and, whenever masks are used (``with_masks``
   for training, ``check_masks`` for a Mask R-CNN test set), a segmentation that is no usable mask
   (``segmentation_problem``: fewer than 3 polygon points, an odd coordinate count, no polygon, an RLE of
-  another size).
+  another size, RLE counts that do not add up to height x width or include a negative one, see ``rle.py``).
   Missing image files are one ``FileNotFoundError`` listing them. ``iscrowd`` defaults to 0; a missing ``area`` is filled in as ``w * h`` (COCOeval needs it).
 * Boxes (crowd regions included) are repaired and counted in ``report``: clipped to the image when
   partly outside, dropped when under 1 px wide or high (``w < 1`` or ``h < 1``, as mmdetection drops from
@@ -47,6 +47,7 @@ import torch
 
 from .base import DetectionRecords
 from .report import DataError, DataReport, repair_boxes
+from .rle import rle_problem
 
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
 _ANN_KEYS = ("id", "image_id", "category_id", "bbox")
@@ -69,7 +70,8 @@ COCO_CLASSES = (
 def segmentation_problem(segm, h: int, w: int) -> Optional[str]:
     """What makes a COCO ``segmentation`` unusable as a mask of an ``h`` x ``w`` image (``None``: nothing):
     polygons must be a non-empty list of lists of finite numbers, an even count of at least 6 each (3 points);
-    an RLE needs ``counts`` (a list of integers, or a compressed string) and ``size`` equal to ``[h, w]``."""
+    an RLE needs ``counts`` (a list of integers, or a compressed string) covering exactly ``h * w`` pixels and
+    ``size`` equal to ``[h, w]``."""
     if isinstance(segm, list):
         if not segm:
             return "an empty polygon list (no mask)"
@@ -88,7 +90,7 @@ def segmentation_problem(segm, h: int, w: int) -> Optional[str]:
         counts = segm["counts"]
         if not (isinstance(counts, str) or (isinstance(counts, list) and all(isinstance(c, int) for c in counts))):
             return f"RLE counts of type {type(counts).__name__}, expected a list of integers or a string"
-        return None
+        return rle_problem(counts, h, w)  # counts that do not cover the image: garbage or a crash when decoded
     return f"a segmentation of type {type(segm).__name__} (expected polygons or an RLE)"
 
 

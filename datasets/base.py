@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from .exif import SHOWN, exif_orientation
 from .report import DataError, missing_files_error
 
 
@@ -43,18 +44,43 @@ def file_problem(path: str) -> Optional[str]:
     return None
 
 
+def decode_stored(path: str) -> Optional[np.ndarray]:
+    """BGR uint8 [H, W, 3] of the pixels as stored (``None``: undecodable). OpenCV would apply the EXIF
+    orientation tag by default; boxes refer to the stored pixels (``datasets/exif.py``), so every image this
+    project reads (training, evaluation, predict, browse, check_data) goes through here."""
+    return cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; a clear error naming the file for missing, empty, truncated (JPEG) or
-    undecodable files."""
+    """RGB uint8 [H, W, 3], the stored pixels (no EXIF rotation); a clear error naming the file for missing,
+    empty, truncated (JPEG) or undecodable files."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} does not exist")
     problem = file_problem(path)
     if problem:
         raise DataError(f"image {problem}")
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    img = decode_stored(path)
     if img is None:
         raise DataError(f"image {path} is unreadable or corrupt")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def size_mismatch(path: str, stored_wh: Tuple[int, int], annotated_wh: Tuple[int, int], fmt: str) -> Optional[str]:
+    """The message for an image whose stored size is not its annotation's (``None``: they agree). When the file
+    carries an EXIF orientation tag the message names it: the usual cause is an annotation made on the view a
+    viewer shows, which this project does not read."""
+    if tuple(stored_wh) == tuple(annotated_wh):
+        return None
+    (w0, h0), (w, h) = stored_wh, annotated_wh
+    message = f"{path} is {w0}x{h0} (w x h) as stored but its {fmt + ' ' if fmt else ''}annotation says {w}x{h}"
+    tag = exif_orientation(path)
+    if tag != 1:
+        shown = (h0, w0) if tag >= 5 else (w0, h0)  # tags 5-8 swap width and height
+        fits = "is that of the shown view" if shown == (w, h) else "matches neither the stored nor the shown view"
+        message += (f"; the file carries EXIF orientation {tag} (viewers show it {SHOWN[tag]}) and the annotation's "
+                    f"size {fits}: boxes refer to the stored pixels, which this project reads (annotate the stored "
+                    f"image, or save the pixels turned and without the tag)")
+    return message
 
 
 class DetectionRecords(torch.utils.data.Dataset):
@@ -127,10 +153,9 @@ class DetectionRecords(torch.utils.data.Dataset):
 
     def _read(self, r: dict) -> np.ndarray:
         image = read_image(r["path"])
-        h0, w0 = image.shape[:2]
-        if (w0, h0) != (r["width"], r["height"]):
-            raise DataError(f"image {r['path']} is {w0}x{h0} (w x h) but its {self.FORMAT} annotation says "
-                            f"{r['width']}x{r['height']}")
+        problem = size_mismatch(r["path"], image.shape[1::-1], (r["width"], r["height"]), self.FORMAT)
+        if problem:
+            raise DataError(f"image {problem}")
         return image
 
     def _transform(self, r: dict, image: np.ndarray, boxes, labels, difficult, **extra) -> Tuple:

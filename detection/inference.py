@@ -4,7 +4,8 @@ to each image's own pixels.
     model = detection.load_model("checkpoints/last.pth")
     dets = predict(model, [image_rgb_uint8, ...])   # one dict per image: boxes, scores, labels (, masks)
 
-Images are ``H x W x 3`` uint8 RGB arrays (as ``cv2.imread(path)[..., ::-1]`` or PIL gives them). Boxes are
+Images are ``H x W x 3`` uint8 RGB arrays of the stored pixels (as ``datasets.read_image(path)`` gives them:
+no EXIF rotation, which ``cv2.imread``'s default and PIL's ``exif_transpose`` would apply). Boxes are
 (x1, y1, x2, y2) in the input image's pixels, labels index ``model.classes``.
 """
 from __future__ import annotations

@@ -307,7 +307,7 @@ def test_check_data_reports_every_bad_image(broken_tree, capsys):
     assert status == 1
     assert f"  ERROR {jpg}/b.jpg: corrupt, cannot be decoded" in out
     assert f"  ERROR {jpg}/c.jpg: truncated JPEG (no end-of-image marker)" in out
-    assert f"  ERROR {jpg}/d.jpg: decoded size 41x40 (w x h) but the annotation says 40x40" in out
+    assert f"  ERROR {jpg}/d.jpg is 41x40 (w x h) as stored but its VOC annotation says 40x40" in out
     assert f"  ERROR {jpg}/e.jpg: corrupt, cannot be decoded" in out
     assert "  train: decoded 4/4 images, 3 bad" in out and "  test: decoded 1/1 images, 1 bad" in out
     assert out.rstrip().endswith("4 error(s)") and f"ERROR {jpg}/a.jpg" not in out

@@ -27,7 +27,8 @@ Bad input (the policy of ``datasets/report.py``)
   for training, ``check_masks`` for a Mask R-CNN test set), a segmentation that is no usable mask
   (``segmentation_problem``: fewer than 3 polygon points, an odd coordinate count, no polygon, an RLE of
   another size, RLE counts that do not add up to height x width or include a negative one, see ``rle.py``).
-  Missing image files are one ``FileNotFoundError`` listing them. ``iscrowd`` defaults to 0; a missing ``area`` is filled in as ``w * h`` (COCOeval needs it).
+  Missing image files are one ``FileNotFoundError`` listing them. ``iscrowd`` defaults to 0; a missing
+  ``area`` is filled in as ``w * h`` (COCOeval needs it).
 * Boxes (crowd regions included) are repaired and counted in ``report``: clipped to the image when
   partly outside, dropped when under 1 px wide or high (``w < 1`` or ``h < 1``, as mmdetection drops from
   real COCO, which holds a few) or when less than 1 px of them lies inside the image. Images without
@@ -134,9 +135,10 @@ def load_coco_json(path: str, with_masks: bool = False):
     named = {}  # name -> first category id: one class name must be one class
     for cat in data["categories"]:
         if cat["name"] in named and named[cat["name"]] != cat["id"]:
-            raise DataError(f"COCO annotation file {path}: categories {named[cat['name']]!r} and {cat['id']!r} are both "
-                            f"named {cat['name']!r}; class names must be distinct (give their annotations one "
-                            f"category_id, or rename one)")
+            first, name = named[cat["name"]], cat["name"]
+            raise DataError(f"COCO annotation file {path}: categories {first!r} and {cat['id']!r} are both named "
+                            f"{name!r}; class names must be distinct (give their annotations one category_id, or "
+                            f"rename one)")
         named.setdefault(cat["name"], cat["id"])
     for img in data["images"]:
         for key in _IMAGE_KEYS:

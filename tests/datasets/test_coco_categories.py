@@ -42,7 +42,7 @@ def test_check_same_categories_names_ids_and_missing_names(tmp_path):
     with pytest.raises(DataError) as exc:
         train.check_same_categories(test)
     assert str(exc.value) == (f"{test_path} does not number the classes as {train_path}: 'circle' is id 3 "
-                              f"here, id 1 there; 'rectangle' is id 1 here, id 3 there; 'star' is id 7 here, absent there; "
-                              f"the files of a run must share categories (same names, same ids)")
+                              f"here, id 1 there; 'rectangle' is id 1 here, id 3 there; 'star' is id 7 here, absent "
+                              f"there; the files of a run must share categories (same names, same ids)")
     train.check_same_categories(COCODataset(str(tmp_path), ["train"]))  # the same file: nothing to say
     assert os.path.isfile(train_path)

@@ -45,8 +45,8 @@ def test_train_demo_config_on_a_users_folder_refuses_before_writing(tmp_path):
     root = tmp_path / "my_voc"
     (root / "JPEGImages").mkdir(parents=True)
     (root / "ImageSets" / "Main").mkdir(parents=True)
-    files = {root / "JPEGImages" / "000001.jpg": b"\xff\xd8 a photo \xff\xd9", root / "ImageSets" / "Main" / "train.txt":
-             b"000001\n"}
+    files = {root / "JPEGImages" / "000001.jpg": b"\xff\xd8 a photo \xff\xd9",
+             root / "ImageSets" / "Main" / "train.txt": b"000001\n"}
     for path, data in files.items():
         path.write_bytes(data)
     demo = os.path.join(REPO, "configs", "demo", "retinanet_shapes_alwa2.yaml")

@@ -43,7 +43,8 @@ def swapped(tmp_path):
     train = write_split(root, "train", {"circle": 1, "rectangle": 3})
     test = write_split(root, "test", {"circle": 3, "rectangle": 1})
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(CFG.format(base=os.path.join(REPO, "configs", "demo", "retinanet_shapes_alwa2.yaml"), root=root))
+    demo = os.path.join(REPO, "configs", "demo", "retinanet_shapes_alwa2.yaml")
+    cfg_path.write_text(CFG.format(base=demo, root=root))
     return str(cfg_path), train, test
 
 

@@ -1,23 +1,24 @@
 """What the command lines share: repeatable ``--set`` overrides, and user errors as one ``error:`` line.
 
 Errors that the user can fix (a config, data, checkpoint or work-dir problem, a missing or unwritable file,
-a diverged run) print one line naming the problem and exit with status 1; Ctrl-C exits with 130 after saying
+a full disk, a diverged run) print one line naming the problem and exit with status 1; Ctrl-C exits with 130 after saying
 what was saved. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable, Optional, Tuple
 
 from datasets import DataError
-from detection.checkpoint import CheckpointError
+from detection.checkpoint import CheckpointError, WriteError
 from detection.config import ConfigError
 from detection.signals import TrainingInterrupted
 from detection.workdir import WorkDirError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkDirError, FileNotFoundError, PermissionError,
-               FloatingPointError)
+               FloatingPointError, WriteError)
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,3 +53,7 @@ def run(fn: Callable[[], object], resume_hint: Optional[str] = None, also: Tuple
         sys.exit(130)
     except USER_ERRORS + tuple(also) as exc:
         sys.exit(f"error: {one_line(exc)}")
+    except OSError as exc:  # a full disk where no writer said more (a config, a record): still the user's
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(f"error: {exc.filename or 'an output file'}: {exc.strerror}")

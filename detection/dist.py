@@ -14,8 +14,29 @@ def init_from_env(device: torch.device) -> tuple[int, int]:
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        store = _attempt_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _attempt_store(world: int):
+    """Under torchrun, the agent's store with a prefix of its own per restart (``--max-restarts``), or None.
+
+    torchrun shares its rendezvous store with the workers and keeps it across restarts, and
+    init_process_group adds no prefix per attempt: the restarted workers then read the addresses the
+    killed ones published and fail to connect ("Connection refused") or wait for them until the
+    30-minute timeout. The workers of one torchrun agent are restarted together, with the same restart
+    count; the agents of several nodes may count differently, so there torch's own store is kept."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    one_agent = os.environ.get("GROUP_WORLD_SIZE", "1") == "1"
+    if attempt is None or not one_agent or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    return dist.PrefixStore(f"detection/attempt_{attempt}", base)
 
 
 def is_dist() -> bool:

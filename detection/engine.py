@@ -13,7 +13,8 @@ import torch
 from datasets.coco import check_same_categories
 from detection import builders
 from detection import dist as dist_utils
-from detection.checkpoint import CheckpointError, load_checkpoint, load_weights, seed_everything
+from detection import recovery
+from detection.checkpoint import CheckpointError, CorruptCheckpoint, load_checkpoint, load_weights, seed_everything
 from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
 from detection.evaluate import PER_IMAGE, evaluate_coco, evaluate_voc
 from detection.eval_hook import EvalHook, expected_metrics
@@ -102,10 +103,14 @@ def _quiet(_: str) -> None:
 
 
 def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 0, world: int = 1,
-                  resume: bool = False, allow_config_change: bool = False) -> Trainer:
+                  resume: bool = False, allow_config_change: bool = False, resume_from: Optional[str] = None) -> Trainer:
     """Data, model (DDP-wrapped when distributed), weighting, optimizer, schedule, hooks, and the checkpoint
     state when resuming (``detection.resume``: a changed setting the checkpoint fixes is an error unless
-    ``allow_config_change``). ``trainer.model`` is the (wrapped) model; the class names are ``trainer.classes``."""
+    ``allow_config_change``) from ``checkpoints/last.pth``, or from ``resume_from`` (which must exist).
+    ``trainer.model`` is the (wrapped) model; the class names are ``trainer.classes``."""
+    if resume_from is not None and not os.path.isfile(resume_from):
+        raise FileNotFoundError(f"--resume-from: checkpoint {resume_from} does not exist")
+    resume = resume or resume_from is not None
     writer = rank == 0
     train_set = builders.build_dataset(cfg, train=True)
     names = list(train_set.classes)
@@ -117,7 +122,7 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         builders.check_test_classes(train_set, test_set)
     loader, sampler = builders.build_train_loader(cfg, train_set, rank, world)
     model = builders.build_model(cfg, len(names))
-    last = os.path.join(work_dir, "checkpoints", "last.pth")
+    last = resume_from or os.path.join(work_dir, "checkpoints", "last.pth")
     if cfg.model.init_from and not (resume and os.path.exists(last)):  # a resume restores every weight anyway
         init_from(model, cfg.model.init_from, names, cfg.model.init_class_map, log=print if writer else _quiet)
     contract = model.loss_contract
@@ -173,23 +178,41 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
 
 
 def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, overrides: Sequence[str] = (),
-          allow_config_change: bool = False) -> Dict:
+          allow_config_change: bool = False, resume_from: Optional[str] = None) -> Dict:
     """Train a model from a config file; returns the evaluation metrics (on rank 0; {} elsewhere). Rank 0
-    holds the work dir's lock for the whole run."""
+    holds the work dir's lock for the whole run. ``resume_from``: resume from that checkpoint instead of
+    ``checkpoints/last.pth``."""
     cfg = load(cfg_path, overrides)
     work_dir = work_dir or builders.default_work_dir(cfg_path)
     device, rank, world = setup(cfg)
+
+    def command(*flags: str, extra: Sequence[str] = ()) -> str:  # this run's command line, for advice
+        return recovery.train_command(cfg_path, work_dir, list(overrides) + list(extra), *flags)
+
     with (WorkDirLock(work_dir) if rank == 0 else contextlib.nullcontext()):
-        return _train(cfg, work_dir, device, rank, world, resume, allow_config_change)
+        try:
+            return _train(cfg, work_dir, device, rank, world, resume, allow_config_change, command, resume_from)
+        except CorruptCheckpoint as exc:  # the checkpoint to resume from: name one that can be read
+            if not (resume or resume_from) or exc.path != (resume_from or _last(work_dir)):
+                raise
+            advice = recovery.corrupt_resume_advice(os.path.join(work_dir, "checkpoints"), command)
+            raise CheckpointError(f"{exc}. {advice}") from None
 
 
-def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bool, allow_config_change: bool) -> Dict:
+def _last(work_dir: str) -> str:
+    return os.path.join(work_dir, "checkpoints", "last.pth")
+
+
+def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bool, allow_config_change: bool,
+           command=None, resume_from: Optional[str] = None) -> Dict:
     writer = rank == 0
     if writer:
         for note in getattr(cfg, "_config_notes", []):
             print(f"config: {note}", flush=True)
     prepare_work_dir(cfg, work_dir, rank)
-    trainer = build_trainer(cfg, work_dir, device, rank, world, resume, allow_config_change)
+    if writer:  # under the work dir's lock: no running write owns these temp files
+        recovery.remove_debris(os.path.join(work_dir, "checkpoints"))
+    trainer = build_trainer(cfg, work_dir, device, rank, world, resume, allow_config_change, resume_from)
     test_set = trainer.test_set if cfg.train.eval_after else None
     save_run_config(cfg, work_dir, rank)
     model = trainer.model.module if world > 1 else trainer.model
@@ -200,7 +223,7 @@ def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bo
     try:
         trainer.train()
     except FloatingPointError as exc:
-        message = f"{exc}. {_restart_hint(trainer, work_dir)}"
+        message = f"{exc}. {_restart_hint(trainer, cfg, work_dir, command)}"
         if writer:
             write_diverged(work_dir, trainer.iter, trainer.last.skipped if trainer.last else None, message)
         # every rank stops at the same step; the others wait for rank 0's record and checkpoint, otherwise
@@ -263,16 +286,15 @@ def write_metrics(metrics: Dict, path: str) -> None:
             pickle.dump(per_image, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _restart_hint(trainer: Trainer, work_dir: str) -> str:
-    """Where a run stopped by the non-finite guard can continue from: the last periodic checkpoint (never
-    overwritten by the stopping state, which goes to a file of its own)."""
-    last = os.path.join(work_dir, "checkpoints", "last.pth")
+def _restart_hint(trainer: Trainer, cfg: Config, work_dir: str, command) -> str:
+    """Where a run stopped by the non-finite guard can continue from (``detection.recovery``), and the file
+    that holds the state at the stop."""
     stop = f" The state at the stop is in {trainer.last_checkpoint}." if trainer.last_checkpoint else ""
-    if not os.path.isfile(last):
-        return f"No checkpoint was written before it: train again with a lower optimizer.lr.{stop}"
-    it = load_checkpoint(last).get("iter")
-    return (f"The last good checkpoint is {last} (iteration {it}): continue from it with a lower learning rate, "
-            f"--resume --allow-config-change --set optimizer.lr=...{stop}")
+    # the guard knows its first skipped step; the metrics logger's non-finite average (check_finite off)
+    # only that it lies in the last log interval
+    first = trainer.first_bad if trainer.consecutive_bad else trainer.iter - cfg.train.log_interval + 1
+    command = command or (lambda *flags, extra=(): f"scripts/train.py {' '.join(flags)} --set {' '.join(extra)}")
+    return recovery.restart_advice(os.path.join(work_dir, "checkpoints"), first, cfg.optimizer.lr, command) + stop
 
 
 def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, overrides: Sequence[str] = (),

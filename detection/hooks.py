@@ -10,7 +10,7 @@ from typing import Dict, Optional
 import torch
 
 from detection import dist as dist_utils
-from detection.checkpoint import rng_state, save_checkpoint
+from detection.checkpoint import WriteError, rng_state, save_checkpoint, write_failure
 from detection.trainer import HookBase
 from models.contract import LossContract
 
@@ -125,8 +125,7 @@ class MetricsLogger(HookBase):
                       "skipped_keys": dict(self._skipped_keys)}
             if self._windows:
                 record["alwa_windows"], self._windows = self._windows, []
-            if self._file is not None:
-                self._file.write(json.dumps(record) + "\n")
+            self.write_record(record)
             self._skipped, self._skipped_keys = 0, {}
             self._tic = time.perf_counter()
             return
@@ -176,7 +175,25 @@ class MetricsLogger(HookBase):
     def write_record(self, record: dict) -> None:
         """Append one record to metrics.jsonl (the writer rank only; e.g. the evaluation hook's)."""
         if self._file is not None and not self._file.closed:
-            self._file.write(json.dumps(record) + "\n")
+            try:
+                self._file.write(json.dumps(record) + "\n")
+            except OSError as exc:  # e.g. a full disk: reported once, and the file is not written to again
+                self._abandon()
+                raise write_failure(self.path, exc) from None
+
+    def _close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:
+            self._file = None
+            raise write_failure(self.path, exc) from None
+
+    def _abandon(self) -> None:
+        file, self._file = self._file, None
+        try:
+            file.close()  # its buffered text fails to be written a second time
+        except OSError:
+            pass
 
     def after_train(self):
         try:
@@ -185,16 +202,19 @@ class MetricsLogger(HookBase):
             on_error_dist = self.trainer.stop_reason == "error" and dist_utils.is_dist()
             if (self._count or self._skipped) and not on_error_dist:  # stopped between log points
                 self.flush()
-        except FloatingPointError:
+            if self._file is not None and not self._file.closed:
+                self._close()
+        except (FloatingPointError, WriteError):
             if self.trainer.stop_reason in (None, "early_stop"):
                 raise
-            # already stopping on an error: the non-finite interval is not written, the error is reported
-        if self._bar is not None:
-            self._bar.close()
-        if self._file is not None:
-            self._file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+            # already stopping on an error: the last interval is not written, that error is reported
+        finally:
+            if self._file is not None and not self._file.closed:
+                self._abandon()
+            if self._bar is not None:
+                self._bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
 
 class CheckpointHook(HookBase):

@@ -59,8 +59,27 @@ class StopSignals:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore Ctrl-C, which a terminal sends to the whole process group,
-    so that the main process can finish its step and checkpoint (its own exit ends them). SIGTERM keeps its
-    default (the loader's shutdown terminates workers with it); a scheduler's SIGTERM to the whole job ends
-    them, and the trainer then treats the loader's failure as the interruption."""
+    """DataLoader ``worker_init_fn``: a stop signal sent to the whole process group (Ctrl-C in a terminal,
+    SIGTERM from a scheduler or ``timeout``) is left to the main process, which finishes its step and writes
+    a checkpoint; its exit then ends the workers through the loader's shutdown. A worker killed by that
+    SIGTERM would instead make torch raise "DataLoader worker ... killed by signal" in the middle of the
+    step, before any checkpoint.
+
+    SIGINT is ignored. SIGTERM cannot simply be ignored: the loader's shutdown terminates a worker that does
+    not leave in time with SIGTERM from the main process. So SIGTERM is blocked and taken by a thread that
+    ends the worker when the main process sent it and ignores it from anyone else (where
+    ``signal.sigwaitinfo`` does not exist, SIGTERM keeps its default)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    # blocked before the thread starts: it inherits the mask, and no thread of the worker takes SIGTERM itself
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_sigterm_from_parent_only, args=(parent,), name="sigterm", daemon=True).start()
+
+
+def _sigterm_from_parent_only(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:  # the loader's own terminate(): leave as torch's worker handler does
+            os._exit(0)

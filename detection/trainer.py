@@ -21,6 +21,7 @@ per step).
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -189,6 +190,7 @@ class Trainer:
         self.stop_reason: Optional[str] = None
         self._stop_request: Optional[str] = None  # a hook's request to end after this step (early stopping)
         self.consecutive_bad = 0
+        self.first_bad = 0  # the iteration of the first step of the current run of skipped steps
         self.hooks: List[HookBase] = []
         for h in hooks or []:
             self.register(h)
@@ -224,10 +226,27 @@ class Trainer:
         finally:
             # whatever stopped the loop (the end, the guard, a signal, any error), the hooks close the log and
             # the progress bar; the checkpoint hook saves only a state it may save (stop_reason None,
-            # "interrupted" or "non_finite"), so after an error the last periodic checkpoint stays as it was
-            self._call("after_train")
+            # "interrupted" or "non_finite"), so after an error the last periodic checkpoint stays as it was;
+            # the file named at the stop is the one written now (a write that fails names none)
+            self.last_checkpoint = None
+            self._after_train()
             if interrupted is not None:
                 interrupted.checkpoint = self.last_checkpoint
+
+    def _after_train(self) -> None:
+        """Every hook's ``after_train``, even when one fails: a log that cannot be written (a full disk) must
+        not cost the final checkpoint. The first failure is raised when training itself ended well; while
+        another exception is on its way (the one to report) it is printed as one line."""
+        failure = None
+        for h in self.hooks:
+            try:
+                h.after_train()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None and self.stop_reason in (None, "early_stop"):
+            raise failure
+        if failure is not None:
+            print(f"also, while stopping: {type(failure).__name__}: {failure}", file=sys.stderr, flush=True)
 
     def _batches(self, signals: StopSignals):
         """The loader's batches; a loader failure after a stop request (a scheduler's SIGTERM to the whole job
@@ -279,14 +298,16 @@ class Trainer:
         if self.last.skipped:
             self.bad_steps += 1
             self.consecutive_bad += 1
+            if self.consecutive_bad == 1:  # it ran on the weights of the iteration before
+                self.first_bad = self.iter
         else:
             self.consecutive_bad = 0
         self._call("after_step")
         if self.last.skipped and self.consecutive_bad >= self.max_bad_steps:
             raise FloatingPointError(
-                f"{self.consecutive_bad} consecutive steps with non-finite values (last at iteration {self.iter}: "
-                f"{', '.join(self.last.skipped)}: not finite, or above train.max_loss). Lower the learning rate, "
-                f"check the data, or raise train.max_bad_steps")
+                f"{self.consecutive_bad} consecutive steps with non-finite values (iterations {self.first_bad}-"
+                f"{self.iter}; at the last: {', '.join(self.last.skipped)}: not finite, or above train.max_loss). "
+                f"Lower the learning rate, check the data, or raise train.max_bad_steps")
 
     @property
     def lr(self) -> float:

@@ -17,6 +17,8 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+from detection.checkpoint import write_failure
+
 
 class WorkDirError(RuntimeError):
     """The work dir is in use or cannot be written; the message says which folder and why."""
@@ -69,9 +71,13 @@ class WorkDirLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "proc_start": _proc_start(os.getpid())}, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "proc_start": _proc_start(os.getpid())}, f)
+        except OSError as exc:  # a full disk: an empty lock left behind would refuse every later run
+            os.unlink(self.path)
+            raise write_failure(self.path, exc) from None
         return True
 
     def _holder(self) -> Optional[dict]:

@@ -7,7 +7,7 @@ what was saved. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import errno
+import signal
 import sys
 from typing import Callable, Optional, Tuple
 
@@ -17,8 +17,9 @@ from detection.config import ConfigError
 from detection.signals import TrainingInterrupted
 from detection.workdir import WorkDirError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkDirError, FileNotFoundError, PermissionError,
-               FloatingPointError, WriteError)
+# OSError: a missing or unreadable file, a full disk, a path that is a file: the machine's state, which
+# the message (errno text and file name) describes; the project's own errors name the file or key themselves
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkDirError, OSError, FloatingPointError, WriteError)
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -26,6 +27,17 @@ def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="extend", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_iters=100 (repeatable)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be at least 1 (a batch size of 0 would loop on nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def one_line(exc: BaseException) -> str:
@@ -42,6 +54,8 @@ def one_line(exc: BaseException) -> str:
 def run(fn: Callable[[], object], resume_hint: Optional[str] = None, also: Tuple[type, ...] = ()):
     """``fn()``, with user errors (and the exception types ``also``) and interrupts turned into one line and
     an exit status."""
+    if getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted_while_starting":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # scripts/_path.py's start-up handler
     try:
         return fn()
     except TrainingInterrupted as exc:
@@ -53,7 +67,3 @@ def run(fn: Callable[[], object], resume_hint: Optional[str] = None, also: Tuple
         sys.exit(130)
     except USER_ERRORS + tuple(also) as exc:
         sys.exit(f"error: {one_line(exc)}")
-    except OSError as exc:  # a full disk where no writer said more (a config, a record): still the user's
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        sys.exit(f"error: {exc.filename or 'an output file'}: {exc.strerror}")

@@ -31,7 +31,25 @@ _FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float."""
+    """SafeLoader that also reads ``1e-3`` as a float and refuses a key given twice in one mapping (YAML says
+    keys are unique; PyYAML would silently keep the later value, e.g. the second of two ``lr:`` lines)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` merges are overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hashable = key in seen
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                break
+            if hashable:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -64,12 +82,12 @@ def _load_into(path, tree, provenance, chain, referrer):
     seen = [r for r, _ in chain]
     if real in seen:
         cycle = [shown for _, shown in chain[seen.index(real):]] + [path]
-        raise ValueError("cyclic _base_ chain: " + " -> ".join(cycle))
+        raise ConfigError(["cyclic _base_ chain: " + " -> ".join(cycle)])
     data = _read_mapping(path, referrer)
     bases = data.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ValueError(f"{path}: {BASE_KEY} must be a string or a list of strings")
+        raise ConfigError([f"{path}: {BASE_KEY} must be a string or a list of strings"])
     for base in bases:
         # Bases are relative to the file naming them, not to the working dir.
         base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
@@ -92,11 +110,11 @@ def _read_mapping(path, referrer) -> dict:
         mark = getattr(e, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ValueError(f"invalid YAML in {path}{line}: {problem}") from e
+        raise ConfigError([f"invalid YAML in {path}{line}: {problem}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError([f"{path}: top level must be a mapping, got {type(data).__name__}"])
     return data
 
 
@@ -140,11 +158,12 @@ def apply_overrides(tree: dict, provenance, overrides: Sequence[str]):
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or "" in key.split("."):
-            raise ValueError(f"malformed override '{item}': expected KEY=VALUE, e.g. train.lr=0.01")
+            raise ConfigError([f"malformed override '{item}': expected KEY=VALUE, e.g. --set train.max_iters=100"])
         try:
             value = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as e:
-            raise ValueError(f"malformed override '{item}': value is not valid YAML") from e
+            problem = getattr(e, "problem", None) or "not valid YAML"
+            raise ConfigError([f"malformed override '{item}': the value is not valid YAML ({problem})"]) from None
         for part in reversed(key.split(".")):
             value = {part: value}
         _merge(tree, provenance, value, OVERRIDE_SOURCE, prefix="")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -56,17 +57,41 @@ def coco_results(dets: Dict, image_id: int, file_name: str, classes: Sequence[st
     return out
 
 
+UNREADABLE_FILE = "unreadable.txt"
+
+
+def _read_chunk(paths: Sequence[str], ids: Sequence[int], stop_on_error: bool, failed: List[str]):
+    """The images of ``paths`` that can be read, with their ids; an unreadable one is reported on stderr and
+    appended to ``failed`` (or, with ``stop_on_error``, stops the run with the reader's error)."""
+    from datasets import DataError, read_image
+
+    good = []
+    for path, image_id in zip(paths, ids):
+        try:
+            good.append((path, image_id, read_image(path)))
+        except (DataError, OSError) as exc:
+            if stop_on_error:
+                raise
+            failed.append(f"{path}: {exc}")
+            print(f"skipped: {exc}", file=sys.stderr, flush=True)
+    return good
+
+
 def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: str = "auto",
-        compare: Optional[str] = None, batch_size: int = 4, progress: bool = True) -> List[str]:
+        compare: Optional[str] = None, batch_size: int = 4, progress: bool = True,
+        stop_on_error: bool = False) -> List[str]:
     """Pictures in ``out_dir`` (one per input, under its name) and ``out_dir/predictions.json``; returns the
-    picture paths. With ``compare`` each picture shows ``ckpt``'s detections beside ``compare``'s."""
+    picture paths. With ``compare`` each picture shows ``ckpt``'s detections beside ``compare``'s. An image
+    that cannot be read is skipped, said on stderr and listed in ``out_dir/unreadable.txt`` (the others are
+    still drawn; image ids stay the inputs' positions), unless ``stop_on_error``."""
     from tqdm import tqdm
 
     from detection import builders, load_model
     from detection.inference import predict
-    from datasets import read_image
     from detection.visualize import draw_detections, enlarged, save_picture, side_by_side
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
     paths = find_images(inputs)
     os.makedirs(out_dir, exist_ok=True)
     if any(os.path.samefile(os.path.dirname(os.path.abspath(p)), out_dir) for p in paths):
@@ -79,13 +104,14 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
     if compare and models[0].classes != models[1].classes:
         raise ValueError(f"--compare: {ckpt} has classes {models[0].classes}, {compare} has {models[1].classes}")
     titles = tuple(_run_name(p) for p in ([ckpt, compare] if compare else [ckpt]))
-    results, written = [], []
+    results, written, failed = [], [], []
     bar = tqdm(total=len(paths), desc="predict", disable=not progress)
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images = [read_image(p) for p in chunk]
-        per_model = [predict(m, images, batch_size=batch_size) for m in models]
-        for k, (path, image) in enumerate(zip(chunk, images)):
+        chunk = _read_chunk(paths[start:start + batch_size], range(start + 1, start + batch_size + 1),
+                            stop_on_error, failed)
+        images = [image for _, _, image in chunk]
+        per_model = [predict(m, images, batch_size=batch_size) for m in models] if images else []
+        for k, (path, image_id, image) in enumerate(chunk):
             canvas, f = enlarged(image)  # small images are drawn enlarged: legible labels
             drawn = []
             for model, dets in zip(models, per_model):
@@ -95,12 +121,20 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
                                              model.classes, masks, score_thr))
             picture = side_by_side(drawn[0], drawn[1], titles) if compare else drawn[0]
             written.append(save_picture(os.path.join(out_dir, os.path.basename(path)), picture))
-            results += coco_results(per_model[0][k], start + k + 1, os.path.basename(path), models[0].classes,
+            results += coco_results(per_model[0][k], image_id, os.path.basename(path), models[0].classes,
                                     getattr(models[0], "category_ids", None), score_thr)
-        bar.update(len(chunk))
+        bar.update(min(batch_size, len(paths) - start))
     bar.close()
     with open(os.path.join(out_dir, "predictions.json"), "w") as f:
         json.dump(results, f)
+    unreadable = os.path.join(out_dir, UNREADABLE_FILE)
+    if failed:
+        with open(unreadable, "w") as f:
+            f.write("\n".join(failed) + "\n")
+        print(f"{len(failed)} of {len(paths)} image(s) could not be read and were skipped: listed in {unreadable}",
+              file=sys.stderr, flush=True)
+    elif os.path.exists(unreadable):  # from an earlier run into the same folder
+        os.unlink(unreadable)
     return written
 
 

@@ -212,26 +212,28 @@ class Trainer:
         self._call("before_train")
         self.stop_reason = "error"  # until the loop ends normally, or the guard or a signal stops it
         interrupted = None
-        try:
-            with StopSignals() as signals:
+        # the handlers stay through the after_train hooks: a second signal during the final checkpoint write
+        # stops with the handler's message (the write is atomic: the previous file stays whole)
+        with StopSignals() as signals:
+            try:
                 self._loop(signals)
-            self.stop_reason = self._stop_request
-        except FloatingPointError:
-            if self.check_finite:  # the guard kept the weights finite: they may be checkpointed
-                self.stop_reason = "non_finite"
-            raise
-        except TrainingInterrupted as exc:
-            self.stop_reason, interrupted = "interrupted", exc
-            raise
-        finally:
-            # whatever stopped the loop (the end, the guard, a signal, any error), the hooks close the log and
-            # the progress bar; the checkpoint hook saves only a state it may save (stop_reason None,
-            # "interrupted" or "non_finite"), so after an error the last periodic checkpoint stays as it was;
-            # the file named at the stop is the one written now (a write that fails names none)
-            self.last_checkpoint = None
-            self._after_train()
-            if interrupted is not None:
-                interrupted.checkpoint = self.last_checkpoint
+                self.stop_reason = self._stop_request
+            except FloatingPointError:
+                if self.check_finite:  # the guard kept the weights finite: they may be checkpointed
+                    self.stop_reason = "non_finite"
+                raise
+            except TrainingInterrupted as exc:
+                self.stop_reason, interrupted = "interrupted", exc
+                raise
+            finally:
+                # whatever stopped the loop (the end, the guard, a signal, any error), the hooks close the log
+                # and the progress bar; the checkpoint hook saves only a state it may save (stop_reason None,
+                # "interrupted" or "non_finite"), so after an error the last periodic checkpoint stays as it was;
+                # the file named at the stop is the one written now (a write that fails names none)
+                self.last_checkpoint = None
+                self._after_train()
+                if interrupted is not None:
+                    interrupted.checkpoint = self.last_checkpoint
 
     def _after_train(self) -> None:
         """Every hook's ``after_train``, even when one fails: a log that cannot be written (a full disk) must

@@ -5,6 +5,7 @@ line naming the dotted key and the file that set it (from the loader's provenanc
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -123,6 +124,9 @@ def _convert(tp, value, key: str, ctx: _Ctx):
         return _convert_dict(tp, args, value, key, ctx)
     if tp is float and type(value) is int:  # 1 is a fine learning rate
         return float(value)
+    if tp is float and type(value) is float and not math.isfinite(value):
+        # YAML reads .inf and .nan as floats: no setting means them (null switches the optional limits off)
+        return ctx.fail(key, f"expects a finite number, got {value!r}")
     if tp in (int, float, bool):
         # Exact type check: bool is an int subclass, and "yes"/1 are not bools.
         ok = type(value) is tp

@@ -88,7 +88,13 @@ class WorkDirLock:
             return None  # being written, or not ours: treated as held by an unknown process
 
     def __enter__(self) -> "WorkDirLock":
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        folder = os.path.dirname(self.path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:  # a file of that name, a read-only or full file system
+            raise WorkDirError(f"cannot use {folder} as the work dir: {exc.strerror or exc}"
+                               f"{' (a file of that name exists)' if os.path.isfile(folder) else ''}; "
+                               f"choose another --work-dir") from None
         if not self._write():
             holder = self._holder()
             here = holder is not None and holder.get("host") == socket.gethostname()

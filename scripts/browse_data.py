@@ -20,7 +20,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the pictures and report.txt")
     parser.add_argument("--split", default="train", choices=["train", "test"])
     parser.add_argument("--augmented", action="store_true", help="draw the transformed training input")
-    parser.add_argument("-n", type=int, default=16, help="number of images")
+    parser.add_argument("-n", type=cli.positive_int, default=16, help="number of images")
     parser.add_argument("--shuffle", action="store_true", help="a random sample instead of the first n")
     parser.add_argument("--seed", type=int, default=0)
     cli.add_overrides(parser)

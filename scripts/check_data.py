@@ -10,6 +10,7 @@ import sys
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection.check_data import check_data  # first: detection checks that `datasets` is ours
+from detection import cli
 from detection.cli import add_overrides
 from detection.config import ConfigError, load_config
 from detection.schema import Config
@@ -19,7 +20,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="YAML config file")
     parser.add_argument("--decode", action="store_true", help="decode every image (slow: reads all the data)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs, at most 8)")
+    parser.add_argument("--workers", type=cli.positive_int, default=None, help="decoding threads (default: CPUs, at most 8)")
     add_overrides(parser)
     args = parser.parse_args(argv)
     try:

@@ -34,8 +34,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="*", default=[],
                         help=f"rows of a grid: presets {sorted(VARIANT_PRESETS)} or NAME:key=value,...")
     parser.add_argument("--seeds", nargs="*", type=int, default=[], help="one run per seed (sets seed=S)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses when > 1)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per run with --jobs > 1")
+    parser.add_argument("--jobs", type=cli.positive_int, default=1, help="runs trained at once (subprocesses when > 1)")
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="CPU threads per run with --jobs > 1")
     parser.add_argument("--work-root", default="work_dirs/compare", help="one sub-folder per run")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; write compare.md / .csv / plots from the runs finished so far")

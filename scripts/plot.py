@@ -9,6 +9,7 @@ import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
+from detection import cli
 from detection.experiments.plots import plot_alwa_stationary, plot_runs
 from detection.experiments.windows import describe, plot_windows, read_windows
 
@@ -24,7 +25,7 @@ def main(argv=None):
     parser.add_argument("--out", default="losses.png", help="PNG file to write")
     parser.add_argument("--keys", nargs="*", default=None,
                         help="loss keys to draw (default: all; a per-level run's levels are summed for e.g. loss_cls)")
-    parser.add_argument("--window", type=int, default=None,
+    parser.add_argument("--window", type=cli.positive_int, default=None,
                         help="pool the log records into windows of this many iterations (e.g. ALWA's C = 100)")
     parser.add_argument("--labels", nargs="*", default=None, help="legend label per work dir")
     args = parser.parse_args(argv)

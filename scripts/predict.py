@@ -8,6 +8,7 @@
 the boxes (class name and score; masks for Mask R-CNN) scoring at least --score-thr; the same detections go
 to --out/predictions.json in COCO results format (bbox [x, y, w, h], RLE masks). With --compare each picture
 shows the two checkpoints' detections side by side (the paper's Figures 5 and 7: fixed weights beside ALWA).
+An image that cannot be read is skipped, said, and listed in --out/unreadable.txt (--stop-on-error: stop).
 """
 import argparse
 
@@ -26,11 +27,14 @@ def main(argv=None):
                         help="lowest score drawn and written (replaces the model's model.test.score_thr)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compare", default=None, metavar="CKPT2", help="second checkpoint, drawn on the right")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=4, help="images per forward pass")
+    parser.add_argument("--stop-on-error", action="store_true",
+                        help="stop at the first image that cannot be read (default: skip it, list it in "
+                             "OUT/unreadable.txt and go on)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     written = cli.run(lambda: run(args.ckpt, args.input, args.out, args.score_thr, args.device, args.compare,
-                                  args.batch_size, not args.no_progress), also=(ValueError,))
+                                  args.batch_size, not args.no_progress, args.stop_on_error), also=(ValueError,))
     print(f"{len(written)} picture(s) and predictions.json in {args.out}")
     return written
 

@@ -17,11 +17,11 @@ from detection import cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="work_dirs/pretrain/resnet18_shapes.pth")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=cli.positive_int, default=600)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=1234, help="generator seed (the detection data use 0)")
-    parser.add_argument("--scenes", type=int, default=3000, help="training images the crops come from")
+    parser.add_argument("--scenes", type=cli.positive_int, default=3000, help="training images the crops come from")
     args = parser.parse_args(argv)
 
     def go():

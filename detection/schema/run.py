@@ -85,6 +85,9 @@ class DataConfig:
             max_size=(self.max_size, self.max_size >= self.min_size, f">= data.min_size ({self.min_size})"),
             size_divisor=(self.size_divisor, self.size_divisor >= 1, ">= 1"),
             flip_prob=(self.flip_prob, 0 <= self.flip_prob <= 1, "in [0, 1]"),
+            mean=(self.mean, len(self.mean) == 3, "3 numbers (one per RGB channel)"),
+            # images are divided by std: a 0 makes every input infinite
+            std=(self.std, len(self.std) == 3 and all(s > 0 for s in self.std), "3 numbers > 0 (one per RGB channel)"),
             classes=(self.classes, not dup, f"free of duplicates (repeated: {dup})"))
 
 

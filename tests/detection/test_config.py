@@ -208,7 +208,7 @@ def test_override_int_for_float_and_null(chain):
 def test_malformed_override(bad):
     with pytest.raises(ValueError) as info:
         apply_overrides({}, {}, [bad])
-    assert str(info.value) == f"malformed override '{bad}': expected KEY=VALUE, e.g. train.lr=0.01"
+    assert str(info.value) == f"malformed override '{bad}': expected KEY=VALUE, e.g. --set train.max_iters=100"
 
 
 def test_error_from_override_names_set(chain):

@@ -166,8 +166,10 @@ def main():
           f"channels_last {args.channels_last}\n")
     images_ours = images_for_ours(args, images)
     peak = None
-    if args.mfu:  # CPU: a smaller matmul, so the peak takes seconds (MFU on CPU is indicative only)
-        peak = bf16_matmul_peak(device) if device.type == "cuda" else bf16_matmul_peak(device, n=2048, reps=3)
+    # CPU: a small matmul (bf16 has no fast path on many CPUs: n=2048 took minutes on a 2-core AMD EPYC);
+    # MFU on a CPU is indicative only
+    if args.mfu:
+        peak = bf16_matmul_peak(device) if device.type == "cuda" else bf16_matmul_peak(device, n=512, reps=3)
     rows, mfu_rows, skipped, fixed, results = [], [], {}, Fixed(), []  # Fixed: all weights 1, the plain sum
     for kind in args.models:
         cfg, ours, opt_ours, _ = build_ours(kind, args, device)

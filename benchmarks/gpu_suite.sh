@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite in one command (benchmarks/gpu_suite.py has the steps and outputs):
 #   bash benchmarks/gpu_suite.sh OUT_DIR                 # on a CUDA machine, about 8 minutes
-#   bash benchmarks/gpu_suite.sh OUT_DIR --cpu-dry-run   # tiny sizes on a CPU, under 2 minutes
+#   bash benchmarks/gpu_suite.sh OUT_DIR --cpu-dry-run   # tiny sizes on a CPU (checks the steps, no time limits)
 # Nothing is downloaded: wheels carried in .whl/ (pycocotools, albumentations and their dependencies; see
 # benchmarks/README.md) are installed into a private folder first, when the imports need them.
 set -euo pipefail

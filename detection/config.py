@@ -59,6 +59,13 @@ class _Dumper(yaml.SafeDumper):
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
+# YAML 1.1 also reads yes / no / on / off as booleans, so ``--set train.amp=off`` became False and failed
+# the check of a setting whose value is the word "off". As in YAML 1.2, only true / false are booleans.
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+                                   for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
 
 # ----------------------------------------------------------------- loading
 

@@ -57,6 +57,15 @@ def test_a_cyclic_base_chain_is_one_error_line(tmp_path, script):
     assert "cyclic _base_ chain" in message and "a.yaml -> " in message
 
 
+def test_only_true_and_false_are_booleans(tmp_path):
+    """YAML 1.1 read ``off`` as False: ``--set train.amp=off`` failed the check of its own word."""
+    cfg = _write(tmp_path / "c.yaml", "train: {amp: bf16, max_iters: 3}\n")
+    assert load_config(Config, cfg, ["train.amp=off"]).train.amp == "off"
+    assert load_config(Config, cfg, ["train.progress=false"]).train.progress is False
+    with pytest.raises(ConfigError, match=r"key 'train.progress' \(from --set\) expects bool, got str 'no'"):
+        load_config(Config, cfg, ["train.progress=no"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.max_iters", "malformed override 'train.max_iters': expected KEY=VALUE"),
     ("train.max_iters=[1", "malformed override 'train.max_iters=[1': the value is not valid YAML"),
@@ -186,10 +195,11 @@ def test_a_second_signal_during_the_final_checkpoint_write_stops_with_its_messag
         def after_train(self):  # runs before the checkpoint hook's final save
             monkeypatch.setattr(hooks, "save_checkpoint", save_during_second_signal)
 
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under a background shell
     checkpoints = hooks.CheckpointHook(str(tmp_path), interval=1)
     trainer = make_trainer(10, Fixed({"loss_cls": 1.0, "loss_bbox": 1.0}), hooks=[StopAfterTwo(), checkpoints])
     with pytest.raises(KeyboardInterrupt, match="second SIGINT: stopped at once"):
         trainer.train()
     assert load_checkpoint(str(tmp_path / "last.pth"))["iter"] == 2
     assert os.listdir(tmp_path) == ["last.pth"]  # no temp file left
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards
+    assert signal.getsignal(signal.SIGINT) is before  # restored afterwards

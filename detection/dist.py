@@ -39,6 +39,12 @@ def _attempt_store(world: int):
     return dist.PrefixStore(f"detection/attempt_{attempt}", base)
 
 
+def shutdown() -> None:
+    """Destroy the process group this process initialised (nothing in a single-process run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -197,6 +197,10 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
                 raise
             advice = recovery.corrupt_resume_advice(os.path.join(work_dir, "checkpoints"), command)
             raise CheckpointError(f"{exc}. {advice}") from None
+        finally:
+            # torchrun's workers leave through an orderly teardown: a restarted attempt's process group (on a
+            # prefixed store, detection.dist) left to the interpreter's exit aborted a rank after its last step
+            dist_utils.shutdown()
 
 
 def _last(work_dir: str) -> str:

@@ -20,6 +20,7 @@ def init_from_env(device: torch.device) -> tuple[int, int]:
             dist.init_process_group(backend=backend)
         else:
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
+        _OWN_GROUP.append(True)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -39,10 +40,14 @@ def _attempt_store(world: int):
     return dist.PrefixStore(f"detection/attempt_{attempt}", base)
 
 
+_OWN_GROUP = []  # set when init_from_env created the process group (a caller's own group is left alone)
+
+
 def shutdown() -> None:
-    """Destroy the process group this process initialised (nothing in a single-process run)."""
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group :func:`init_from_env` created (nothing in a single-process run)."""
+    if _OWN_GROUP and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _OWN_GROUP.clear()
 
 
 def is_dist() -> bool:

@@ -55,9 +55,9 @@ def _bench(script: str, *args: str) -> List[str]:
     return [sys.executable, os.path.join(BENCH, script), *args]
 
 
-def _stand_in(label: str, bench_amp: Dict[str, str]) -> str:
+def _stand_in(label: str, cpu_amp: Dict[str, str]) -> str:
     """The title's note when the dry run measures another precision than the step's name says."""
-    return " (fp32 on the CPU)" if bench_amp.get(label) == "off" and label != "fp32" else ""
+    return " (fp32 on the CPU)" if cpu_amp.get(label) == "off" and label != "fp32" else ""
 
 
 def plan(dry_run: bool, tmp: str) -> List[Step]:
@@ -73,8 +73,7 @@ def plan(dry_run: bool, tmp: str) -> List[Step]:
         alwa = ["--reps", "2", "--warmup", "1", "--sync-steps", "20", "--interval", "5"]
         # CPU autocast: fp16 convolutions are slow there, and bf16 ones too on CPUs without bf16 instructions
         # (12x fp32 on a 2-core AMD EPYC): the dry run checks the steps in fp32 (the tests cover autocast)
-        amps = {"fp16": "off", "bf16": "off"}
-        bench_amp = {"bf16": "off"}
+        cpu_amp = {"fp16": "off", "bf16": "off"}
         # the dry run checks that every step works, not how fast: its limits only catch a hang, on any CPU
         t_short, t_long = 900, 900
     else:
@@ -83,29 +82,28 @@ def plan(dry_run: bool, tmp: str) -> List[Step]:
         demo_iters, demo_extra = 300, ["device=cuda", "data.num_workers=8"]
         syncs = ["--steps", "12", "--interval", "5"]
         alwa = ["--reps", "20", "--warmup", "3", "--sync-steps", "250", "--interval", "100"]
-        amps, bench_amp = {}, {}
+        cpu_amp = {}
         t_short, t_long = 90, 150
     steps = [Step("syncs", "host synchronisations of a training step", _bench("bench_step_syncs.py", *common, "--amp",
-                                                                              bench_amp.get("bf16", "bf16"), "--batch",
+                                                                              cpu_amp.get("bf16", "bf16"), "--batch",
                                                                               small, *syncs), t_short)]
     precisions = {"bf16": "bf16", "fp32": "off"}  # name -> --amp
     for label, amp in precisions.items():
         for batch in (big, small):
-            steps.append(Step(f"train_{label}_b{batch}", f"training step, {label}{_stand_in(label, bench_amp)}, batch "
-                              f"{batch}", _bench("bench_train_step.py", *common, "--amp", bench_amp.get(label, amp),
+            steps.append(Step(f"train_{label}_b{batch}", f"training step, {label}{_stand_in(label, cpu_amp)}, batch "
+                              f"{batch}", _bench("bench_train_step.py", *common, "--amp", cpu_amp.get(label, amp),
                                                  "--batch", batch, *reps, "--mfu"), t_long))
     for label, amp in precisions.items():
-        steps.append(Step(f"infer_{label}_b{big}", f"inference, {label}{_stand_in(label, bench_amp)}, batch {big}",
-                          _bench("bench_inference.py", *common, "--amp", bench_amp.get(label, amp), "--batch", big,
+        steps.append(Step(f"infer_{label}_b{big}", f"inference, {label}{_stand_in(label, cpu_amp)}, batch {big}",
+                          _bench("bench_inference.py", *common, "--amp", cpu_amp.get(label, amp), "--batch", big,
                                  *reps), t_short))
     steps.append(Step("alwa", "ALWA overhead and sync check", _bench("bench_alwa_overhead.py", *common, "--amp",
-                                                                     bench_amp.get("bf16", "bf16"), "--batch", big,
+                                                                     cpu_amp.get("bf16", "bf16"), "--batch", big,
                                                                      *alwa), t_short))
     for amp in ("bf16", "fp16"):
         work = os.path.join(tmp, f"demo_{amp}")
-        used = amps.get(amp, amp)
-        title = f"demo, {demo_iters} iterations, {amp}" + (f" ({'fp32' if used == 'off' else used} on the CPU)"
-                                                            if used != amp else "")
+        used = cpu_amp.get(amp, amp)
+        title = f"demo, {demo_iters} iterations, {amp}{_stand_in(amp, cpu_amp)}"
         steps.append(Step(f"demo_{amp}", title, [
             sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--cfg", DEMO, "--work-dir", work, "--set",
             f"train.amp={used}", f"train.max_iters={demo_iters}",

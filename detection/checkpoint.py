@@ -75,12 +75,19 @@ def _free(folder: str) -> Optional[int]:
         return None
 
 
+def checkpoint_iter(path: str) -> Optional[int]:
+    """The iteration saved in ``path``; None when it cannot be read (mmap: the weights are not read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["iter"])
+    except Exception:  # any unreadable file is simply not a candidate
+        return None
+
+
 def _survivor(folder: str) -> str:
     for candidate in (os.path.join(folder, "last.pth"), os.path.join(folder, "checkpoints", "last.pth")):
         if os.path.isfile(candidate):
-            try:  # mmap: the iteration without reading the weights
-                it = torch.load(candidate, map_location="cpu", mmap=True, weights_only=False).get("iter")
-            except Exception:
+            it = checkpoint_iter(candidate)
+            if it is None:
                 return f"{candidate} is there but cannot be read"
             return f"the previous checkpoint {candidate} (iteration {it}) is intact"
     return "no earlier checkpoint exists"

@@ -122,7 +122,7 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
         builders.check_test_classes(train_set, test_set)
     loader, sampler = builders.build_train_loader(cfg, train_set, rank, world)
     model = builders.build_model(cfg, len(names))
-    last = resume_from or os.path.join(work_dir, "checkpoints", "last.pth")
+    last = resume_from or _last(work_dir)
     if cfg.model.init_from and not (resume and os.path.exists(last)):  # a resume restores every weight anyway
         init_from(model, cfg.model.init_from, names, cfg.model.init_class_map, log=print if writer else _quiet)
     contract = model.loss_contract
@@ -208,7 +208,7 @@ def _last(work_dir: str) -> str:
 
 
 def _train(cfg: Config, work_dir: str, device, rank: int, world: int, resume: bool, allow_config_change: bool,
-           command=None, resume_from: Optional[str] = None) -> Dict:
+           command, resume_from: Optional[str] = None) -> Dict:
     writer = rank == 0
     if writer:
         for note in getattr(cfg, "_config_notes", []):
@@ -297,7 +297,6 @@ def _restart_hint(trainer: Trainer, cfg: Config, work_dir: str, command) -> str:
     # the guard knows its first skipped step; the metrics logger's non-finite average (check_finite off)
     # only that it lies in the last log interval
     first = trainer.first_bad if trainer.consecutive_bad else trainer.iter - cfg.train.log_interval + 1
-    command = command or (lambda *flags, extra=(): f"scripts/train.py {' '.join(flags)} --set {' '.join(extra)}")
     return recovery.restart_advice(os.path.join(work_dir, "checkpoints"), first, cfg.optimizer.lr, command) + stop
 
 

@@ -15,9 +15,8 @@ import re
 import shlex
 from typing import Callable, List, Optional, Sequence, Tuple
 
-import torch
 
-from detection.checkpoint import human
+from detection.checkpoint import checkpoint_iter, human
 
 # the checkpoint folder's temp files: save_checkpoint's mkstemp names and CheckpointHook's hard link
 DEBRIS = (re.compile(r"\.tmp_[a-z0-9_]{8}\.pth"), re.compile(r"\.last_\d+\.pth"))
@@ -28,14 +27,6 @@ def train_command(cfg_path: str, work_dir: str, overrides: Sequence[str], *flags
     """The scripts/train.py command line of this run with ``flags`` (the ``--set`` overrides last)."""
     args = ["python", "scripts/train.py", "--cfg", cfg_path, "--work-dir", work_dir, *flags]
     return shlex.join(args + (["--set", *overrides] if overrides else []))
-
-
-def checkpoint_iter(path: str) -> Optional[int]:
-    """The iteration saved in ``path``; None when it cannot be read (mmap: the weights are not read)."""
-    try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["iter"])
-    except Exception:  # any unreadable file is simply not a candidate
-        return None
 
 
 def numbered(folder: str) -> List[Tuple[int, str]]:

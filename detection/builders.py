@@ -60,7 +60,7 @@ def _check_strides(key: str, strides, backbone: BackboneFPN) -> None:
 def build_backbone(cfg: Config) -> BackboneFPN:
     m = cfg.model
     body = build_body(m.backbone.name, m.backbone.norm, m.backbone.frozen_stages, m.backbone.pretrained,
-                      m.backbone.bn_eps, m.backbone.fold_bn)
+                      m.backbone.bn_eps, m.backbone.fold_bn, m.backbone.download)
     return BackboneFPN(body, m.fpn.out_channels, m.fpn.in_levels, m.fpn.extra, m.fpn.p7_relu, m.fpn.norm)
 
 

@@ -1,13 +1,15 @@
-"""torchvision ResNet / MobileNetV3 bodies with torchvision's FeaturePyramidNetwork.
+"""torchvision ResNet / MobileNetV2 / MobileNetV3 bodies with torchvision's FeaturePyramidNetwork.
 
 ``BackboneFPN(images [B, 3, H, W]) -> list of [B, C, H / s, W / s]`` for the strides in ``.strides``
 (RetinaNet: P3-P7 = strides 8..128; Faster R-CNN: P2-P6 = strides 4..64).
 
-Pretrained weights are never downloaded: ``pretrained`` is ``None`` (random init), a local file, or a
-torchvision weights name read from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) under
-torchvision's own file name: ``"torchvision"`` or ``"IMAGENET1K_V1"`` (the V1 file, e.g.
-``resnet50-0676ba61.pth``), ``"IMAGENET1K_V2"`` (``resnet50-11ad3fa6.pth``, ResNet-50/101 only), or that
-file name itself. A missing file fails with the expected path.
+``pretrained`` is ``None`` (random init), a local file, or a torchvision weights name read from the torch
+hub cache (``$TORCH_HOME/hub/checkpoints``) under torchvision's own file name: ``"torchvision"`` or
+``"IMAGENET1K_V1"`` (the V1 file, e.g. ``resnet50-0676ba61.pth``, ``mobilenet_v2-b0353104.pth``),
+``"IMAGENET1K_V2"`` (``resnet50-11ad3fa6.pth``, ResNet-50/101 only), or that file name itself. By default
+nothing is downloaded and a missing file fails with the expected path; ``download=True``
+(``model.backbone.download``) fetches a missing torchvision file into the hub cache as torchvision does,
+checking the hash prefix in its name.
 """
 from __future__ import annotations
 
@@ -31,9 +33,13 @@ RESNETS = {
     "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
 }
 MOBILENETS = {
+    "mobilenet_v2": (torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1),
     "mobilenet_v3_large": (torchvision.models.mobilenet_v3_large, torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
     "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small, torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
 }
+# the BatchNorm eps each MobileNet was trained with (torchvision builds V3 with 1e-3, V2 with BatchNorm2d's
+# default 1e-5); frozen statistics must be divided by the same sqrt(var + eps) as in training
+MOBILENET_BN_EPS = {"mobilenet_v2": 1e-5, "mobilenet_v3_large": 1e-3, "mobilenet_v3_small": 1e-3}
 
 
 class FrozenStatsBatchNorm2d(nn.Module):
@@ -75,19 +81,26 @@ class FrozenStatsBatchNorm2d(nn.Module):
 NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn_frozen_stats": FrozenStatsBatchNorm2d, "bn": nn.BatchNorm2d}
 
 
+def _weights_enum(name: str, tag: str, default):
+    """torchvision's weights entry ``tag`` of ``name`` (``"torchvision"`` = ``default``, the V1 entry)."""
+    if tag == "torchvision":
+        return default
+    try:
+        return torchvision.models.get_model_weights(name)[tag]
+    except KeyError:
+        known = [w.name for w in torchvision.models.get_model_weights(name)]
+        raise ValueError(f"torchvision has no {tag} weights for {name} (it has {known})") from None
+
+
 def hub_weights_path(name: str, tag: str, weights_enum) -> str:
     """The hub-cache path of torchvision's ``tag`` weights of ``name`` (``"torchvision"`` = the V1 file)."""
-    if tag != "torchvision":
-        try:
-            weights_enum = torchvision.models.get_model_weights(name)[tag]
-        except KeyError:
-            known = [w.name for w in torchvision.models.get_model_weights(name)]
-            raise ValueError(f"torchvision has no {tag} weights for {name} (it has {known})") from None
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
+    url = _weights_enum(name, tag, weights_enum).url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
-def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Optional[dict]:
-    """Load a state dict from a local path or the torchvision hub cache; never downloads."""
+def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum, download: bool = False) -> Optional[dict]:
+    """Load a state dict from a local path or the torchvision hub cache; a torchvision weights name missing
+    from the cache is downloaded only with ``download=True``."""
     if pretrained is None:
         return None
     hub = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -95,8 +108,11 @@ def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Op
         os.path.join(hub, pretrained))
     if pretrained == "torchvision" or pretrained.startswith("IMAGENET1K_"):
         path = hub_weights_path(name, pretrained, weights_enum)
+        if download and not os.path.isfile(path):
+            _download(_weights_enum(name, pretrained, weights_enum).url, path)
         hint = (f"torchvision {pretrained} weights for {name} are expected at {path} (no download is attempted); "
-                f"copy the file there or set model.backbone.pretrained to a local path, or null for random init")
+                f"copy the file there, set model.backbone.download=true to fetch it from torchvision's server, "
+                f"set model.backbone.pretrained to a local path, or null for random init")
     elif is_hub_file:
         path, hint = os.path.join(hub, pretrained), ""
     else:
@@ -109,6 +125,24 @@ def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum) -> Op
     except Exception as exc:  # corrupt or truncated file
         raise ValueError(f"cannot read pretrained weights {path}: {exc}") from exc
     return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _download(url: str, path: str) -> None:
+    """Fetch torchvision's file ``url`` to ``path`` (its hub-cache path), checking the SHA-256 prefix in its
+    name as torchvision's own loading does; the file appears only once complete (torch writes a temporary
+    file and moves it)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(path), progress=True)
+    except Exception as exc:  # no network, proxy, HTTP error, hash mismatch
+        raise FileNotFoundError(f"cannot download {url} to {path}: {exc}") from None
+
+
+def _hash_prefix(path: str) -> Optional[str]:
+    """torchvision's file names end in ``-<first hex digits of the SHA-256>.pth``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if len(tail) >= 6 and all(c in "0123456789abcdef" for c in tail) else None
 
 
 class FoldedBN(nn.Module):
@@ -211,14 +245,14 @@ class ResNetBody(nn.Module):
     """Stem + layer1..4 of a torchvision ResNet, returning C2..C5 (strides 4, 8, 16, 32)."""
 
     def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 1, pretrained: Optional[str] = None,
-                 bn_eps: float = 1e-5, fold_bn: bool = True):
+                 bn_eps: float = 1e-5, fold_bn: bool = True, download: bool = False):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown ResNet '{name}', choose from {sorted(RESNETS)}")
         fn, weights = RESNETS[name]
         # bn_eps 0: torchvision's COCO detectors run their FrozenBatchNorm2d with eps 0
         net = fn(weights=None, norm_layer=functools.partial(NORMS[norm], eps=bn_eps))
-        state = resolve_pretrained(name, pretrained, weights)
+        state = resolve_pretrained(name, pretrained, weights, download)
         if state is not None:
             # the classifier is never used: a file trained for another number of classes loads as well
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -255,16 +289,22 @@ class ResNetBody(nn.Module):
 
 
 class MobileNetBody(nn.Module):
-    """torchvision MobileNetV3 features, returning the last map at strides 4, 8, 16, 32."""
+    """torchvision MobileNetV2 / V3 features, returning the last block's map at strides 4, 8, 16, 32 (C2-C5;
+    MobileNetV2: blocks 3, 6, 13 and the final 1x1 convolution 18, with 24, 32, 96, 1280 channels).
 
-    def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 0, pretrained: Optional[str] = None):
+    ``frozen_stages`` follows the ResNet convention: -1 trains everything, 0 freezes the stem (the first
+    convolution), k = 1..4 freezes everything up to the end of C(k+1) (stride 2^(k+1))."""
+
+    def __init__(self, name: str, norm: str = "frozen_bn", frozen_stages: int = 0, pretrained: Optional[str] = None,
+                 download: bool = False):
         super().__init__()
         if name not in MOBILENETS:
             raise ValueError(f"unknown MobileNet '{name}', choose from {sorted(MOBILENETS)}")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"model.backbone.frozen_stages must be -1 .. 4 for {name}, got {frozen_stages}")
         fn, weights = MOBILENETS[name]
-        # torchvision trains MobileNetV3 with BatchNorm eps 1e-3; the frozen copy must use the same eps
-        net = fn(weights=None, norm_layer=functools.partial(NORMS[norm], eps=0.001))
-        state = resolve_pretrained(name, pretrained, weights)
+        net = fn(weights=None, norm_layer=functools.partial(NORMS[norm], eps=MOBILENET_BN_EPS[name]))
+        state = resolve_pretrained(name, pretrained, weights, download)
         if state is not None:
             features = {k: v for k, v in state.items() if not k.startswith("classifier.")}
             try:
@@ -282,7 +322,8 @@ class MobileNetBody(nn.Module):
         self.strides = [4, 8, 16, 32]
         self.ends = [ends[s][0] for s in self.strides]
         self.channels = [ends[s][1] for s in self.strides]
-        for block in self.features[: self.ends[0] + 1] if frozen_stages > 0 else []:
+        last = 0 if frozen_stages <= 0 else self.ends[frozen_stages - 1]
+        for block in self.features[: last + 1] if frozen_stages >= 0 else []:
             for p in block.parameters():
                 p.requires_grad_(False)
 
@@ -352,12 +393,12 @@ class BackboneFPN(nn.Module):
 
 
 def build_body(name: str, norm: str, frozen_stages: int, pretrained: Optional[str], bn_eps: float = 1e-5,
-               fold_bn: bool = True) -> nn.Module:
+               fold_bn: bool = True, download: bool = False) -> nn.Module:
     if name in RESNETS:
-        return ResNetBody(name, norm, frozen_stages, pretrained, bn_eps, fold_bn)
+        return ResNetBody(name, norm, frozen_stages, pretrained, bn_eps, fold_bn, download)
     if name in MOBILENETS:
         if bn_eps != 1e-5 or not fold_bn:
-            raise ValueError(f"model.backbone.bn_eps / fold_bn apply to the ResNet bodies; {name} keeps "
-                             f"torchvision's BN eps 1e-3 and is never folded")
-        return MobileNetBody(name, norm, frozen_stages, pretrained)
+            raise ValueError(f"model.backbone.bn_eps / fold_bn apply to the ResNet bodies; {name} keeps the BN "
+                             f"eps it was trained with ({MOBILENET_BN_EPS[name]}) and is never folded")
+        return MobileNetBody(name, norm, frozen_stages, pretrained, download)
     raise ValueError(f"unknown backbone '{name}', choose from {sorted(RESNETS) + sorted(MOBILENETS)}")

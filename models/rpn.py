@@ -127,7 +127,7 @@ class RegionProposalNetwork(nn.Module):
         """Objectness BCE and box loss of the sampled anchors, both divided by their number; ``counts``
         (anchors per level) matter only for the per-level IoU-balanced normaliser."""
         cls, box, num = self.loss(obj[..., None], reg, anchors, counts, targets)
-        return {"loss_rpn_cls": cls.sum() / num, "loss_rpn_bbox": box.sum() / num}
+        return {"loss_rpn_cls": self.loss.reduce(cls, num), "loss_rpn_bbox": self.loss.reduce(box, num)}
 
     def proposals(self, obj: Tensor, reg: Tensor, anchors: Tensor, counts: List[int], img_hw: Tensor,
                   cfg: ProposalConfig) -> Tuple[Tensor, Tensor]:

@@ -115,6 +115,10 @@ class RetinaLossConfig(DenseLossConfig):
     smooth_l1_beta: float = 0.11
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # both losses over the positive anchors: the batch's sum over the batch's positives (batch, mmdetection),
+    # or each image's sum over its own positives, averaged over the images (image, torchvision's RetinaNet);
+    # both count an image or batch without positives as 1
+    pos_norm: Literal["batch", "image"] = "batch"
 
 
 @dataclass

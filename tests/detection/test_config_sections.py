@@ -112,3 +112,15 @@ def test_the_same_type_written_again_drops_nothing():
 def test_dwa_defaults_to_every_loss_of_a_two_stage_model():
     dwa = builders.build_weighting(engine.load(FRCNN, ["weighting={_delete_: true, type: dwa}"]))
     assert dwa.configured_keys() == ["loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"]
+
+
+def test_retinanet_positive_normaliser_key():
+    """model.loss.pos_norm: batch (our default, mmdetection's) or image (the torchvision RetinaNet presets),
+    reaching the built loss; another value is a one-line error naming both."""
+    assert engine.load(RETINA).model.loss.pos_norm == "batch"
+    for preset in ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "finetune_voc_retinanet"):
+        assert engine.load(f"configs/torchvision/{preset}.yaml").model.loss.pos_norm == "image"
+    cfg = engine.load(RETINA, ["model.loss.pos_norm=image"])
+    assert builders.build_model(cfg, 3).loss.norm == "image"
+    assert error(RETINA, "model.loss.pos_norm=images") == \
+        "key 'model.loss.pos_norm' (from --set) expects one of 'batch', 'image', got str 'images'"

@@ -37,6 +37,7 @@ RETINANET = {"optimizer.lr": 0.01, "model.fpn.in_levels": [3, 4, 5], "model.fpn.
              "model.head.num_convs": 4, "model.head.feat_channels": 256, "model.head.norm": "none",
              "model.loss.focal_alpha": 0.25, "model.loss.focal_gamma": 2.0, "model.loss.reg_loss_weight": 1.0,
              "model.loss.iou_balanced_eta": None, "model.loss.iou_balanced_lambda": None,
+             "model.loss.pos_norm": "batch",  # mmdetection: the batch's sums over the batch's positives
              "model.test.pre_nms_top_k": 1000, "model.test.pre_nms_rank": "anchors", "model.test.score_thr": 0.05,
              "model.test.nms_iou": 0.5, "model.test.max_per_img": 100}
 RETINANET_ROWS = {"l1": {"model.loss.reg_loss": "l1"},

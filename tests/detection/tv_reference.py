@@ -6,6 +6,9 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detection.convert import COCO_CATEGORY_IDS, TORCHVISION_SLOTS
@@ -82,6 +85,27 @@ def tv_model(arch: str, images, min_size: int, max_size: int, seed: int = 0):
             bias[torch.tensor(COCO_CATEGORY_IDS[:6])] += 3.0
             bias[UNUSED] = -30.0
     return model.eval()
+
+
+def tv_small_retinanet(images, min_size: int, max_size: int, channels: int = 64, seed: int = 0):
+    """What ``retinanet_resnet50_fpn`` assembles (torchvision's RetinaNet class: its anchors, matcher, head and
+    losses) on a ResNet-18 trunk with a ``channels``-wide FPN and head, so that training steps are fast on a
+    CPU: FrozenBatchNorm2d (eps 0) with statistics measured on ``images``, stem and layer1 frozen (as its
+    trainable_backbone_layers=3), P6 from P5, the head's own prior-probability init. Class slot 0 and the 11
+    unused COCO ids are silenced: our converted model has no rows for them, so their focal loss must be ~0."""
+    torch.manual_seed(seed)
+    trunk = torchvision.models.resnet18(weights=None)
+    widths = [trunk.layer2[0].conv1.out_channels, trunk.layer3[0].conv1.out_channels,
+              trunk.layer4[0].conv1.out_channels]
+    backbone = BackboneWithFPN(trunk, {"layer2": "0", "layer3": "1", "layer4": "2"}, widths, channels,
+                               extra_blocks=LastLevelP6P7(channels, channels))
+    model = RetinaNet(backbone, TORCHVISION_SLOTS, min_size=min_size, max_size=max_size)
+    calibrate_bn(model, images_for_bn(images), v1=True)
+    for name, p in model.backbone.body.named_parameters():
+        p.requires_grad_(name.startswith(("layer2", "layer3", "layer4")))
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.bias.view(-1, TORCHVISION_SLOTS)[:, [0] + UNUSED] = -30.0
+    return model
 
 
 def images_for_bn(images):

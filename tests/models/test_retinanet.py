@@ -1,4 +1,6 @@
 """RetinaNet losses on tiny inputs: empty images, per-level split, overfitting a small batch."""
+import math
+
 import pytest
 import torch
 
@@ -7,16 +9,16 @@ from models.assigner import MaxIoUAssigner
 from models.backbone import BackboneFPN, build_body
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
-from models.head_loss import DenseHeadLoss, IoUBalanced
+from models.head_loss import BCE, DenseHeadLoss, IoUBalanced
 from models.postprocess import DetectConfig
 from models.retinanet import RetinaHead, RetinaNet
 
 
-def tiny(reg_loss="l1", per_level=False, seed=0):
+def tiny(reg_loss="l1", per_level=False, seed=0, norm="batch"):
     torch.manual_seed(seed)
     bb = BackboneFPN(build_body("resnet18", "bn", -1, None), 32, [3, 4, 5], "p6p7")
     head = RetinaHead(32, 3, 9, 32, 1, norm="gn")
-    loss = DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss(reg_loss, DeltaBoxCoder(), 0.11))
+    loss = DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss(reg_loss, DeltaBoxCoder(), 0.11), norm=norm)
     return RetinaNet(bb, head, AnchorGenerator(octave_base_scale=2), loss, loss_per_level=per_level)
 
 
@@ -55,11 +57,40 @@ def test_mixed_batch_normalises_by_positives():
     assert not torch.allclose(half["loss_cls"], full["loss_cls"])
 
 
-def test_per_level_losses_sum_to_totals():
+def test_batch_and_image_normalisers_by_hand():
+    """Six disjoint 10 px anchors per image; image 1's object is anchor 0 (1 positive), image 2's three are
+    anchors 1-3 (3 positives); no anchor is ignored. At logit 0 every anchor's BCE is ln 2, so each image's
+    classification sum is 6 ln 2. Box deltas 0.25 (image 1) and 0.5 (image 2) on targets 0 give L1 sums of
+    1 (one positive x 4 x 0.25) and 6 (three x 4 x 0.5).
+    batch: cls 12 ln 2 / 4 = 3 ln 2, box 7 / 4 = 1.75;
+    image: cls (6 ln 2 / 1 + 6 ln 2 / 3) / 2 = 4 ln 2, box (1 / 1 + 6 / 3) / 2 = 1.5."""
+    anchors = torch.tensor([[20.0 * i, 0.0, 20.0 * i + 10, 10.0] for i in range(6)])
+    targets = [target(anchors[:1].tolist(), [0]), target(anchors[1:4].tolist(), [0, 0, 0])]
+    cls = torch.zeros(2, 6, 1)
+    reg = torch.tensor([0.25, 0.5])[:, None, None].expand(2, 6, 4)
+    expected = {"batch": (3.0, 1.75), "image": (4.0, 1.5)}
+    for norm, (cls_ln2, box) in expected.items():
+        loss = DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss("l1", DeltaBoxCoder()), BCE, norm=norm)
+        per_cls, per_box, num = loss(cls, reg, anchors, None, targets)
+        assert num.tolist() == (4.0 if norm == "batch" else [1.0, 3.0])
+        assert loss.reduce(per_cls, num).item() == pytest.approx(cls_ln2 * math.log(2), rel=1e-6)
+        assert loss.reduce(per_box, num).item() == pytest.approx(box, rel=1e-6)
+    # an image without objects divides by 1 (torchvision's max(1, n)): its negatives' sum counts in full
+    loss = DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss("l1", DeltaBoxCoder()), BCE, norm="image")
+    per_cls, per_box, num = loss(cls, reg, anchors, None, [targets[0], EMPTY])
+    assert num.tolist() == [1.0, 1.0]
+    assert loss.reduce(per_cls, num).item() == pytest.approx(6 * math.log(2), rel=1e-6)  # (6 + 6) ln 2 / 2
+    assert loss.reduce(per_box, num).item() == pytest.approx(0.5, rel=1e-6)  # (1 / 1 + 0 / 1) / 2
+    with pytest.raises(ValueError, match="norm must be one of"):
+        DenseHeadLoss(MaxIoUAssigner(), BoxRegressionLoss("l1", DeltaBoxCoder()), norm="images")
+
+
+@pytest.mark.parametrize("norm", ["batch", "image"])
+def test_per_level_losses_sum_to_totals(norm):
     x = torch.randn(2, 3, 64, 64)
     t = [ONE, target([[30, 2, 62, 20], [0, 0, 10, 10]], [0, 2])]
-    whole = tiny()(x, t)
-    split = tiny(per_level=True)(x, t)
+    whole = tiny(norm=norm)(x, t)
+    split = tiny(per_level=True, norm=norm)(x, t)
     assert sorted(split) == sorted([f"loss_{k}_p{l}" for k in ("cls", "bbox") for l in range(3, 8)])
     assert torch.allclose(sum(v for k, v in split.items() if k.startswith("loss_cls")), whole["loss_cls"], rtol=1e-5)
     assert torch.allclose(sum(v for k, v in split.items() if k.startswith("loss_bbox")), whole["loss_bbox"], rtol=1e-5)

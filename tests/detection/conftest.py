@@ -52,25 +52,6 @@ def finished(tmp_path_factory, write_tiny_retinanet):
     return cfg, work
 
 
-def load_script(name):
-    """``scripts/<name>.py`` as a module (its ``main(argv)`` runs in this process, no second torch import)."""
-    import importlib.util
-    import sys
-
-    folder = os.path.join(REPO, "scripts")
-    sys.path.insert(0, folder)
-    try:
-        spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(folder, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(folder)
-    return module
-
-
-@pytest.fixture
-def script():
-    return load_script
 
 
 @pytest.fixture

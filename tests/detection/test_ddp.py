@@ -30,14 +30,27 @@ NO_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None and not hasatt
                                  reason="torchrun is not available")
 
 
-def run_ranks(name, work, root, extra=(), env=None):
+def start_ranks(name, work, root, extra=(), env=None):
+    """Start a 2-rank torchrun of the driver; the returned function waits for it and returns both ranks' states."""
     cfg, model_extra = CASES[name]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", DRIVER,
            os.path.join(REPO, cfg), str(work), f"data.root={root}"] + COMMON + model_extra + list(extra)
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [torch.load(work / f"rank{r}.pth", weights_only=False) for r in (0, 1)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish():
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        return [torch.load(work / f"rank{r}.pth", weights_only=False) for r in (0, 1)]
+    return finish
+
+
+def run_ranks(name, work, root, extra=(), env=None):
+    return start_ranks(name, work, root, extra, env)()
 
 
 @NO_TORCHRUN
@@ -46,9 +59,11 @@ def test_resumed_two_rank_run_continues_each_rank_exactly(tmp_path):
     own λ): 3 steps, then a resume to 6, ends where an uninterrupted 6-step run ends, rank by rank."""
     root = tmp_path / "shapes"
     settings = ["weighting.sync=false", "train.lr_steps=[5]", "train.checkpoint_interval=3"]
-    ref = run_ranks("faster_rcnn", tmp_path / "ref", root, settings + ["train.max_iters=6"])
+    # the uninterrupted run beside the interrupted one, on a copy of the data of its own (the same seed)
+    ref = start_ranks("faster_rcnn", tmp_path / "ref", tmp_path / "shapes_ref", settings + ["train.max_iters=6"])
     run_ranks("faster_rcnn", tmp_path / "part", root, settings + ["train.max_iters=3"])
     resumed = run_ranks("faster_rcnn", tmp_path / "part", root, settings + ["train.max_iters=6"], {"DDP_RESUME": "1"})
+    ref = ref()
     for a, b in zip(ref, resumed):
         assert a["iter"] == b["iter"] == 6
         assert a["weighting"]["num_updates"] == 3 and same(a["weighting"], b["weighting"])

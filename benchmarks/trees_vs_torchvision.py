@@ -12,7 +12,7 @@ detector is built from the config's numbers: a MobileNetV2-FPN backbone from the
 config's frozen blocks), the config's anchor sizes and ratios, IoU thresholds, head width, GroupNorm groups
 and test settings. Its own transform is neutralised (the batch arrives resized and normalised) and its boxes
 are mapped back to the original pixels as ours are. torchvision's loss is its own: per image, divided by
-that image's positives (our ``model.loss.norm: image``).
+that image's positives (our ``model.loss.pos_norm: image``).
 
 Prints one row per run (mAP, training seconds from ``eval.json``) and a summary: mean mAP of each with a 95%
 t-interval over seeds, the paired difference, and the ratio of training times (ours / torchvision). Runs

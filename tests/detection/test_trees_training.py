@@ -3,7 +3,6 @@
 
 Needs the pinned downloads (tests/conftest.py: skipped with the fetch command where they are absent, a failure
 under ALWA_REQUIRE_REAL_DATA=1 as in CI)."""
-import json
 import os
 import pickle
 

@@ -40,11 +40,10 @@ def worker(agent: int, rank: int) -> int:
     raise LookupError(f"no worker of rank {rank}")
 
 
+KNOWN_ABORT = "terminate called without an active exception"
+
+
 @pytest.mark.e2e
-# known defect, open: in about 1 of 4 runs here the restarted attempt trains to its last step and then one rank
-# aborts at exit ("terminate called without an active exception", exit -6), which torchrun counts as a failure
-# with no restart left; the passing runs show the restart and the exact resume
-@pytest.mark.xfail(strict=False, reason="a restarted rank sometimes aborts at exit after its last step")
 @NO_TORCHRUN
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker through /proc")
 def test_a_worker_killed_under_torchrun_restarts_and_ends_like_an_uninterrupted_run(tmp_path):
@@ -65,6 +64,11 @@ def test_a_worker_killed_under_torchrun_restarts_and_ends_like_an_uninterrupted_
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode != 0 and KNOWN_ABORT in out:
+        # known defect, open: in about 1 of 4 runs the restarted attempt trains to its last step and then one
+        # rank aborts at exit (exit -6), which torchrun counts as a failure with no restart left. Only that
+        # failure is expected; any other outcome fails the test
+        pytest.xfail(f"a restarted rank aborted at exit ('{KNOWN_ABORT}')")
     assert proc.returncode == 0, out[-4000:]
     assert "taking over the lock of process" in out and "resumed from" in out, out[-4000:]  # it did restart
 

@@ -76,8 +76,10 @@ def test_presets_build_on_a_two_stage_config(tmp_path):
     from detection import builders, engine
 
     cfg_path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo", "frcnn_shapes_alwa1.yaml")
-    for run in plan_grid(["fixed", "alwa1", "alwa2_raw", "dwa"], str(tmp_path), variants=["l1", "smoothl1", "giou"],
-                         model_type="faster_rcnn"):
+    runs = plan_grid(["fixed", "alwa1", "alwa2_raw", "dwa"], str(tmp_path), variants=["l1", "smoothl1", "giou"],
+                     model_type="faster_rcnn")
+    assert len(runs) == 4 * 3  # every scheme x variant is checked below
+    for run in runs:
         cfg = engine.load(cfg_path, list(run.overrides))
         builders.build_weighting(cfg)
         assert cfg.model.rpn.reg_loss == "l1"

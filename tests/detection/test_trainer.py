@@ -363,6 +363,7 @@ def test_logged_terms_of_learned_weights_sum_to_the_total(tmp_path):
     weighting = UncertaintyWeighting(["loss_cls", "loss_bbox"], init_log_var=0.5)
     scripted_trainer(weighting, 4, [MetricsLogger(str(path), interval=1, progress=False)]).train()
     rows = [json.loads(line) for line in open(path)]
+    assert [r["iter"] for r in rows] == [1, 2, 3, 4]  # the checks below cover every step
     for r in rows:
         assert set(r["weighted"]) == {"loss_cls", "loss_bbox", "log_var/loss_cls", "log_var/loss_bbox"}
         assert r["loss"] == pytest.approx(sum(r["weighted"].values()), abs=1e-6)

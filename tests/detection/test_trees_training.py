@@ -16,6 +16,7 @@ from detection import builders, engine, inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = os.path.join(REPO, "configs", "demo", "frcnn_trees_mnv2.yaml")  # the README's real-data demo
+SMALL = ["data.min_size=256", "data.max_size=288"]  # the short run's image size, and its fixed batch's
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def short_run(trees_data, imagenet_mobilenet_v2, tmp_path_factory):
     work = str(tmp_path_factory.mktemp("trees_run"))
     metrics = engine.train(CFG, work, overrides=[
         f"data.root={trees_data['root']}", f"model.backbone.pretrained={imagenet_mobilenet_v2}",
-        "data.min_size=256", "data.max_size=288", "data.batch_size=2", "data.num_workers=0", "train.max_iters=16",
+        *SMALL, "data.batch_size=2", "data.num_workers=0", "train.max_iters=16",
         "train.lr_steps=[14]", "train.warmup_iters=4", "train.log_interval=4", "train.checkpoint_interval=16",
         "train.progress=false", "seed=0"])
     return work, metrics
@@ -57,14 +58,16 @@ def test_imagenet_file_reads_as_torchvisions_network(imagenet_mobilenet_v2, tree
     assert probs.max() > 0.05  # a random network's 1000-way softmax stays near 0.001
 
 
-def fixed_batch_loss(model, root) -> float:
-    """The summed training losses of ``model`` on the first 4 training tiles, test preprocessing (no flip)."""
-    cfg = engine.load(CFG, [f"data.root={root}", "data.test_sets=[train]", "data.min_size=256",
-                            "data.max_size=288"])
+def fixed_batch(root):
+    """``(images, targets)``: the first 4 training tiles with the test preprocessing (no flip)."""
+    cfg = engine.load(CFG, [f"data.root={root}", "data.test_sets=[train]", *SMALL])
     dataset = builders.build_dataset(cfg, train=False)
-    images, targets = datasets.collate_detection([dataset[i] for i in range(4)], size_divisor=cfg.data.size_divisor)
-    assert sum(len(t["boxes"]) for t in targets) > 20  # crowns to learn from
-    torch.manual_seed(0)  # the same anchors and RoIs sampled for both models
+    return datasets.collate_detection([dataset[i] for i in range(4)], size_divisor=cfg.data.size_divisor)
+
+
+def batch_loss(model, images, targets) -> float:
+    """The summed training losses of ``model`` on one batch."""
+    torch.manual_seed(0)  # the same anchors and RoIs sampled for every model
     with torch.no_grad():
         return float(sum(model.train()(images, targets).values()))
 
@@ -77,7 +80,9 @@ def test_short_run_on_real_tiles_lowers_the_loss(short_run, trees_data, imagenet
     torch.manual_seed(0)
     fresh = builders.build_model(engine.load(CFG, [f"model.backbone.pretrained={imagenet_mobilenet_v2}"]), 1)
     trained = engine.load_model(os.path.join(work, "checkpoints", "last.pth"))
-    before, after = fixed_batch_loss(fresh, root), fixed_batch_loss(trained, root)
+    images, targets = fixed_batch(root)
+    assert sum(len(t["boxes"]) for t in targets) > 20  # crowns to learn from
+    before, after = batch_loss(fresh, images, targets), batch_loss(trained, images, targets)
     print(f"loss on 4 fixed tiles: {before:.3f} before, {after:.3f} after")
     assert after < 0.8 * before, (before, after)
     assert metrics["num_images"] == 11 and 0.0 <= metrics["mAP"] <= 1.0

@@ -1,6 +1,6 @@
 """Overhead of ALWA over a Fixed weighting on our RetinaNet, and ALWA's host synchronisations.
 
-1. Training step (``detection.trainer.train_step``) with ``Fixed`` vs ``ALWA(variant=2, interval=100)``,
+1. Training step (``detection.training.trainer.train_step``) with ``Fixed`` vs ``ALWA(variant=2, interval=100)``,
    same model, optimizer, images and targets, interleaved (Fixed, ALWA, Fixed, ...): median, IQR, ratio.
 2. The weighting call alone on fake loss tensors on the device, in blocks of ``interval`` calls (one ALWA
    window each, boundary included), as time per call and as a share of the Fixed step.
@@ -24,7 +24,7 @@ import torch
 from _common import (TIMING_HEADERS, model_parser, describe, host_read_spy, interleaved, print_table,
                      random_batch, ratio, setup, summary, timing_cells, write_json)
 from bench_train_step import build_ours
-from detection.trainer import train_step
+from detection.training.trainer import train_step
 from losses.weighting import ALWA, Fixed
 
 

@@ -1,7 +1,7 @@
 """Inference throughput (eval mode, images/s) of our RetinaNet and Faster R-CNN against torchvision's.
 
 The models are built exactly as in ``bench_train_step.py`` (same config, backbone, anchors, thresholds;
-see the differences it prints), put in eval mode and called as ``detection.evaluate.run_inference`` calls
+see the differences it prints), put in eval mode and called as ``detection.evaluation.runner.run_inference`` calls
 ours: under ``torch.no_grad()`` and the ``--amp`` autocast, with per-image metadata targets for ours, and
 the detections moved to the host (numpy) for both. Interleaved (ours, torchvision, ours, ...).
 

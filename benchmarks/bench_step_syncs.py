@@ -1,6 +1,6 @@
 """Every host synchronisation of a full training step of our RetinaNet and Faster R-CNN with ALWA, by place.
 
-Runs ``--steps`` steps of ``detection.trainer.train_step`` (the non-finite guard on, as in training) with
+Runs ``--steps`` steps of ``detection.training.trainer.train_step`` (the non-finite guard on, as in training) with
 ALWA_2 at interval ``--interval``, built from the paper bases (``configs/_base_/{retinanet,faster_rcnn}_r50_fpn
 .yaml``), and lists each synchronising call by its place in our code (file:line and function) with the number
 of steps that made it, split into steps that complete an ALWA window and the others. The check FAILS when a
@@ -25,7 +25,7 @@ import torch
 from _common import ROOT, model_parser, describe, host_read_spy, print_table, random_batch, setup, write_json
 from bench_train_step import CONFIGS
 from detection import builders, engine
-from detection.trainer import train_step
+from detection.training.trainer import train_step
 from losses.weighting import ALWA, Fixed
 
 # ALWA's pair from the model's loss contract: the head's losses (RetinaNet) or the RPN's (Faster R-CNN)

@@ -2,7 +2,7 @@
 torchvision's, with equal settings as far as both allow.
 
 Ours: built with ``detection.builders.build_model`` from ``configs/_base_/{retinanet,faster_rcnn}_r50_fpn.yaml``
-(``model.backbone.pretrained=null``), stepped by ``detection.trainer.train_step`` with a ``Fixed`` weighting
+(``model.backbone.pretrained=null``), stepped by ``detection.training.trainer.train_step`` with a ``Fixed`` weighting
 and the optimizer of ``builders.build_optimizer`` (SGD, momentum 0.9, weight decay 1e-4) - the path training
 uses. torchvision: ``retinanet_resnet50_fpn`` / ``fasterrcnn_resnet50_fpn`` (weights=None,
 weights_backbone=None) with anchors, thresholds and sample sizes taken from our config and a backbone
@@ -26,7 +26,7 @@ from _common import (ROOT, TIMING_HEADERS, add_detector_comparison_args, bf16_ma
                      count_flops, describe, images_for_ours, interleaved, peak_memory, print_table, random_batch,
                      ratio, setup, summary, timing_cells, to_channels_last, write_json)
 from detection import builders, engine
-from detection.trainer import train_step
+from detection.training.trainer import train_step
 from losses.weighting import Fixed
 
 CONFIGS = {k: os.path.join(ROOT, "configs", "_base_", f"{v}_r50_fpn.yaml") for k, v in

@@ -10,13 +10,13 @@ from .report import DataError, DataReport
 from .samplers import GroupedBatchSampler, RepeatDataset, SeededAugmentation
 from .shapes import make_shapes
 from .trees import build_trees
-from .transforms import DetectionTransform, build_transforms, keep_ratio_size
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform, build_transforms, keep_ratio_size
 from .base import DetectionRecords, read_image
 from .voc import VOC_CLASSES, VOCDataset, parse_voc_xml
 
 IS_DETECTION_DATASETS = True
 
 __all__ = [
-    "IS_DETECTION_DATASETS", "DataError", "DetectionRecords", "DataReport", "COCO_CLASSES", "VOC_CLASSES", "VOCDataset", "COCODataset", "DetectionTransform", "GroupedBatchSampler", "RepeatDataset", "SeededAugmentation",
+    "IS_DETECTION_DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "DataError", "DetectionRecords", "DataReport", "COCO_CLASSES", "VOC_CLASSES", "VOCDataset", "COCODataset", "DetectionTransform", "GroupedBatchSampler", "RepeatDataset", "SeededAugmentation",
     "ann_to_mask", "build_transforms", "build_trees", "load_coco_json", "collate_detection", "keep_ratio_size", "make_shapes", "parse_voc_xml", "read_image",
 ]

@@ -20,6 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# ImageNet's RGB mean / std in 0-255 pixel units (torchvision's 0.485.. / 0.229.. x 255): the one definition of
+# the default normalisation (the config's data.mean / data.std use it)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
 
 def keep_ratio_size(h: int, w: int, min_size: int, max_size: int) -> Tuple[int, int]:
     """Output (h, w) under the mmdetection keep-ratio rule, rounded to the nearest pixel."""
@@ -47,7 +52,7 @@ class DetectionTransform:
     A key is added to ``meta`` only when its argument is given (not None)."""
 
     def __init__(self, train: bool, min_size: int = 800, max_size: int = 1333, flip_prob: float = 0.5,
-                 mean: Sequence[float] = (123.675, 116.28, 103.53), std: Sequence[float] = (58.395, 57.12, 57.375)):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.train, self.min_size, self.max_size = train, min_size, max_size
         self.flip_prob = flip_prob if train else 0.0
         self.mean, self.std = tuple(mean), tuple(std)
@@ -172,7 +177,7 @@ PREPROCESS = {"mmdet": DetectionTransform, "torchvision": TorchvisionTransform}
 
 
 def build_transforms(train: bool, min_size: int = 800, max_size: int = 1333, flip_prob: float = 0.5,
-                     mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      style: str = "mmdet") -> DetectionTransform:
     if style not in PREPROCESS:
         raise ValueError(f"preprocess style must be one of {sorted(PREPROCESS)}, got {style!r}")

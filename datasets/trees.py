@@ -69,28 +69,39 @@ TILE_RULE = ("each side of length L is cut into n = max(1, round(L / tile)) equa
              "halves rounded up; a clipped box part keeps >= 50% of the box's area or is marked difficult")
 
 
+# sha256 of every file read from the wheel
+SHA256 = {
+    "2019_YELL_2_528000_4978000_image_crop2.png": "a9bdb0f4447fdd899d22f567e0e20ba8320c5413b2ad0cd0ac8d9f3b6e0f9767",
+    "2019_YELL_2_528000_4978000_image_crop2.xml": "bd431af6a5086d721eb731b22f5ea28cd8a8eab06883efc1c665391acbc68e11",
+    "2019_YELL_2_541000_4977000_image_crop.png": "178e58a23cc2642226a364a30f71bd9258ddc1b012c826f12250914a90c7a131",
+    "2019_YELL_2_541000_4977000_image_crop.xml": "cefe4b96888bacbf8af1674f000082e549aa707aa6590d545effb23e43f26631",
+    "OSBS_029.png": "d9477c6a00e4902c7bee487d4c5582c3b8b9a2f77f3908a29628b816b291e6ee",
+    "OSBS_029.xml": "1f68c4011d7b351c29ca755072e77f3d16e6fd1f995bd05a9dd4eb952b55373c",
+    "SOAP_061.png": "256508f1a62149bec4a80879077a865caf50e8cace095e6564c76befa480d424",
+    "SOAP_061.xml": "4833280af75fd9c47965a93e38945282835e9e725cac412bdb9469d63480947c",
+}
+
+
 @dataclass(frozen=True)
 class Photo:
     stem: str  # file name without .png / .xml in deepforest/data/
     tag: str  # the start of its tiles' names
     split: str
-    png_sha256: str
-    xml_sha256: str
+
+    @property
+    def png_sha256(self) -> str:
+        return SHA256[self.stem + ".png"]
+
+    @property
+    def xml_sha256(self) -> str:
+        return SHA256[self.stem + ".xml"]
 
 
 PHOTOS = (
-    Photo("2019_YELL_2_528000_4978000_image_crop2", "YELL_528000", "train",
-          "a9bdb0f4447fdd899d22f567e0e20ba8320c5413b2ad0cd0ac8d9f3b6e0f9767",
-          "bd431af6a5086d721eb731b22f5ea28cd8a8eab06883efc1c665391acbc68e11"),
-    Photo("2019_YELL_2_541000_4977000_image_crop", "YELL_541000", "test",
-          "178e58a23cc2642226a364a30f71bd9258ddc1b012c826f12250914a90c7a131",
-          "cefe4b96888bacbf8af1674f000082e549aa707aa6590d545effb23e43f26631"),
-    Photo("OSBS_029", "OSBS_029", "test",
-          "d9477c6a00e4902c7bee487d4c5582c3b8b9a2f77f3908a29628b816b291e6ee",
-          "1f68c4011d7b351c29ca755072e77f3d16e6fd1f995bd05a9dd4eb952b55373c"),
-    Photo("SOAP_061", "SOAP_061", "test",
-          "256508f1a62149bec4a80879077a865caf50e8cace095e6564c76befa480d424",
-          "4833280af75fd9c47965a93e38945282835e9e725cac412bdb9469d63480947c"),
+    Photo("2019_YELL_2_528000_4978000_image_crop2", "YELL_528000", "train"),
+    Photo("2019_YELL_2_541000_4977000_image_crop", "YELL_541000", "test"),
+    Photo("OSBS_029", "OSBS_029", "test"),
+    Photo("SOAP_061", "SOAP_061", "test"),
 )
 
 

@@ -16,7 +16,7 @@ if not getattr(_datasets, "IS_DETECTION_DATASETS", False):
 
 def load_model(path: str, device="cpu", overrides=()):
     """The eval-mode detector of a checkpoint written by scripts/train.py, built from the config saved in it,
-    on ``device``; ``model.classes`` holds its class names. See :func:`detection.engine.load_model`."""
-    from detection.engine import load_model as _load_model  # the engine imports the whole stack
+    on ``device``; ``model.classes`` holds its class names. See :func:`detection.checkpoint.state.load_model`."""
+    from detection.checkpoint.state import load_model as _load_model  # imports the model stack: only when called
 
     return _load_model(path, device, overrides)

@@ -1,6 +1,8 @@
 """Small functions that turn a validated ``Config`` into the explicit parts of a training run."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 from typing import List, Optional, Tuple
@@ -10,9 +12,9 @@ from torch import nn
 
 import datasets
 from datasets.shapes import make_shapes
-from detection.config import ConfigError
-from detection.schema import Config, DataConfig
-from detection.signals import ignore_stop_signals
+from detection.config.loader import ConfigError
+from detection.config.schema import Config, DataConfig
+from detection.runtime.signals import ignore_stop_signals
 from losses.weighting import ALWA, AVW, DWA, RLO, Fixed, UncertaintyWeighting, WeightingStrategy
 from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
@@ -24,7 +26,7 @@ from models.faster_rcnn import FasterRCNN
 from models.head_loss import BCE, DenseHeadLoss, IoUBalanced, RoIHeadLoss, SigmoidLoss
 from models.mask_head import MaskHead
 from models.mask_rcnn import MaskBranch, MaskRCNN
-from models.postprocess import DetectConfig
+from models.postprocess import DenseDetectConfig, DetectConfig
 from models.retinanet import RetinaHead, RetinaNet
 from models.roi_heads import ConvFCBoxHead, RoIFeatureExtractor, RoIHeads, TwoFCBoxHead
 from models.rpn import ProposalConfig, RegionProposalNetwork, RPNHead
@@ -37,6 +39,12 @@ def class_names(cfg: Config) -> List[str]:
     if cfg.data.shapes is not None:
         return list(cfg.data.shapes.classes)
     return list(datasets.COCO_CLASSES if cfg.data.format == "coco" else datasets.VOC_CLASSES)
+
+
+def _settings(cls, section):
+    """The models' settings class ``cls`` with the values of ``section`` (a schema section subclassing it): a
+    copy of the models' own type, so that the model shares nothing with the config."""
+    return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
 
 
 def _anchor_generator(a) -> AnchorGenerator:
@@ -88,9 +96,8 @@ def build_retinanet(cfg: Config, num_classes: int) -> RetinaNet:
     loss = DenseHeadLoss(_assigner(m.assigner), _box_loss(m.loss, m.coder),
                          SigmoidLoss(m.loss.focal_alpha, m.loss.focal_gamma),
                          iou_balanced=_iou_balanced(m.loss, m.loss.iou_balanced_norm), norm=m.loss.pos_norm)
-    t = m.test
-    test = DetectConfig(t.score_thr, t.nms_iou, t.max_per_img, t.pre_nms_top_k, t.pre_nms_rank, t.min_box_size)
-    return RetinaNet(backbone, head, anchors, loss, test, loss_per_level=m.head.loss_per_level)
+    return RetinaNet(backbone, head, anchors, loss, _settings(DenseDetectConfig, m.test),
+                     loss_per_level=m.head.loss_per_level)
 
 
 def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
@@ -100,9 +107,8 @@ def build_rpn(cfg: Config, backbone: BackboneFPN) -> RegionProposalNetwork:
     head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location, r.feat_channels, r.num_convs)
     loss = DenseHeadLoss(_assigner(r.assigner), _box_loss(r, r.coder), BCE, _sampler(r.sampler),
                          _iou_balanced(r, r.iou_balanced_norm))
-    proposals = [ProposalConfig(p.pre_nms_top_k, p.post_nms_top_k, p.nms_iou, p.min_size)
-                 for p in (r.train_proposals, r.test_proposals)]
-    return RegionProposalNetwork(head, anchors, loss, *proposals)
+    return RegionProposalNetwork(head, anchors, loss, _settings(ProposalConfig, r.train_proposals),
+                                 _settings(ProposalConfig, r.test_proposals))
 
 
 def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoIHeads:
@@ -115,7 +121,7 @@ def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoI
     else:
         box_head = TwoFCBoxHead(backbone.out_channels, h.roi_size, num_classes, h.fc_channels)
     mask_branch = None
-    if m.type == "mask_rcnn":
+    if m.has_masks:
         mh = m.mask_head
         mask_extractor = RoIFeatureExtractor(h.strides, mh.roi_size, h.sampling_ratio, h.finest_scale, h.aligned,
                                              h.level_rule)
@@ -123,8 +129,7 @@ def build_roi_heads(cfg: Config, backbone: BackboneFPN, num_classes: int) -> RoI
         mask_branch = MaskBranch(mask_extractor, mask_head, mh.mask_size, mh.mask_thr, mh.paste)
     loss = RoIHeadLoss(_assigner(h.assigner), _sampler(h.sampler), _box_loss(h, h.coder), _iou_balanced(h),
                        h.add_gt_as_proposals)
-    test = DetectConfig(m.test.score_thr, m.test.nms_iou, m.test.max_per_img, min_box_size=m.test.min_box_size)
-    return RoIHeads(extractor, box_head, loss, test, mask_branch)
+    return RoIHeads(extractor, box_head, loss, _settings(DetectConfig, m.test), mask_branch)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -134,7 +139,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     backbone = build_backbone(cfg)
     rpn = build_rpn(cfg, backbone)
     roi_heads = build_roi_heads(cfg, backbone, num_classes)
-    cls = MaskRCNN if cfg.model.type == "mask_rcnn" else FasterRCNN
+    cls = MaskRCNN if cfg.model.has_masks else FasterRCNN
     return cls(backbone, rpn, roi_heads)
 
 
@@ -142,7 +147,7 @@ def loss_contract(cfg: Config) -> LossContract:
     """The loss contract of the model ``cfg`` describes, without building it (the models' own rules)."""
     if cfg.model.type == "retinanet":
         return RetinaNet.contract_for(cfg.model.anchors.strides, cfg.model.head.loss_per_level)
-    return FasterRCNN.contract_for(cfg.model.type == "mask_rcnn")
+    return FasterRCNN.contract_for(cfg.model.has_masks)
 
 
 def build_weighting(cfg: Config, contract: Optional[LossContract] = None) -> WeightingStrategy:
@@ -222,10 +227,9 @@ def build_dataset(cfg: Config, train: bool):
     if d.format == "coco":
         classes = d.classes if d.classes is not None else (d.shapes.classes if d.shapes is not None else None)
         # ground-truth masks are only decoded when a mask branch trains on them
-        with_masks = train and cfg.model.type == "mask_rcnn"
         dataset = datasets.COCODataset(d.root, sets, image_dir=d.coco_image_dir, classes=classes,
-                                       with_masks=with_masks, transforms=transforms,
-                                       check_masks=cfg.model.type == "mask_rcnn")
+                                       with_masks=train and cfg.model.has_masks, transforms=transforms,
+                                       check_masks=cfg.model.has_masks)
     else:
         dataset = datasets.VOCDataset(d.root, sets, classes=class_names(cfg),
                                       include_difficult=d.train_difficult if train else True, transforms=transforms)
@@ -254,29 +258,25 @@ def build_train_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1)
         raise ConfigError([f"the training set has {len(dataset)} images, fewer than one batch of "
                            f"data.batch_size={d.batch_size} per process on {world_size} process(es)"])
     loader = torch.utils.data.DataLoader(
-        datasets.SeededAugmentation(dataset), batch_sampler=sampler, num_workers=d.num_workers, collate_fn=_Collate(d.size_divisor),
+        datasets.SeededAugmentation(dataset), batch_sampler=sampler, num_workers=d.num_workers, collate_fn=_collate(d.size_divisor),
         pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0, worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(cfg.seed * 1000 + rank),
     )
     return loader, sampler
 
 
+def _collate(size_divisor: int):
+    """The batch collation of ``datasets`` (picklable for worker processes: a partial of a module function, so
+    the data path never comes back through the engine)."""
+    return functools.partial(datasets.collate_detection, size_divisor=size_divisor)
+
+
 def build_test_loader(cfg: Config, dataset, rank: int = 0, world_size: int = 1):
     indices = list(range(rank, len(dataset), world_size))
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=cfg.data.test_batch_size, shuffle=False,
-        num_workers=cfg.data.num_workers, collate_fn=_Collate(cfg.data.size_divisor), worker_init_fn=ignore_stop_signals,
+        num_workers=cfg.data.num_workers, collate_fn=_collate(cfg.data.size_divisor), worker_init_fn=ignore_stop_signals,
     ), indices
-
-
-class _Collate:
-    """Picklable collate for worker processes."""
-
-    def __init__(self, size_divisor: int):
-        self.size_divisor = size_divisor
-
-    def __call__(self, batch):
-            return datasets.collate_detection(batch, size_divisor=self.size_divisor)
 
 
 def build_optimizer(cfg: Config, model: nn.Module, world_size: int = 1,

@@ -12,10 +12,10 @@ import sys
 from typing import Callable, Optional, Tuple
 
 from datasets import DataError
-from detection.checkpoint import CheckpointError, WriteError
-from detection.config import ConfigError
-from detection.signals import TrainingInterrupted
-from detection.workdir import WorkDirError
+from detection.checkpoint.io import CheckpointError, WriteError
+from detection.config.loader import ConfigError
+from detection.runtime.signals import TrainingInterrupted
+from detection.training.workdir import WorkDirError
 
 # OSError: a missing or unreadable file, a full disk, a path that is a file: the machine's state, which
 # the message (errno text and file name) describes; the project's own errors name the file or key themselves

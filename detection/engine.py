@@ -1,10 +1,10 @@
-"""Entry points behind scripts/train.py and scripts/eval.py."""
+"""Entry points behind scripts/train.py and scripts/eval.py: a run is built here from its config (data, model,
+weighting, optimizer, schedule, hooks, checkpoint state), trained by ``detection.training.trainer.Trainer`` and
+evaluated by ``detection.evaluation.runner``."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pickle
 import time
 from typing import Dict, Optional, Sequence
 
@@ -12,58 +12,25 @@ import torch
 
 from datasets.coco import check_same_categories
 from detection import builders
-from detection import dist as dist_utils
-from detection import recovery
-from detection.checkpoint import CheckpointError, CorruptCheckpoint, load_checkpoint, load_weights, seed_everything
-from detection.config import ConfigError, config_from_tree, config_to_dict, load_config, save_config
-from detection.evaluate import PER_IMAGE, evaluate_coco, evaluate_voc
-from detection.eval_hook import EvalHook, expected_metrics
-from detection.hooks import CheckpointHook, MetricsLogger, WeightingGradSync
-from detection.init_from import init_from
-from detection.resume import resume as resume_run
-from detection.schema import Config
-from detection.tensorboard import open_tensorboard
-from detection.trainer import Trainer
-from detection.workdir import WorkDirLock, check_writable, clear_diverged, write_diverged
-
-
-DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
+from detection.runtime import dist as dist_utils
+from detection.checkpoint import recovery
+from detection.checkpoint.init_from import init_from
+from detection.checkpoint.io import CheckpointError, CorruptCheckpoint, load_checkpoint, load_weights, seed_everything
+from detection.checkpoint.resume import resume as resume_run
+from detection.checkpoint.state import TrainingState, checkpoint_config, checkpoint_extra
+from detection.config.loader import ConfigError, load_config, save_config
+from detection.config.schema import Config
+from detection.evaluation.runner import PER_IMAGE, evaluate_dataset, format_metrics, write_metrics
+from detection.tools.tensorboard import open_tensorboard
+from detection.training.eval_hook import EvalHook, expected_metrics
+from detection.training.guard import NonFiniteGuard
+from detection.training.hooks import CheckpointHook, LRSchedule, MetricsLogger, WeightingGradSync
+from detection.training.trainer import StepPolicy, Trainer
+from detection.training.workdir import WorkDirLock, check_writable, clear_diverged, write_diverged
 
 
 def load(cfg_path: str, overrides: Sequence[str] = ()) -> Config:
     return load_config(Config, cfg_path, overrides)
-
-
-def checkpoint_config(state: dict, ckpt: str, overrides: Sequence[str] = ()) -> Config:
-    """The resolved config saved in a checkpoint, with ``overrides`` applied (errors name the checkpoint)."""
-    if "config" not in state:
-        raise ConfigError([f"checkpoint {ckpt} holds no config (written before checkpoints carried one): "
-                           f"give the config it was trained with, --cfg CFG"])
-    return config_from_tree(Config, state["config"], {"": f"{ckpt} (its saved config)"}, overrides, ckpt)
-
-
-def checkpoint_extra(cfg: Config, classes, world: int = 1, category_ids=None) -> dict:
-    """What makes a checkpoint self-describing: the resolved config, the class names, the number of
-    processes that trained it, and for COCO-format data the category id of each class."""
-    extra = {"config": config_to_dict(cfg), "classes": list(classes), "world_size": world}
-    if category_ids is not None:
-        extra["category_ids"] = [int(c) for c in category_ids]
-    return extra
-
-
-def load_model(path: str, device="cpu", overrides: Sequence[str] = ()) -> torch.nn.Module:
-    """The eval-mode detector of a checkpoint written by scripts/train.py, built from the config saved in it
-    (``overrides`` change e.g. ``model.test.score_thr``) and on ``device``; ``model.classes`` are its class
-    names and ``model.config`` that config. Pretrained backbone files are not read: every weight comes from the checkpoint."""
-    state = load_checkpoint(path)
-    cfg = checkpoint_config(state, path, list(overrides) + ["model.backbone.pretrained=null"])
-    classes = list(state.get("classes") or builders.class_names(cfg))
-    model = builders.build_model(cfg, len(classes))
-    load_weights(model, state, path)
-    model.classes = classes
-    model.config = cfg  # for detection.inference.predict: the preprocessing the model was built with
-    model.category_ids = state.get("category_ids")  # COCO-format training data (or a converted file): their ids
-    return model.to(torch.device(device)).eval()
 
 
 def setup(cfg: Config):
@@ -105,7 +72,7 @@ def _quiet(_: str) -> None:
 def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 0, world: int = 1,
                   resume: bool = False, allow_config_change: bool = False, resume_from: Optional[str] = None) -> Trainer:
     """Data, model (DDP-wrapped when distributed), weighting, optimizer, schedule, hooks, and the checkpoint
-    state when resuming (``detection.resume``: a changed setting the checkpoint fixes is an error unless
+    state when resuming (``detection.checkpoint.resume``: a changed setting the checkpoint fixes is an error unless
     ``allow_config_change``) from ``checkpoints/last.pth``, or from ``resume_from`` (which must exist).
     ``trainer.model`` is the (wrapped) model; the class names are ``trainer.classes``."""
     if resume_from is not None and not os.path.isfile(resume_from):
@@ -146,27 +113,27 @@ def build_trainer(cfg: Config, work_dir: str, device: torch.device, rank: int = 
     max_iters, steps = builders.schedule_length(cfg, steps_per_epoch)
     scheduler = builders.build_scheduler(cfg, optimizer, steps)
 
-    ckpt_dir = os.path.join(work_dir, "checkpoints")
     category_ids = getattr(getattr(train_set, "dataset", train_set), "cat_ids", None)  # COCO-format data
+    state = TrainingState(scheduler, checkpoint_extra(cfg, names, world, category_ids))
     board = open_tensorboard(os.path.join(work_dir, "tensorboard")) if cfg.train.tensorboard and writer else None
     logger = MetricsLogger(os.path.join(work_dir, "metrics.jsonl") if writer else None, cfg.train.log_interval,
                            cfg.train.progress, contract, board)
-    checkpoints = CheckpointHook(ckpt_dir, cfg.train.checkpoint_interval,
-                                 extra=checkpoint_extra(cfg, names, world, category_ids), writer=writer,
-                                 keep=cfg.train.keep_checkpoints)
-    hooks = [logger, checkpoints]
+    checkpoints = CheckpointHook(os.path.join(work_dir, "checkpoints"), cfg.train.checkpoint_interval, state,
+                                 writer=writer, keep=cfg.train.keep_checkpoints)
+    # the schedule first: the logger, the evaluation and the checkpoint see the step's learning rate
+    hooks = [LRSchedule(scheduler), logger, checkpoints]
     if world > 1 and weight_params:
         hooks.insert(0, WeightingGradSync(weight_params))
     if cfg.train.eval_interval:  # before the checkpoint hook: a checkpoint of that step holds its evaluation
         hooks.insert(hooks.index(checkpoints),
                      _eval_hook(cfg, model, test_set, device, rank, world, steps_per_epoch, checkpoints, logger, board))
-    trainer = Trainer(ddp_model, optimizer, scheduler, weighting, loader, sampler, max_iters, device,
-                      cfg.train.amp, cfg.optimizer.grad_clip, hooks, cfg.train.check_finite, cfg.train.max_bad_steps,
-                      channels_last=cfg.train.channels_last, max_loss=cfg.train.max_loss,
-                      accumulate=cfg.train.accumulate)
+    t = cfg.train
+    policy = StepPolicy(max_iters, device, t.amp, cfg.optimizer.grad_clip, t.accumulate, t.channels_last,
+                        NonFiniteGuard(t.check_finite, t.max_loss, t.max_bad_steps))
+    trainer = Trainer(ddp_model, optimizer, weighting, loader, policy, hooks)
     trainer.classes, trainer.test_set = names, test_set
     if resume and os.path.exists(last):
-        resume_run(trainer, cfg, last, lr, rank, world, writer, allow_config_change)
+        resume_run(trainer, state, cfg, last, lr, names, rank, world, writer, allow_config_change)
     elif resume and writer:
         print(f"--resume: no checkpoint at {last}, starting from scratch")
     if writer:
@@ -199,7 +166,7 @@ def train(cfg_path: str, work_dir: Optional[str] = None, resume: bool = False, o
             raise CheckpointError(f"{exc}. {advice}") from None
         finally:
             # torchrun's workers leave through an orderly teardown: a restarted attempt's process group (on a
-            # prefixed store, detection.dist) left to the interpreter's exit aborted a rank after its last step
+            # prefixed store, detection.runtime.dist) left to the interpreter's exit aborted a rank after its last step
             dist_utils.shutdown()
 
 
@@ -263,7 +230,7 @@ def _eval_hook(cfg: Config, model, test_set, device, rank: int, world: int, step
     t = cfg.train
     every = t.eval_interval * (steps_per_epoch if t.eval_unit == "epochs" else 1)
     metric = t.best_metric or ("mAP" if cfg.data.format == "voc" else "AP")
-    known = expected_metrics(cfg.data.format, cfg.model.type == "mask_rcnn", list(test_set.classes))
+    known = expected_metrics(cfg.data.format, cfg.model.has_masks, list(test_set.classes))
     if metric not in known:
         raise ConfigError([f"train.best_metric {metric!r} is not a metric of this evaluation; choose from "
                            f"{[k for k in known if '/' not in k]} or a class's AP/<class>"])
@@ -277,26 +244,13 @@ def _eval_hook(cfg: Config, model, test_set, device, rank: int, world: int, step
                     log=print if rank == 0 else _quiet)
 
 
-def write_metrics(metrics: Dict, path: str) -> None:
-    """``eval.json`` (the metrics without the COCO summary text and the per-image data) and
-    ``detections.pkl`` beside it: every image's detections and ground truth (COCO: box results and box
-    ground truth), for scripts/significance.py."""
-    per_image = metrics.pop(PER_IMAGE, None)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)
-    if per_image is not None:
-        with open(os.path.join(os.path.dirname(os.path.abspath(path)), DETECTIONS_FILE), "wb") as f:
-            pickle.dump(per_image, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def _restart_hint(trainer: Trainer, cfg: Config, work_dir: str, command) -> str:
-    """Where a run stopped by the non-finite guard can continue from (``detection.recovery``), and the file
+    """Where a run stopped by the non-finite guard can continue from (``detection.checkpoint.recovery``), and the file
     that holds the state at the stop."""
     stop = f" The state at the stop is in {trainer.last_checkpoint}." if trainer.last_checkpoint else ""
     # the guard knows its first skipped step; the metrics logger's non-finite average (check_finite off)
     # only that it lies in the last log interval
-    first = trainer.first_bad if trainer.consecutive_bad else trainer.iter - cfg.train.log_interval + 1
+    first = trainer.guard.first_bad if trainer.guard.consecutive else trainer.iter - cfg.train.log_interval + 1
     return recovery.restart_advice(os.path.join(work_dir, "checkpoints"), first, cfg.optimizer.lr, command) + stop
 
 
@@ -325,7 +279,7 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     if rank == 0:
         print(format_metrics(metrics))
         if plots and (metrics.get(PER_IMAGE) or {}).get("format") == "voc":
-            from detection.evaluation.curves import plot_voc_pr_curves
+            from detection.evaluation.curves import plot_voc_pr_curves  # matplotlib only when asked
 
             print(f"precision-recall curves: {plot_voc_pr_curves(metrics[PER_IMAGE], plots)}")
         elif plots:
@@ -336,28 +290,3 @@ def evaluate(cfg_path: Optional[str], ckpt: str, out: Optional[str] = None, over
     return metrics
 
 
-def evaluate_dataset(model, dataset, cfg: Config, device, rank: int = 0, world: int = 1, progress: bool = False) -> Dict:
-    """VOC mAP for VOC data, COCO AP (bbox, and segm for Mask R-CNN) for COCO data; each of ``world``
-    processes infers its shard of the test set (this one: ``rank``)."""
-    shard = builders.build_test_loader(cfg, dataset, rank, world)
-    if cfg.data.format == "coco":
-        return evaluate_coco(model, dataset, cfg, device, shard, progress=progress)
-    return evaluate_voc(model, dataset, cfg, device, shard, progress=progress)
-
-
-def format_metrics(metrics: Dict) -> str:
-    if "mAP" not in metrics:  # COCO
-        names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-        lines = [metrics.get("summary", "").rstrip()]
-        for cls, ap in metrics.get("per_class_AP", {}).items():
-            segm = metrics.get("segm_per_class_AP", {}).get(cls)
-            lines.append(f"{cls:>14s}  AP {ap:.4f}" + (f"  segm AP {segm:.4f}" if segm is not None else ""))
-        for prefix, label in (("", "bbox"), ("segm_", "segm")):
-            if f"{prefix}AP" in metrics:
-                lines.append(f"COCO {label}: " + "  ".join(f"{n} {metrics[prefix + n]:.4f}" for n in names)
-                             + f"  on {metrics.get('num_images')} images")
-        return "\n".join(line for line in lines if line)
-    lines = [f"{name:>14s}  AP {ap:.4f}" for name, ap in metrics.get("AP", {}).items()]
-    lines.append(f"VOC mAP@{metrics.get('iou_thr', 0.5)} ({metrics.get('metric')}): {metrics['mAP']:.4f} "
-                 f"on {metrics.get('num_images')} images")
-    return "\n".join(lines)

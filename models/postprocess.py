@@ -6,7 +6,7 @@ per level, and NMS runs once over all images with ``image * num_classes + label`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -15,16 +15,23 @@ from torchvision.ops import batched_nms
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """Test-time settings of a detector: score threshold, class-wise NMS IoU and detections kept per image;
-    dense heads (RetinaNet) also take ``pre_nms_top_k`` candidates per FPN level, ranked as ``(anchor,
-    class)`` pairs (``"pairs"``) or as anchors by their best class (``"anchors"``, mmdetection 2.x)."""
+    """Test-time settings of a detector: score threshold, class-wise NMS IoU, detections kept per image and the
+    smallest box side kept. The single definition of these defaults: the config's ``model.test`` uses it."""
 
     score_thr: float = 0.05
     nms_iou: float = 0.5
     max_per_img: int = 100
-    pre_nms_top_k: int = 1000
-    pre_nms_rank: str = "pairs"
-    min_box_size: float = 0.0
+    min_box_size: float = 0.0  # detections with a side below this (input pixels) are dropped (torchvision R-CNN: 0.01)
+
+
+@dataclass(frozen=True)
+class DenseDetectConfig(DetectConfig):
+    """:class:`DetectConfig` of dense heads (RetinaNet), plus the ``pre_nms_top_k`` candidates per FPN level."""
+
+    pre_nms_top_k: int = 1000  # per FPN level
+    # per level, the top pre_nms_top_k (anchor, class) pairs, or the top anchors by their best class score with
+    # all their classes (mmdetection 2.x's nms_pre, the ALWA configs)
+    pre_nms_rank: Literal["pairs", "anchors"] = "pairs"
 
 
 def select_topk_per_level(scores: Tensor, counts: Sequence[int], k: int):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from models.anchors import AnchorGenerator, flatten_level_outputs
 from models.contract import LossContract, head_contract
 from models.head_loss import DenseHeadLoss
-from models.postprocess import (DetectConfig, image_metas, nms_per_image, rescale_to_original,
+from models.postprocess import (DenseDetectConfig, image_metas, nms_per_image, rescale_to_original,
                                select_topk_anchors_per_level, select_topk_per_level)
 
 # test-time pre-NMS selection per level: the top (anchor, class) pairs, or the top anchors by their best class
@@ -78,14 +78,14 @@ class RetinaNet(nn.Module):
     training and through top-k, decoding and NMS (``test_cfg``) in eval mode."""
 
     def __init__(self, backbone: nn.Module, head: RetinaHead, anchor_generator: AnchorGenerator, loss: DenseHeadLoss,
-                 test_cfg: Optional[DetectConfig] = None, loss_per_level: bool = False):
+                 test_cfg: Optional[DenseDetectConfig] = None, loss_per_level: bool = False):
         super().__init__()
         self.backbone, self.head, self.anchor_generator, self.loss = backbone, head, anchor_generator, loss
         self.coder = loss.box_loss.coder
         self.num_classes = head.num_classes
         self.loss_per_level = loss_per_level
         self.level_names = level_names(anchor_generator.strides)
-        self.test_cfg = test_cfg or DetectConfig()
+        self.test_cfg = test_cfg or DenseDetectConfig()
         if self.test_cfg.pre_nms_rank not in PRE_NMS_SELECT:
             raise ValueError(f"pre_nms_rank must be one of {sorted(PRE_NMS_SELECT)}, got {self.test_cfg.pre_nms_rank!r}")
 

@@ -29,10 +29,18 @@ from models.sampler import RandomSampler
 
 @dataclass
 class ProposalConfig:
-    pre_nms_top_k: int = 1000  # per level and image
+    """Proposal settings; the defaults are the test-time ones and :meth:`training` the training ones. The single
+    definition of these defaults: the config's ``model.rpn.*_proposals`` use it."""
+
+    pre_nms_top_k: int = 1000  # per FPN level and image
     post_nms_top_k: int = 1000  # per image
     nms_iou: float = 0.7
     min_size: float = 0.0  # proposals narrower or lower than this (input pixels) are dropped
+
+    @classmethod
+    def training(cls) -> ProposalConfig:
+        """The training-time defaults: the top 2000 anchors of each level, the rest as at test time."""
+        return cls(pre_nms_top_k=2000)
 
 
 class RPNHead(nn.Module):
@@ -85,8 +93,8 @@ class RegionProposalNetwork(nn.Module):
         if self.loss.sampler is None:
             raise ValueError("the RPN's loss needs a sampler (the sampled anchors are its normaliser)")
         self.coder = self.loss.box_loss.coder
-        self.train_proposals = train_proposals or ProposalConfig(2000, 1000, 0.7, 0.0)
-        self.test_proposals = test_proposals or ProposalConfig(1000, 1000, 0.7, 0.0)
+        self.train_proposals = train_proposals or ProposalConfig.training()
+        self.test_proposals = test_proposals or ProposalConfig()
 
     @property
     def loss_contract(self) -> LossContract:

@@ -27,7 +27,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def go():
-        from detection.browse import browse
+        from detection.tools.browse import browse
 
         return browse(engine.load(args.cfg, args.set), args.out, args.split, args.augmented, args.n, args.shuffle,
                       args.seed)

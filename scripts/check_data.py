@@ -9,11 +9,11 @@ import sys
 
 import _path  # noqa: F401  (source-checkout imports)
 
-from detection.check_data import check_data  # first: detection checks that `datasets` is ours
+from detection.tools.check_data import check_data  # first: detection checks that `datasets` is ours
 from detection import cli
 from detection.cli import add_overrides
-from detection.config import ConfigError, load_config
-from detection.schema import Config
+from detection.config.loader import ConfigError, load_config
+from detection.config.schema import Config
 
 
 def main(argv=None) -> int:

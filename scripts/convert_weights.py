@@ -15,7 +15,7 @@ import os
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection import cli
-from detection.convert import ARCHS, convert
+from detection.checkpoint.convert import ARCHS, convert
 
 
 def main(argv=None):

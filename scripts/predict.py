@@ -15,7 +15,7 @@ import argparse
 import _path  # noqa: F401  (source-checkout imports)
 
 from detection import cli
-from detection.predict import run
+from detection.tools.predict import run
 
 
 def main(argv=None):

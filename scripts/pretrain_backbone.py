@@ -4,7 +4,7 @@ stand-in for ImageNet weights that cannot be downloaded here:
     python scripts/pretrain_backbone.py --out work_dirs/pretrain/resnet18_shapes.pth [--steps 600]
 
 The file is in torchvision's ResNet layout: set `model.backbone.pretrained` to it (as
-configs/demo/retinanet_shapes_paper_regime.yaml does). See detection/pretrain.py for the task.
+configs/demo/retinanet_shapes_paper_regime.yaml does). See detection/tools/pretrain.py for the task.
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def go():
-        from detection.pretrain import pretrain
+        from detection.tools.pretrain import pretrain
 
         return pretrain(args.out, args.steps, args.batch_size, args.lr, args.seed, args.scenes)
 

@@ -8,7 +8,7 @@ import _path  # noqa: F401  (source-checkout imports)
 
 from detection import cli, engine  # first: it checks that `datasets` is this project's package
 from detection.builders import default_work_dir
-from detection.recovery import train_command
+from detection.checkpoint.recovery import train_command
 
 
 def main(argv=None):

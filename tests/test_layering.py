@@ -1,5 +1,6 @@
 """The import rules of the layout: losses imports nothing of ours, datasets neither models nor losses, models not
-the engine, and no module imports itself back through others (imports inside functions included)."""
+the engine, no module imports itself back through others (imports inside functions included), and inside
+detection/ each subpackage imports only its own layer and the layers below it (``DETECTION_LAYERS``)."""
 import ast
 import os
 
@@ -56,6 +57,45 @@ def _imports(name, path):
 
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
+# detection/'s rooms, lowest first: a module may import its own layer and those below, never one above. The
+# package itself (detection/__init__.py: the datasets-name check and the load_model shortcut) is outside the
+# order: every module's import of a sibling passes through it.
+DETECTION_LAYERS = (
+    ("runtime",),  # dist, batch / autocast, stop signals
+    ("config",),  # loader, validation, schema
+    ("builders",),  # data, model, weighting, optimizer, schedule from a config
+    ("evaluation",),  # VOC / COCO metrics, bootstrap, the evaluation runner
+    ("checkpoint",),  # files, the state of a run, resume, init_from, convert, recovery
+    ("training",),  # trainer, guard, hooks, evaluation hook, work dir
+    ("tools",),  # inference, predict, pictures, data checks, pretraining, TensorBoard
+    ("engine", "cli"),  # train / evaluate entry points; the command lines' shared helpers
+    ("experiments",),  # paper tables, comparisons, plots
+)
+
+
+def detection_layer(module):
+    """The layer index of a module of detection/ (None for the package itself)."""
+    parts = module.split(".")
+    if parts[0] != "detection" or len(parts) == 1:
+        return None
+    for i, names in enumerate(DETECTION_LAYERS):
+        if parts[1] in names:
+            return i
+    raise AssertionError(f"{module} is in no layer of DETECTION_LAYERS: add its room there")
+
+
+def upward_imports(graph):
+    """{module of detection/: the modules of a higher layer it imports}."""
+    bad = {}
+    for m, targets in graph.items():
+        own = detection_layer(m)
+        if own is None:
+            continue
+        up = sorted(t for t in targets if (detection_layer(t) or 0) > own)
+        if up:
+            bad[m] = up
+    return bad
+
 
 def test_the_layout_is_found():
     assert {"losses.weighting.alwa", "models.head_loss", "models.contract", "detection.engine",
@@ -93,6 +133,18 @@ def test_forbidden_imports(pkg):
     assert not violations(GRAPH, pkg), f"{pkg} must not import {sorted(FORBIDDEN[pkg])}"
 
 
+def test_every_detection_module_has_a_layer_and_none_imports_upward():
+    rooms = {m.split(".")[1] for m in GRAPH if m.startswith("detection.")}
+    assert {"runtime", "config", "checkpoint", "training", "evaluation", "tools"} <= rooms
+    assert all(detection_layer(m) is not None for m in GRAPH if m.startswith("detection."))
+    assert not upward_imports(GRAPH), f"imports of a higher layer: {upward_imports(GRAPH)}"
+
+
+def test_the_top_level_of_detection_holds_only_the_engine_the_builders_and_the_cli():
+    top = {os.path.splitext(f)[0] for f in os.listdir(os.path.join(REPO, "detection")) if f.endswith(".py")}
+    assert top == {"__init__", "engine", "builders", "cli"}
+
+
 def test_no_import_cycles():
     # a package's __init__ re-exporting its submodules, and those importing siblings through it, is not a cycle
     graph = {m: {t for t in ts if not (MODULES[t].endswith("__init__.py") and m.startswith(t + "."))
@@ -106,3 +158,6 @@ def test_the_checks_catch_violations_on_a_hand_made_graph():
     assert violations(graph, "losses") == {"losses.x": ["models.y"]}
     assert violations(graph, "datasets") == {}
     assert find_cycles(graph) == [["models.y", "models.z", "models.y"]]
+    layered = {"detection.runtime.dist": {"detection.training.trainer"}, "detection.training.trainer":
+               {"detection.runtime.dist", "detection"}, "detection.engine": {"detection.tools.predict"}}
+    assert upward_imports(layered) == {"detection.runtime.dist": ["detection.training.trainer"]}

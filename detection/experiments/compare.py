@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detection.experiments.plots import markdown_table, metric_columns, plot_runs, summary_rows
-from detection.workdir import read_diverged
+from detection.training.workdir import read_diverged
 
 ONE_STAGE, TWO_STAGE = "one_stage", "two_stage"  # RetinaNet; Faster / Mask R-CNN
 

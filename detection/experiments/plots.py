@@ -13,7 +13,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from detection.workdir import read_diverged
+from detection.training.workdir import read_diverged
 
 
 def read_metrics(work_dir: str, evaluations: bool = False) -> List[dict]:

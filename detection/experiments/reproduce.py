@@ -26,7 +26,7 @@ import yaml
 
 from detection.experiments.schedule import describe_schedule, schedule_estimate
 from detection.experiments.tables import CONFIG_DIR, REPO, Spec, Table, load_spec
-from detection.workdir import read_diverged
+from detection.training.workdir import read_diverged
 
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "train.py")
 DEFAULT_WORK_ROOT = os.path.join("work_dirs", "reproduce")

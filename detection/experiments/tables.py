@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from detection.config import select_variant
+from detection.config.loader import select_variant
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -176,7 +176,7 @@ def nest(dotted: Dict[str, Any]) -> dict:
 
 
 def _schema_order(tree: dict, cls) -> dict:
-    """Keys in the schema's field order (so files read like detection/schema/, whatever the spec's
+    """Keys in the schema's field order (so files read like detection/config/schema/, whatever the spec's
     order); keys the schema does not know stay last and are reported when the config is loaded."""
     if not dataclasses.is_dataclass(cls):
         return tree
@@ -205,7 +205,7 @@ def _where(table: Table, cell: Cell) -> str:
 
 def render_cell(spec: Spec, cell: Cell, used_by: List[Cell] = ()) -> str:
     """The config file of one cell: a comment naming its table(s), ``_base_`` and its overrides."""
-    from detection.schema import Config  # lazy: the schema imports torch-backed packages
+    from detection.config.schema import Config  # lazy: the schema imports torch-backed packages
 
     table = spec.tables[cell.table]
     lines = [f"# Table {cell.table}, {table.title}: {_where(table, cell)}."]

@@ -54,7 +54,7 @@ def test_cpu_dry_run_runs_the_steps_and_writes_the_summary(tmp_path):
     for model in ("retinanet", "frcnn"):
         assert syncs[model]["pass"] and syncs[model]["updates"] == 2
         places = {s["place"].split(":")[0]: s for s in syncs[model]["sites"]}
-        assert places["detection/trainer.py"]["per_other_step"] >= 1
+        assert places["detection/training/trainer.py"]["per_other_step"] >= 1
         assert places["losses/weighting/window.py"]["per_other_step"] == 0 and places["losses/weighting/window.py"]["per_window_step"] > 0
     train = results["train_fp32_b1"]["data"]["results"]
     assert {(r["model"], r["impl"]) for r in train} == {(m, i) for m in ("retinanet", "frcnn") for i in ("ours", "torchvision")}

@@ -82,7 +82,7 @@ def test_a_size_mismatch_of_a_turned_image_names_the_tag(tmp_path):
 
 def test_check_data_decode_notes_tagged_images_and_names_the_tag_of_a_mismatch(square_180, tmp_path):
     from detection import engine
-    from detection.check_data import check_data
+    from detection.tools.check_data import check_data
 
     root, _ = square_180
     make_voc(root, {"b": ((48, 32), [("dog", (1, 1, 8, 8), 0)])}, split="test")
@@ -103,10 +103,12 @@ def test_check_data_decode_notes_tagged_images_and_names_the_tag_of_a_mismatch(s
 
 
 def test_predict_and_browse_read_the_stored_pixels(square_180, tmp_path, monkeypatch):
-    import detection
-    from detection import engine, inference, visualize
-    from detection.browse import browse
-    from detection.predict import run
+    import detection.checkpoint.state
+    from detection import engine
+    from detection.tools import inference
+    from detection.tools import visualize
+    from detection.tools.browse import browse
+    from detection.tools.predict import run
 
     root, stored = square_180
     seen = {}
@@ -118,7 +120,7 @@ def test_predict_and_browse_read_the_stored_pixels(square_180, tmp_path, monkeyp
         seen["predict"] = images
         return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
                 for _ in images]
-    monkeypatch.setattr(detection, "load_model", lambda *a, **k: Fake())
+    monkeypatch.setattr(detection.checkpoint.state, "load_model", lambda *a, **k: Fake())
     monkeypatch.setattr(inference, "predict", fake_predict)
     run("unused.pth", os.path.join(root, "JPEGImages"), str(tmp_path / "pred"), device="cpu", progress=False)
     assert len(seen["predict"]) == 1 and close(seen["predict"][0], stored)

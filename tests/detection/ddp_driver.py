@@ -40,7 +40,7 @@ def main():
     model = trainer.model
     while hasattr(model, "module"):
         model = model.module
-    torch.save({"world": world, "iter": trainer.iter, "bad_steps": trainer.bad_steps, "weights": trainer.weighting.weights,
+    torch.save({"world": world, "iter": trainer.iter, "bad_steps": trainer.guard.bad_steps, "weights": trainer.weighting.weights,
                 "weighting": trainer.weighting.state_dict(), "rng": torch.get_rng_state(),
                 "params": {k: v.detach().cpu() for k, v in model.named_parameters()}},
                os.path.join(work_dir, f"rank{rank}.pth"))

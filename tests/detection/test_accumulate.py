@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from detection import builders, engine
-from detection.config import config_from_tree
-from detection.schema import Config
-from detection.trainer import train_step
+from detection.config.loader import config_from_tree
+from detection.config.schema import Config
+from detection.training.trainer import train_step
 from losses.weighting import ALWA, Fixed
 
 

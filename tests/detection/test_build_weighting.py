@@ -59,7 +59,7 @@ def test_multitask_baselines_and_learnable_parameters_in_the_optimizer():
 
 
 def test_unknown_scheme_is_a_config_error():
-    from detection.config import ConfigError
+    from detection.config.loader import ConfigError
 
     with pytest.raises(ConfigError, match="weighting.type"):
         load("weighting.type=alwa3")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from detection.config import ConfigError, load_config
-from detection.schema import Config
+from detection.config.loader import ConfigError, load_config
+from detection.config.schema import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,7 +36,7 @@ def test_a_key_given_twice_in_one_mapping_is_refused_with_both_lines(tmp_path):
         load_config(Config, cfg)
     # the same key in two different mappings, and a YAML merge that overrides a key, are fine
     ok = _write(tmp_path / "ok.yaml", "optimizer: {lr: 0.1}\ntrain: {max_iters: 3}\nx: &a {lr: 1}\n")
-    assert "x" in __import__("detection.config", fromlist=["load_yaml_tree"]).load_yaml_tree(ok)[0]
+    assert "x" in __import__("detection.config.loader", fromlist=["load_yaml_tree"]).load_yaml_tree(ok)[0]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -173,9 +173,9 @@ def test_a_second_signal_during_the_final_checkpoint_write_stops_with_its_messag
     """The first SIGINT (after step 2) asks for a checkpoint; the second one arrives while it is written: the
     stop handler must still be the one answering it (before the fix the trainer had already restored Python's
     own, whose bare KeyboardInterrupt said nothing), and iteration 2's periodic checkpoint stays whole."""
-    from detection import hooks
-    from detection.checkpoint import load_checkpoint
-    from detection.trainer import HookBase
+    from detection.training import hooks
+    from detection.checkpoint.io import load_checkpoint
+    from detection.training.trainer import HookBase
     from losses.weighting import Fixed
 
     sys.path.insert(0, os.path.dirname(__file__))

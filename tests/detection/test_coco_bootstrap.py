@@ -93,8 +93,8 @@ def test_coco_runs_write_their_boxes_for_the_bootstrap_and_plots_say_voc_only(tm
     import os
 
     from detection import builders, engine
-    from detection.checkpoint import save_checkpoint
-    from detection.config import config_to_dict
+    from detection.checkpoint.io import save_checkpoint
+    from detection.config.loader import config_to_dict
 
     root = tmp_path / "shapes"
     cfg = engine.load(os.path.join(os.path.dirname(__file__), "..", "..", "configs/demo/maskrcnn_shapes_coco_alwa1.yaml"),

@@ -190,7 +190,7 @@ def eval_setup(shapes_test):
 
 
 def test_evaluate_coco_bbox_and_segm(eval_setup):
-    from detection.evaluate import encode_masks, evaluate_coco, run_inference
+    from detection.evaluation.runner import encode_masks, evaluate_coco, run_inference
     from detection.builders import build_test_loader
 
     ds, by_id = eval_setup
@@ -210,7 +210,7 @@ def test_evaluate_coco_bbox_and_segm(eval_setup):
 
 def test_evaluate_coco_defaults_to_bbox_without_masks(eval_setup):
     from detection.builders import build_test_loader
-    from detection.evaluate import evaluate_coco
+    from detection.evaluation.runner import evaluate_coco
 
     ds, by_id = eval_setup
     m = evaluate_coco(FakeModel(by_id, with_masks=False).eval(), ds, cfg(), torch.device("cpu"), build_test_loader(cfg(), ds))
@@ -220,8 +220,8 @@ def test_evaluate_coco_defaults_to_bbox_without_masks(eval_setup):
 
 def test_evaluate_coco_merges_rank_shards(eval_setup, monkeypatch):
     """Rank 0 of a simulated 2-process run: it infers the even indices, the gather brings the odd ones."""
-    from detection import dist as dist_utils
-    from detection import evaluate as ev
+    from detection.runtime import dist as dist_utils
+    from detection.evaluation import runner as ev
     from detection.builders import build_test_loader
 
     ds, by_id = eval_setup

@@ -150,7 +150,7 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retina
 
 def test_iou_balanced_preset_is_the_released_voc_r50_config():
     from detection import engine
-    from detection.config import config_to_dict
+    from detection.config.loader import config_to_dict
 
     configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     released = engine.load(os.path.join(configs, "retinanet_r50_voc_iou_balanced.yaml"))

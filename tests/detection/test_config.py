@@ -1,4 +1,4 @@
-"""Tests for detection.config, using a small toy schema defined here."""
+"""Tests for detection.config.loader, using a small toy schema defined here."""
 
 import textwrap
 from dataclasses import dataclass, field
@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import pytest
 import yaml
 
-from detection.config import (
+from detection.config.loader import (
     ConfigError, apply_overrides, build_config, config_to_dict, get_by_path,
     load_config, load_yaml_tree, save_config,
 )

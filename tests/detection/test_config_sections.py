@@ -3,8 +3,8 @@ and a type changed over a base config."""
 import pytest
 
 from detection import builders, engine
-from detection.config import ConfigError
-from detection.schema import ALWAConfig, DWAConfig, FasterRCNNConfig, FixedConfig, MaskRCNNConfig, RetinaNetConfig, RLOConfig
+from detection.config.loader import ConfigError
+from detection.config.schema import ALWAConfig, DWAConfig, FasterRCNNConfig, FixedConfig, MaskRCNNConfig, RetinaNetConfig, RLOConfig
 
 RETINA = "configs/demo/retinanet_shapes_alwa2.yaml"
 FRCNN = "configs/demo/frcnn_shapes_alwa1.yaml"

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from detection import engine
-from detection.checkpoint import load_checkpoint
-from detection.config import ConfigError
+from detection.checkpoint.io import load_checkpoint
+from detection.config.loader import ConfigError
 
 
 
@@ -61,7 +61,7 @@ def test_checkpoints_describe_themselves_and_evaluate_without_a_config(trained, 
     """The checkpoint carries the resolved config and the class names: scripts/eval.py --ckpt alone gives the
     run's eval.json exactly, and detection.load_model rebuilds the model."""
     import detection
-    from detection.config import config_to_dict
+    from detection.config.loader import config_to_dict
 
     work, metrics = trained
     ckpt = os.path.join(work, "checkpoints", "last.pth")

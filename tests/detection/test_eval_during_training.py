@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detection import engine
-from detection.checkpoint import load_checkpoint
-from detection.config import ConfigError
+from detection.checkpoint.io import load_checkpoint
+from detection.config.loader import ConfigError
 from detection.experiments.plots import plot_runs, read_metrics
 
 QUIET = ["train.progress=false", "train.log_interval=1"]

@@ -10,9 +10,10 @@ import shlex
 import pytest
 import torch
 
-from detection import checkpoint as ckpt_module
-from detection import engine, hooks
-from detection.checkpoint import load_checkpoint
+from detection.checkpoint import io as ckpt_module
+from detection import engine
+from detection.training import hooks
+from detection.checkpoint.io import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # a MobileNet body: checkpoints of a few MB instead of 130
@@ -126,7 +127,7 @@ def test_a_full_disk_at_metrics_jsonl_is_reported_once(tiny_cfg, tmp_path, monke
 
 
 def test_temp_files_of_a_killed_checkpoint_write_are_removed_at_the_next_start(tiny_cfg, tmp_path, capsys):
-    from detection.workdir import WorkDirError, WorkDirLock
+    from detection.training.workdir import WorkDirError, WorkDirLock
 
     work = tmp_path / "w"
     folder = work / "checkpoints"
@@ -167,7 +168,7 @@ def test_a_truncated_last_pth_offers_the_newest_intact_numbered_checkpoint(tiny_
 
 def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_no_empty_lock(tmp_path, monkeypatch):
     """An empty .lock left by a full disk would refuse every later run as held by "an unknown process"."""
-    from detection import workdir
+    from detection.training import workdir
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

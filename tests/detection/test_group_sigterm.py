@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from detection.checkpoint import load_checkpoint
-from detection.signals import ignore_stop_signals
+from detection.checkpoint.io import load_checkpoint
+from detection.runtime.signals import ignore_stop_signals
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

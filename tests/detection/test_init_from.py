@@ -4,10 +4,10 @@ import torch
 
 import datasets
 from detection import builders
-from detection.checkpoint import save_checkpoint
-from detection.config import ConfigError, config_from_tree
-from detection.init_from import class_pairs, class_row_index, init_from
-from detection.schema import Config
+from detection.checkpoint.io import save_checkpoint
+from detection.config.loader import ConfigError, config_from_tree
+from detection.checkpoint.init_from import class_pairs, class_row_index, init_from
+from detection.config.schema import Config
 
 COCO = list(datasets.COCO_CLASSES)
 SHAPES = ["circle", "rectangle", "triangle"]
@@ -111,7 +111,7 @@ def test_missing_checkpoint_is_named(tmp_path):
 def test_voc_fine_tuning_config_pairs_all_twenty_classes_with_coco():
     import os
 
-    from detection.config import load_config
+    from detection.config.loader import load_config
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_config(Config, os.path.join(repo, "configs/torchvision/finetune_voc_retinanet.yaml"))

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from detection.checkpoint import load_checkpoint
+from detection.checkpoint.io import load_checkpoint
 
 # SGD at lr 10 on the tiny RetinaNet (MobileNet body: checkpoints of 8 MB): finite losses for 4 steps, then
 # non-finite from step 5 on; at lr 1 it trains

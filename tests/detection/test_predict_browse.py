@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from detection.visualize import class_color, draw_detections, draw_ground_truth, side_by_side
+from detection.tools.visualize import class_color, draw_detections, draw_ground_truth, side_by_side
 
 
 def test_boxes_are_drawn_in_their_class_colour():
@@ -110,8 +110,8 @@ def test_tensorboard_logs_scalars_and_pictures(write_tiny_retinanet, tmp_path):
 def test_tensorboard_missing_is_a_clear_error(monkeypatch):
     import builtins
 
-    from detection.config import ConfigError
-    from detection.tensorboard import open_tensorboard
+    from detection.config.loader import ConfigError
+    from detection.tools.tensorboard import open_tensorboard
 
     real = builtins.__import__
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from datasets.shapes import render_scene
-from detection.pretrain import make_crops, pretrain
+from detection.tools.pretrain import make_crops, pretrain
 from models.backbone import build_body
 
 

@@ -68,7 +68,7 @@ def test_mid_epoch_resume_inside_a_repeat_continues_the_same_batches():
 
 
 def test_repeat_rejects_bad_counts(tiny):
-    from detection.config import ConfigError
+    from detection.config.loader import ConfigError
 
     with pytest.raises(ValueError, match="positive integer"):
         RepeatDataset([1, 2], 0)

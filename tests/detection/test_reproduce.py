@@ -172,7 +172,7 @@ def test_reproduce_stops_at_a_failing_run(tmp_path):
 
 
 def _diverge(root, name, iteration):
-    from detection.workdir import write_diverged
+    from detection.training.workdir import write_diverged
 
     os.makedirs(os.path.join(root, name), exist_ok=True)
     write_diverged(os.path.join(root, name), iteration, ["loss_cls"], "5 consecutive steps with non-finite values")

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from detection.checkpoint import load_checkpoint
+from detection.checkpoint.io import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 16 images / batch 2 = 8 iterations per epoch (16 with data.repeat=2); checkpoints every 5 land mid-epoch,

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from detection import engine
-from detection.checkpoint import load_checkpoint
-from detection.config import ConfigError
-from detection.trainer import HookBase
+from detection.checkpoint.io import load_checkpoint
+from detection.config.loader import ConfigError
+from detection.training.trainer import HookBase
 
 
 
@@ -98,7 +98,7 @@ def with_signal(monkeypatch, at, count=1):
 
 
 def test_ctrl_c_writes_a_checkpoint_of_the_current_iteration(tiny_cfg, tmp_path, monkeypatch):
-    from detection.signals import TrainingInterrupted
+    from detection.runtime.signals import TrainingInterrupted
 
     work = str(tmp_path / "w")
     with_signal(monkeypatch, 4)

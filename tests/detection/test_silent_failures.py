@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from detection import engine
-from detection.checkpoint import load_checkpoint
-from detection.config import ConfigError
+from detection.checkpoint.io import load_checkpoint
+from detection.config.loader import ConfigError
 
 
 
@@ -49,7 +49,7 @@ def test_repeated_set_accumulates_in_every_script(name, target, monkeypatch, tin
 
 # ----------------------------------------------------------------------------------------- work dir
 def test_a_second_run_in_a_locked_work_dir_refuses_and_a_stale_lock_is_taken_over(tiny_cfg, tmp_path, capsys):
-    from detection.workdir import WorkDirError, WorkDirLock
+    from detection.training.workdir import WorkDirError, WorkDirLock
 
     work = str(tmp_path / "w")
     with WorkDirLock(work):
@@ -68,7 +68,7 @@ def test_a_second_run_in_a_locked_work_dir_refuses_and_a_stale_lock_is_taken_ove
 
 
 def test_an_unwritable_work_dir_is_an_error_at_start_up(tiny_cfg, tmp_path):
-    from detection.workdir import WorkDirError
+    from detection.training.workdir import WorkDirError
 
     blocker = tmp_path / "file"
     blocker.write_text("a file where the checkpoints folder should be")
@@ -161,7 +161,7 @@ def test_the_non_finite_stop_keeps_the_last_periodic_checkpoint(tiny_cfg, tmp_pa
 
 def test_a_finite_loss_that_explodes_counts_as_diverged(tmp_path):
     """A loss of 1e7 trained on to exit 0; above train.max_loss it is skipped like a non-finite one."""
-    from detection.trainer import train_step
+    from detection.training.trainer import train_step
     from losses.weighting import Fixed
 
     p = torch.nn.Parameter(torch.ones(()))
@@ -194,7 +194,7 @@ def test_allow_config_change_applies_a_weight_decay_that_was_zero(trained, tiny_
 
 
 def test_a_different_process_count_is_a_change_when_the_lr_scales_with_it(trained, tiny_cfg):
-    from detection.resume import check_resume
+    from detection.checkpoint.resume import check_resume
 
     state = load_checkpoint(os.path.join(trained, "checkpoints", "last.pth"))
     cfg = engine.load(os.path.join(trained, "config.yaml"))
@@ -210,7 +210,7 @@ def test_a_different_process_count_is_a_change_when_the_lr_scales_with_it(traine
 def test_a_lock_whose_pid_was_reused_by_another_process_is_stale(tmp_path, capsys):
     import socket
 
-    from detection.workdir import WorkDirLock, _proc_start
+    from detection.training.workdir import WorkDirLock, _proc_start
 
     work = tmp_path / "w"
     work.mkdir()
@@ -259,8 +259,8 @@ def test_an_error_a_loader_worker_reraised_is_one_line():
 
 def test_a_loader_that_fails_after_a_stop_request_is_the_interruption():
     """A scheduler's SIGTERM to the whole job also ends the loader workers: the trainer stops as interrupted."""
-    from detection.signals import StopSignals, TrainingInterrupted
-    from detection.trainer import Trainer
+    from detection.runtime.signals import StopSignals, TrainingInterrupted
+    from detection.training.trainer import Trainer
 
     class Dying:
         def __iter__(self):
@@ -318,7 +318,7 @@ def test_a_diverged_run_writes_diverged_json_and_a_new_run_clears_it(tiny_cfg, t
 def test_a_finished_folder_that_diverges_when_trained_again_is_only_diverged(tmp_path):
     """An old eval.json beside a new diverged.json: the grid's table used the old metric, its bootstrap
     dropped the run."""
-    from detection.workdir import read_diverged, write_diverged
+    from detection.training.workdir import read_diverged, write_diverged
 
     for name in ("eval.json", "detections.pkl"):
         (tmp_path / name).write_text("{}")
@@ -328,7 +328,7 @@ def test_a_finished_folder_that_diverges_when_trained_again_is_only_diverged(tmp
 
 
 def test_a_cut_short_diverged_record_is_an_error_naming_the_file(tmp_path):
-    from detection.workdir import WorkDirError, read_diverged
+    from detection.training.workdir import WorkDirError, read_diverged
 
     (tmp_path / "diverged.json").write_text('{"iter": 3, "ke')
     with pytest.raises(WorkDirError, match=r"diverged\.json is not a diverged-run record .*delete it"):
@@ -338,7 +338,7 @@ def test_a_cut_short_diverged_record_is_an_error_naming_the_file(tmp_path):
 def test_every_rank_waits_for_the_diverged_record(tiny_cfg, tmp_path, monkeypatch):
     """Ranks other than 0 left at once on the non-finite stop; under torchrun their exit gets rank 0 killed
     before it has written its checkpoint and diverged.json. Now the last barrier comes after the record."""
-    from detection import dist as dist_utils
+    from detection.runtime import dist as dist_utils
 
     poison_from_step(monkeypatch, 2, float("nan"))
     work = str(tmp_path / "w")

@@ -11,7 +11,7 @@ import torch
 
 from datasets import DataError
 from detection import builders, engine
-from detection.config import config_to_dict
+from detection.config.loader import config_to_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = """_base_: {base}

@@ -2,7 +2,7 @@
 after a checkpoint and before the end; torchrun stops rank 1 and starts both again; they continue from the
 checkpoint (rank 0 takes over the dead process's work-dir lock) and end with the weights and each rank's ALWA
 state of an uninterrupted run. The restarted workers used to read the killed ones' addresses from torchrun's
-shared store, and failed to connect or waited for them (see detection.dist._attempt_store)."""
+shared store, and failed to connect or waited for them (see detection.runtime.dist._attempt_store)."""
 import os
 import signal
 import subprocess
@@ -14,7 +14,7 @@ import torch
 from test_ddp import CASES, COMMON, NO_TORCHRUN
 from test_resume import same
 
-from detection.checkpoint import load_checkpoint
+from detection.checkpoint.io import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)

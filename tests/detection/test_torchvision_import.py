@@ -12,9 +12,9 @@ import torch
 from tv_reference import smooth_images, to_our_labels, tv_detections, tv_model, tv_small_retinanet, unmatched
 
 import detection
-from detection.checkpoint import load_checkpoint
-from detection.convert import COCO_CATEGORY_IDS, convert, convert_state_dict
-from detection.inference import predict
+from detection.checkpoint.io import load_checkpoint
+from detection.checkpoint.convert import COCO_CATEGORY_IDS, convert, convert_state_dict
+from detection.tools.inference import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCHS = ["retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",

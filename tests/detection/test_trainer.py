@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from detection.hooks import MetricsLogger, keep_records_upto
-from detection.trainer import HookBase, Trainer, train_step
+from detection.checkpoint.state import TrainingState
+from detection.training.guard import NonFiniteGuard
+from detection.training.hooks import LRSchedule, MetricsLogger, keep_records_upto
+from detection.training.trainer import HookBase, StepPolicy, Trainer, train_step
 from losses.weighting import ALWA, Fixed
 from models.anchors import AnchorGenerator
 from models.assigner import MaxIoUAssigner
@@ -32,10 +34,10 @@ class ListSampler:
 
 class Loader:
     def __init__(self, batches, sampler):
-        self.batches, self.sampler = batches, sampler
+        self.batches, self.batch_sampler = batches, sampler
 
     def __iter__(self):
-        return iter(self.batches[self.sampler.start:])
+        return iter(self.batches[self.batch_sampler.start:])
 
 
 def make_trainer(max_iters, weighting, hooks=(), amp="off", size=64):
@@ -50,8 +52,11 @@ def make_trainer(max_iters, weighting, hooks=(), amp="off", size=64):
     sampler = ListSampler(2)
     loader = Loader([(images, targets), (images.flip(-1), targets)], sampler)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    return Trainer(model, opt, sched, weighting, loader, sampler, max_iters, torch.device("cpu"), amp=amp, hooks=list(hooks))
+    # a schedule that moves after step 4: a round trip that does not restore it continues at the wrong rate
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0 if it < 4 else 0.9)
+    trainer = Trainer(model, opt, weighting, loader, StepPolicy(max_iters, amp=amp), [LRSchedule(sched), *hooks])
+    trainer.state = TrainingState(sched)  # for the round trips below
+    return trainer
 
 
 class Recorder(HookBase):
@@ -98,9 +103,9 @@ def test_state_dict_round_trip_continues_identically():
     ref.train()
     a = make_trainer(3, ALWA(interval=2))
     a.train()
-    state = a.state_dict()
+    state = a.state.capture(a)
     b = make_trainer(6, ALWA(interval=2))
-    b.load_state_dict(state)
+    b.state.restore(b, state)
     assert b.iter == 3
     b.train()
     for p, q in zip(ref.model.parameters(), b.model.parameters()):
@@ -132,7 +137,7 @@ def test_metrics_log_continues_from_the_resumed_iteration(tmp_path, capsys):
     with open(path, "a") as f:  # what a run killed after its checkpoint at 4 leaves: iteration 6, a cut line
         f.write(json.dumps({"iter": 6, "loss": -1.0}) + "\n" + '{"iter": 8, "lo')
     resumed = make_trainer(6, ALWA(interval=2), [MetricsLogger(str(path), interval=2, progress=False)])
-    resumed.load_state_dict(first.state_dict())
+    resumed.state.restore(resumed, first.state.capture(first))
     resumed.train()
     rows = [json.loads(line) for line in open(path)]
     assert [r["iter"] for r in rows] == [2, 4, 6] and rows[2]["loss"] > 0
@@ -161,13 +166,13 @@ def test_mixed_precision_trains_and_resumes_its_scaler(amp):
     assert torch.isfinite(trainer.last.total) and trainer.last.total.dtype == torch.float32
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    assert trainer.bad_steps == 0
-    state = trainer.state_dict()
+    assert trainer.guard.bad_steps == 0
+    state = trainer.state.capture(trainer)
     assert ("scaler" in state) == (amp == "fp16")  # fp16 alone needs loss scaling
     if amp == "fp16":
         trainer.scaler.update(new_scale=1024.0)
         other = make_trainer(3, ALWA(interval=2), amp=amp, size=128)
-        other.load_state_dict(trainer.state_dict())
+        other.state.restore(other, trainer.state.capture(trainer))
         assert other.scaler.get_scale() == 1024.0
 
 
@@ -187,7 +192,7 @@ def test_non_finite_loss_stops_with_the_key(tmp_path):
 def test_metrics_logger_reads_the_host_only_at_log_points(tmp_path, host_reads):
     from types import SimpleNamespace
 
-    from detection.trainer import StepOutput
+    from detection.training.trainer import StepOutput
     from losses.weighting.multitask import UncertaintyWeighting
 
     # learned weights live on the device: reading them per step would synchronise a GPU every step
@@ -252,13 +257,13 @@ class NaNAt(torch.nn.Module):
 def guarded(max_iters, calls, tmp_path, grads=False, max_bad_steps=5):
     import os
 
-    from detection.hooks import CheckpointHook
+    from detection.training.hooks import CheckpointHook
 
     trainer = make_trainer(max_iters, ALWA(interval=2), [
         MetricsLogger(str(tmp_path / "m.jsonl"), interval=2, progress=False),
         CheckpointHook(str(tmp_path / "ckpt"), interval=100)])
     trainer.model = NaNAt(trainer.model, calls, grads=grads)
-    trainer.max_bad_steps = max_bad_steps
+    trainer.guard.max_bad_steps = max_bad_steps
     return trainer, os.path.join(str(tmp_path / "ckpt"), "last.pth")
 
 
@@ -268,7 +273,7 @@ def test_non_finite_loss_step_is_skipped_and_counted(tmp_path):
     trainer, _ = guarded(4, {2}, tmp_path)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
-    assert trainer.iter == 4 and trainer.bad_steps == 1
+    assert trainer.iter == 4 and trainer.guard.bad_steps == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     # ALWA's window never saw the NaN: λ is finite
@@ -290,7 +295,7 @@ def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path):
 def test_non_finite_gradients_are_skipped(tmp_path):
     trainer, _ = guarded(3, {2}, tmp_path, grads=True)
     trainer.train()
-    assert trainer.bad_steps == 1 and trainer.last.skipped is None
+    assert trainer.guard.bad_steps == 1 and trainer.last.skipped is None
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
@@ -299,7 +304,7 @@ def test_consecutive_bad_steps_stop_after_a_checkpoint(tmp_path):
 
     import pytest
 
-    from detection.checkpoint import load_checkpoint
+    from detection.checkpoint.io import load_checkpoint
 
     trainer, ckpt = guarded(10, {3, 4, 5, 6}, tmp_path, max_bad_steps=3)
     with pytest.raises(FloatingPointError, match="3 consecutive steps .*iterations 3-5; at the last: loss_bbox"):
@@ -330,9 +335,7 @@ def scripted_trainer(weighting, n, hooks):
     sampler = ListSampler(n)
     batch = (torch.zeros(1, 3, 8, 8), [{}])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    return Trainer(model, opt, sched, weighting, Loader([batch] * n, sampler), sampler, n, torch.device("cpu"),
-                   hooks=list(hooks))
+    return Trainer(model, opt, weighting, Loader([batch] * n, sampler), StepPolicy(n), hooks)
 
 
 def test_logged_weighted_losses_are_the_ones_backpropagated_at_window_boundaries(tmp_path):
@@ -376,8 +379,8 @@ def test_an_error_mid_run_still_closes_the_log_and_leaves_the_last_checkpoint(tm
     bar, and the periodic checkpoint of iteration 2 is not overwritten with the interrupted state."""
     import os
 
-    from detection.checkpoint import load_checkpoint
-    from detection.hooks import CheckpointHook
+    from detection.checkpoint.io import load_checkpoint
+    from detection.training.hooks import CheckpointHook
 
     logger = MetricsLogger(str(tmp_path / "m.jsonl"), 1, progress=True)
     ckpt = CheckpointHook(str(tmp_path / "ckpt"), 2)

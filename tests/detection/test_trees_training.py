@@ -12,7 +12,8 @@ import torch
 import torchvision
 
 import datasets
-from detection import builders, engine, inference
+from detection import builders, engine, load_model
+from detection.tools import inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = os.path.join(REPO, "configs", "demo", "frcnn_trees_mnv2.yaml")  # the README's real-data demo
@@ -79,7 +80,7 @@ def test_short_run_on_real_tiles_lowers_the_loss(short_run, trees_data, imagenet
     root = trees_data["root"]
     torch.manual_seed(0)
     fresh = builders.build_model(engine.load(CFG, [f"model.backbone.pretrained={imagenet_mobilenet_v2}"]), 1)
-    trained = engine.load_model(os.path.join(work, "checkpoints", "last.pth"))
+    trained = load_model(os.path.join(work, "checkpoints", "last.pth"))
     images, targets = fixed_batch(root)
     assert sum(len(t["boxes"]) for t in targets) > 20  # crowns to learn from
     before, after = batch_loss(fresh, images, targets), batch_loss(trained, images, targets)
@@ -103,7 +104,7 @@ def test_detections_are_in_each_test_tiles_own_pixels(short_run, trees_data):
     for d, (h, w) in zip(dets, sizes):  # detections.pkl is in test.txt's order
         b = np.asarray(d["boxes"]).reshape(-1, 4)
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
-    model = engine.load_model(os.path.join(work, "checkpoints", "last.pth"), overrides=["model.test.score_thr=0.0"])
+    model = load_model(os.path.join(work, "checkpoints", "last.pth"), overrides=["model.test.score_thr=0.0"])
     tile = datasets.read_image(os.path.join(root, "JPEGImages", f"{ids[0]}.jpg"))
     batch, targets = inference.prepare([tile], model.config)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datasets import COCODataset, build_transforms, collate_detection
-from detection.checkpoint import load_checkpoint
+from detection.checkpoint.io import load_checkpoint
 from detection import builders, engine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

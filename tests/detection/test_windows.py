@@ -2,7 +2,7 @@
 import json
 import os
 
-from detection.checkpoint import load_checkpoint
+from detection.checkpoint.io import load_checkpoint
 from detection.experiments.windows import describe, plot_windows, read_windows, summary
 
 

@@ -11,7 +11,7 @@ from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detection.convert import COCO_CATEGORY_IDS, TORCHVISION_SLOTS
+from detection.checkpoint.convert import COCO_CATEGORY_IDS, TORCHVISION_SLOTS
 
 UNUSED = sorted(set(range(TORCHVISION_SLOTS)) - set(COCO_CATEGORY_IDS) - {0})
 

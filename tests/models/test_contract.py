@@ -56,7 +56,8 @@ def test_retinanet_returns_exactly_its_contract(per_level):
     levels = [f"p{i}" for i in range(3, 8)]
     expected = [k for n in levels for k in (f"loss_cls_{n}", f"loss_bbox_{n}")] if per_level else ["loss_cls", "loss_bbox"]
     assert list(losses) == list(model.loss_contract.keys) == expected
-    assert builders.loss_contract(cfg) == model.loss_contract  # from the config alone, the same
+    from_config = builders.loss_contract(cfg)  # from the config alone, without a model: the hand-written keys too
+    assert list(from_config.keys) == expected and from_config == model.loss_contract
 
 
 @pytest.mark.parametrize("kind", ["faster_rcnn", "mask_rcnn"])
@@ -66,4 +67,5 @@ def test_two_stage_returns_exactly_its_contract(kind):
     expected = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox") + (("loss_mask",) if kind == "mask_rcnn" else ())
     assert tuple(losses) == model.loss_contract.keys == expected
     assert model.loss_contract.groups["rpn"] == ("loss_rpn_cls", "loss_rpn_bbox")
-    assert builders.loss_contract(cfg) == model.loss_contract
+    from_config = builders.loss_contract(cfg)
+    assert from_config.keys == expected and from_config == model.loss_contract

@@ -10,7 +10,7 @@ from models.backbone import BackboneFPN, build_body
 from models.box_coder import DeltaBoxCoder
 from models.box_loss import BoxRegressionLoss
 from models.head_loss import BCE, DenseHeadLoss, IoUBalanced
-from models.postprocess import DetectConfig
+from models.postprocess import DenseDetectConfig
 from models.retinanet import RetinaHead, RetinaNet
 
 
@@ -183,7 +183,7 @@ def test_regression_loss_weight_scales_only_the_box_loss():
 
 def test_pre_nms_rank_anchors_keeps_every_class_of_the_top_anchors():
     model = tiny().eval()
-    model.test_cfg = DetectConfig(pre_nms_rank="anchors", pre_nms_top_k=5, score_thr=0.0, max_per_img=1000, nms_iou=1.0)
+    model.test_cfg = DenseDetectConfig(pre_nms_rank="anchors", pre_nms_top_k=5, score_thr=0.0, max_per_img=1000, nms_iou=1.0)
     with torch.no_grad():
         dets = model(torch.randn(1, 3, 64, 64))
     # nothing suppressed (NMS at IoU 1): 5 anchors x 3 classes per level, 5 levels

@@ -3,14 +3,14 @@
 ``run`` holds the root ``Config`` and the data / optimizer / train / eval sections; ``model`` the detector
 sections (one per ``model.type``); ``weighting`` the loss-weighting sections (one per ``weighting.type``).
 """
-from detection.schema.model import (MODEL_TYPES, AnchorConfig, AssignerConfig, BackboneConfig, CoderConfig,
+from detection.config.schema.model import (MODEL_TYPES, AnchorConfig, AssignerConfig, BackboneConfig, CoderConfig,
                                     DenseLossConfig, DenseTestConfig, FasterRCNNConfig, FPNConfig, HeadConfig,
                                     HeadLossConfig, MaskHeadConfig, MaskRCNNConfig, ModelConfig, ProposalsConfig,
                                     RetinaLossConfig, RetinaNetConfig, RoIHeadConfig, RPNConfig, SamplerConfig,
                                     TestConfig)
-from detection.schema.run import (IMAGENET_MEAN, IMAGENET_STD, Config, DataConfig, EvalConfig, OptimizerConfig,
+from detection.config.schema.run import (IMAGENET_MEAN, IMAGENET_STD, Config, DataConfig, EvalConfig, OptimizerConfig,
                                   ShapesConfig, TrainConfig)
-from detection.schema.weighting import (WEIGHTING_TYPES, ALWAConfig, AVWConfig, DWAConfig, FixedConfig, RLOConfig,
+from detection.config.schema.weighting import (WEIGHTING_TYPES, ALWAConfig, AVWConfig, DWAConfig, FixedConfig, RLOConfig,
                                         UncertaintyConfig, WeightingConfig, WindowedConfig)
 
 __all__ = [

@@ -16,7 +16,7 @@ import shlex
 from typing import Callable, List, Optional, Sequence, Tuple
 
 
-from detection.checkpoint import checkpoint_iter, human
+from detection.checkpoint.io import checkpoint_iter, human
 
 # the checkpoint folder's temp files: save_checkpoint's mkstemp names and CheckpointHook's hard link
 DEBRIS = (re.compile(r"\.tmp_[a-z0-9_]{8}\.pth"), re.compile(r"\.last_\d+\.pth"))

@@ -28,11 +28,11 @@ from torch import Tensor
 
 import datasets
 from detection import builders
-from detection.checkpoint import save_checkpoint
-from detection.config import load_config
-from detection.engine import checkpoint_extra
-from detection.init_from import class_row_index
-from detection.schema import Config
+from detection.checkpoint.io import save_checkpoint
+from detection.config.loader import load_config
+from detection.checkpoint.state import checkpoint_extra
+from detection.checkpoint.init_from import class_row_index
+from detection.config.schema import Config
 from models.faster_rcnn import FasterRCNN
 from models.retinanet import RetinaNet
 
@@ -109,7 +109,7 @@ def class_layout(arch: str, state: Dict[str, Tensor]) -> Dict[str, tuple]:
 def _class_rows(name: str, value: Tensor, layout: Dict[str, tuple], arch: str) -> Tensor:
     """Our rows of a class-dependent tensor (by its new ``name``) gathered from torchvision's 91 slots: its
     blocks of 91 slots (slot = category id, background at 0) become blocks of our 80 classes (+ background
-    last), the order ``detection.init_from.class_row_index`` gives."""
+    last), the order ``detection.checkpoint.init_from.class_row_index`` gives."""
     if name not in layout:
         return value
     outer, inner, background = layout[name]

@@ -14,7 +14,7 @@ from typing import Dict, Sequence, Tuple
 
 import yaml
 
-from detection.validation import CHANGED, ORDER, ROOT, VARIANT_KEY, ConfigError, build_config, select_variant
+from detection.config.validation import CHANGED, ORDER, ROOT, VARIANT_KEY, ConfigError, build_config, select_variant
 
 __all__ = ["ConfigError", "load_yaml_tree", "apply_overrides", "build_config", "load_config",
            "config_from_tree", "config_to_dict", "save_config", "get_by_path", "select_variant"]

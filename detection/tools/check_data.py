@@ -17,7 +17,7 @@ from datasets import DataError
 from datasets.base import decode_stored, file_problem, size_mismatch
 from datasets.exif import SHOWN, exif_orientation
 from detection import builders
-from detection.schema import Config
+from detection.config.schema import Config
 
 
 def check_image(path: str, width: int, height: int, fmt: str = "") -> Optional[str]:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Callable, Optional
 
-from detection.checkpoint import write_failure
+from detection.checkpoint.io import write_failure
 
 
 class WorkDirError(RuntimeError):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, Optional
 
-from detection.config import ConfigError
-from detection.trainer import HookBase
+from detection.config.loader import ConfigError
+from detection.training.trainer import HookBase
 
 BEST_FILE = "best.pth"
 

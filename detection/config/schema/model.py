@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Dict, List, Literal, Optional, Union
 
 from losses import REGRESSION_LOSSES
+from models.postprocess import DenseDetectConfig, DetectConfig
+from models.rpn import ProposalConfig
 
 MODEL_TYPES = ("retinanet", "faster_rcnn", "mask_rcnn")
 
@@ -130,28 +132,22 @@ class HeadConfig:
     loss_per_level: bool = False  # emit loss_cls_p3.. / loss_bbox_p3.. instead of loss_cls / loss_bbox
 
 
-@dataclass
-class TestConfig:
-    score_thr: float = 0.05
-    nms_iou: float = 0.5
-    max_per_img: int = 100
-    min_box_size: float = 0.0  # detections with a side below this (input pixels) are dropped (torchvision R-CNN: 0.01)
+# The test and proposal sections are the models' own settings classes under the section names the messages
+# use: their fields and defaults are written once, in models/ (the test ones frozen, as their bases are).
+@dataclass(frozen=True)
+class TestConfig(DetectConfig):
+    """Two-stage detectors' ``model.test``: the fields and defaults of :class:`models.postprocess.DetectConfig`."""
+
+
+@dataclass(frozen=True)
+class DenseTestConfig(DenseDetectConfig):
+    """RetinaNet's ``model.test``: the fields and defaults of :class:`models.postprocess.DenseDetectConfig`."""
 
 
 @dataclass
-class DenseTestConfig(TestConfig):
-    pre_nms_top_k: int = 1000  # per FPN level
-    # per level, the top pre_nms_top_k (anchor, class) pairs, or the top anchors by their best class score with
-    # all their classes (mmdetection 2.x's nms_pre, the ALWA configs)
-    pre_nms_rank: Literal["pairs", "anchors"] = "pairs"
-
-
-@dataclass
-class ProposalsConfig:
-    pre_nms_top_k: int = 1000  # per FPN level and image
-    post_nms_top_k: int = 1000  # per image
-    nms_iou: float = 0.7
-    min_size: float = 0.0
+class ProposalsConfig(ProposalConfig):
+    """``model.rpn.train_proposals`` / ``test_proposals``: the fields and defaults of
+    :class:`models.rpn.ProposalConfig`."""
 
 
 def _rpn_anchors() -> AnchorConfig:
@@ -168,8 +164,8 @@ class RPNConfig(DenseLossConfig):
     coder: CoderConfig = field(default_factory=CoderConfig)
     feat_channels: int = 256
     num_convs: int = 1  # shared 3x3 convs before the 1x1 outputs (torchvision's v2: 2)
-    train_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(2000, 1000, 0.7, 0.0))
-    test_proposals: ProposalsConfig = field(default_factory=lambda: ProposalsConfig(1000, 1000, 0.7, 0.0))
+    train_proposals: ProposalsConfig = field(default_factory=ProposalsConfig.training)
+    test_proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
 
 
 @dataclass
@@ -215,6 +211,8 @@ class ModelConfig:
     """What every detector has; the section of ``type`` adds the rest (see ``variants``)."""
 
     variants: ClassVar[dict] = {}  # type -> section class
+    # the one place that says which detectors predict masks (ground-truth masks loaded, mask AP evaluated)
+    has_masks: ClassVar[bool] = False
 
     type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "retinanet"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -258,6 +256,7 @@ class MaskRCNNConfig(FasterRCNNConfig):
     """Mask R-CNN: Faster R-CNN with a mask branch in the RoI heads."""
 
     type: Literal["retinanet", "faster_rcnn", "mask_rcnn"] = "mask_rcnn"
+    has_masks: ClassVar[bool] = True
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
 
 

@@ -1,17 +1,20 @@
-"""Trainer hooks: metrics logging (metrics.jsonl + tqdm) and periodic atomic checkpoints."""
+"""Trainer hooks: the learning-rate schedule, metrics logging (metrics.jsonl + tqdm), periodic atomic
+checkpoints, and the gradient average of learnable loss weights under DDP."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+import warnings
 from typing import Dict, Optional
 
 import torch
 
-from detection import dist as dist_utils
-from detection.checkpoint import WriteError, rng_state, save_checkpoint, write_failure
-from detection.trainer import HookBase
+from detection.runtime import dist as dist_utils
+from detection.checkpoint.io import WriteError, save_checkpoint, write_failure
+from detection.checkpoint.state import TrainingState
+from detection.training.trainer import HookBase
 from models.contract import LossContract
 
 
@@ -46,6 +49,20 @@ def keep_records_upto(path: str, last_iter: int) -> int:
     return dropped
 
 
+class LRSchedule(HookBase):
+    """Steps the learning-rate schedule after every step, a skipped one included: the data position and the
+    learning rate stay in step with the plan. Registered first, so that the other hooks see this step's
+    schedule (its state is saved by ``detection.checkpoint.state.TrainingState``)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def after_step(self):
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when step 1 was skipped
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+
+
 class MetricsLogger(HookBase):
     """Averages raw losses, weighted losses and the total over each log interval, with their standard
     deviation over the interval's steps (``std``, ``weighted_std``: the spread the paper's Figures 3 and 6
@@ -58,7 +75,7 @@ class MetricsLogger(HookBase):
     def __init__(self, path: Optional[str], interval: int, progress: bool = True,
                  contract: Optional[LossContract] = None, tensorboard=None):
         self.path, self.interval, self.progress = path, max(1, interval), progress
-        self.tensorboard = tensorboard  # a detection.tensorboard.TensorBoard (rank 0), or None
+        self.tensorboard = tensorboard  # a detection.tools.tensorboard.TensorBoard (rank 0), or None
         # the model's loss keys and groups, written into every record (plots and comparisons read them)
         self.contract = contract
         self._contract_written = False
@@ -101,7 +118,7 @@ class MetricsLogger(HookBase):
         else:
             self._accumulate(out)
         # the statistics windows completed at this step (ALWA): plain values, no host read here
-        self._windows.extend({"iter": t.iter, **w} for w in t.weighting.pop_window_records())
+        self._windows.extend({"iter": t.iter, **w} for w in out.windows)
         if t.iter % self.interval == 0 or t.iter >= t.max_iters:
             self.flush()
 
@@ -224,28 +241,19 @@ class CheckpointHook(HookBase):
     re-pointed at it (a hard link, so the data is written once), and only the newest ``keep`` of those
     files are kept."""
 
-    def __init__(self, folder: str, interval: int, extra: Optional[dict] = None, writer: bool = True, keep: int = 1):
+    def __init__(self, folder: str, interval: int, state: Optional[TrainingState] = None, writer: bool = True,
+                 keep: int = 1):
         if keep < 1:
             raise ValueError(f"keep must be >= 1 checkpoints, got {keep}")
-        self.folder, self.interval, self.extra, self.writer = folder, max(1, interval), extra or {}, writer
-        self.keep = keep
+        self.folder, self.interval, self.writer, self.keep = folder, max(1, interval), writer, keep
+        self.state = state or TrainingState()  # what a checkpoint holds, assembled in one place
 
     def save(self, name: Optional[str] = None):
         """Write the trainer's state: ``last.pth`` (and ``iter_NNNNNNN.pth`` with ``keep > 1``), or, with
         ``name``, only that file in the folder (``last.pth`` untouched)."""
-        # every rank's RNG (the two-stage samplers draw from it) and weighting state (each rank's open loss
-        # window; its own λ with per-process ALWA statistics), so that a resumed DDP run continues each rank
-        # exactly: a collective, hence before the writer check
-        per_rank = None
-        if dist_utils.is_dist():
-            per_rank = dist_utils.all_gather_objects({"rng": rng_state(), "weighting": self.trainer.weighting.state_dict()})
+        state = self.state.capture(self.trainer)  # a collective under DDP: every rank, before the writer check
         if not self.writer:
             return
-        state = self.trainer.state_dict()
-        state.update(self.extra)
-        state["rng"] = rng_state()
-        if per_rank is not None:
-            state["per_rank"] = per_rank
         last = os.path.join(self.folder, "last.pth")
         if name is not None or self.keep == 1:
             path = last if name is None else os.path.join(self.folder, name)
@@ -269,7 +277,7 @@ class CheckpointHook(HookBase):
         t = self.trainer
         # during a run of skipped steps the weights are the ones that gave bad losses: last.pth keeps the state
         # from before them
-        if t.iter % self.interval == 0 and t.iter < t.max_iters and not t.consecutive_bad:
+        if t.iter % self.interval == 0 and t.iter < t.max_iters and not t.guard.consecutive:
             self.save()
 
     def after_train(self):

@@ -86,9 +86,10 @@ def run(ckpt: str, inputs: str, out_dir: str, score_thr: float = 0.3, device: st
     still drawn; image ids stay the inputs' positions), unless ``stop_on_error``."""
     from tqdm import tqdm
 
-    from detection import builders, load_model
-    from detection.inference import predict
-    from detection.visualize import draw_detections, enlarged, save_picture, side_by_side
+    from detection import builders
+    from detection.checkpoint.state import load_model
+    from detection.tools.inference import predict
+    from detection.tools.visualize import draw_detections, enlarged, save_picture, side_by_side
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 
 from datasets.shapes import SHAPE_KINDS, render_scene
-from detection.schema.run import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN, STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
 

@@ -8,7 +8,7 @@ from typing import List
 
 import numpy as np
 
-from detection.schema import Config
+from detection.config.schema import Config
 
 
 def _denormalise(image, mean, std) -> np.ndarray:
@@ -24,7 +24,7 @@ def browse(cfg: Config, out_dir: str, split: str = "train", augmented: bool = Fa
     transformed training input (resize, flip; de-normalised) with its boxes, else the original image with the
     annotation: difficult objects dashed, crowd / ignore regions grey."""
     from detection import builders
-    from detection.visualize import draw_ground_truth, enlarged, save_picture
+    from detection.tools.visualize import draw_ground_truth, enlarged, save_picture
 
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, got {split!r}")

@@ -1,19 +1,26 @@
-"""Inference over a dataset and VOC / COCO evaluation, sharded over ranks when distributed."""
+"""The one evaluation runner: inference over a test set (sharded over ranks when distributed), VOC mAP or COCO
+AP from it, the printed summary, and the files a run's evaluation leaves (``eval.json``, ``detections.pkl``).
+Training's final and periodic evaluations and scripts/eval.py all call :func:`evaluate_dataset`."""
 from __future__ import annotations
 
+import json
+import os
+import pickle
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from detection import dist as dist_utils
+from detection import builders
+from detection.runtime import dist as dist_utils
 from detection.evaluation.coco import METRIC_NAMES, coco_evaluate, detections_to_coco, masks_to_rles
 from detection.evaluation.voc import voc_map
-from detection.schema import Config
-from detection.batch import autocast, move_batch
+from detection.config.schema import Config
+from detection.runtime.batch import autocast, move_batch
 
 
 PER_IMAGE = "per_image"  # metrics key of the per-image detections and annotations (not for eval.json)
+DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
 
 
 def _to_host(v):
@@ -132,3 +139,43 @@ def evaluate_coco(model: nn.Module, dataset, cfg: Config, device: torch.device, 
                           "classes": list(dataset.classes)}
     # COCOeval runs once; the other ranks receive its result
     return dist_utils.all_gather_objects(out)[0]
+
+
+def evaluate_dataset(model, dataset, cfg: Config, device, rank: int = 0, world: int = 1, progress: bool = False) -> Dict:
+    """VOC mAP for VOC data, COCO AP (bbox, and segm for Mask R-CNN) for COCO data; each of ``world``
+    processes infers its shard of the test set (this one: ``rank``)."""
+    shard = builders.build_test_loader(cfg, dataset, rank, world)
+    if cfg.data.format == "coco":
+        return evaluate_coco(model, dataset, cfg, device, shard, progress=progress)
+    return evaluate_voc(model, dataset, cfg, device, shard, progress=progress)
+
+
+def format_metrics(metrics: Dict) -> str:
+    if "mAP" not in metrics:  # COCO
+        names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        lines = [metrics.get("summary", "").rstrip()]
+        for cls, ap in metrics.get("per_class_AP", {}).items():
+            segm = metrics.get("segm_per_class_AP", {}).get(cls)
+            lines.append(f"{cls:>14s}  AP {ap:.4f}" + (f"  segm AP {segm:.4f}" if segm is not None else ""))
+        for prefix, label in (("", "bbox"), ("segm_", "segm")):
+            if f"{prefix}AP" in metrics:
+                lines.append(f"COCO {label}: " + "  ".join(f"{n} {metrics[prefix + n]:.4f}" for n in names)
+                             + f"  on {metrics.get('num_images')} images")
+        return "\n".join(line for line in lines if line)
+    lines = [f"{name:>14s}  AP {ap:.4f}" for name, ap in metrics.get("AP", {}).items()]
+    lines.append(f"VOC mAP@{metrics.get('iou_thr', 0.5)} ({metrics.get('metric')}): {metrics['mAP']:.4f} "
+                 f"on {metrics.get('num_images')} images")
+    return "\n".join(lines)
+
+
+def write_metrics(metrics: Dict, path: str) -> None:
+    """``eval.json`` (the metrics without the COCO summary text and the per-image data) and
+    ``detections.pkl`` beside it: every image's detections and ground truth (COCO: box results and box
+    ground truth), for scripts/significance.py."""
+    per_image = metrics.pop(PER_IMAGE, None)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({k: v for k, v in metrics.items() if k != "summary"}, f, indent=2)
+    if per_image is not None:
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), DETECTIONS_FILE), "wb") as f:
+            pickle.dump(per_image, f, protocol=pickle.HIGHEST_PROTOCOL)

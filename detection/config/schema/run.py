@@ -10,11 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
-from detection.schema.model import ModelConfig, RetinaNetConfig
-from detection.schema.weighting import FixedConfig, WeightingConfig
-
-IMAGENET_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_STD = [58.395, 57.12, 57.375]
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detection.config.schema.model import ModelConfig, RetinaNetConfig
+from detection.config.schema.weighting import FixedConfig, WeightingConfig
 
 
 def check_ranges(section: str, **checks) -> None:
@@ -179,7 +177,7 @@ class EvalConfig:
 @dataclass
 class Config:
     """A whole run. ``model`` and ``weighting`` are typed by their ``type`` (the section classes in
-    ``detection.schema.model`` / ``detection.schema.weighting``)."""
+    ``detection.config.schema.model`` / ``detection.config.schema.weighting``)."""
 
     model: ModelConfig = field(default_factory=RetinaNetConfig)
     data: DataConfig = field(default_factory=DataConfig)

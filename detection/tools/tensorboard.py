@@ -12,7 +12,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from detection.config import ConfigError
+from detection.config.loader import ConfigError
 
 NUM_PICTURES = 4  # test images drawn at each evaluation
 SCORE_THR = 0.3
@@ -50,8 +50,8 @@ class TensorBoard:
     @torch.no_grad()
     def pictures(self, it: int, model, dataset, cfg, device) -> None:
         """The first ``NUM_PICTURES`` test images with the model's detections above ``SCORE_THR``."""
-        from detection.inference import predict
-        from detection.visualize import draw_detections
+        from detection.tools.inference import predict
+        from detection.tools.visualize import draw_detections
 
         images = [dataset._read(dataset.records[i]) for i in range(min(NUM_PICTURES, len(dataset)))]
         was = model.training

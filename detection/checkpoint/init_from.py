@@ -13,8 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from detection.checkpoint import load_checkpoint
-from detection.config import ConfigError
+from detection.checkpoint.io import load_checkpoint
+from detection.config.loader import ConfigError
 
 
 def class_pairs(ours: Sequence[str], theirs: Sequence[str], class_map: Union[None, str, Dict[str, str]],

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
-from detection.checkpoint import CheckpointError, load_checkpoint, set_rng_state
-from detection.config import ConfigError, config_to_dict
+from detection.checkpoint.io import CheckpointError, load_checkpoint
+from detection.config.loader import ConfigError, config_to_dict
 
 # dotted keys (or prefixes ending in ".") that may differ between the checkpoint's config and the resume's
 FREE = ("train.max_iters", "train.epochs", "train.log_interval", "train.checkpoint_interval",
@@ -53,8 +53,8 @@ def config_changes(saved: dict, current: dict) -> List[Tuple[str, object, object
 def _with_defaults(saved: dict, ckpt: str) -> dict:
     """The saved config with today's defaults for keys it predates (a checkpoint written before a key existed
     ran with the behaviour that key's default keeps); as saved when it no longer validates."""
-    from detection.config import config_from_tree
-    from detection.schema import Config
+    from detection.config.loader import config_from_tree
+    from detection.config.schema import Config
 
     try:
         return config_to_dict(config_from_tree(Config, saved, {"": f"{ckpt} (its saved config)"}))
@@ -91,22 +91,25 @@ def check_resume(state: dict, ckpt: str, cfg, classes: Sequence[str], allow: boo
     return changes
 
 
-def apply_changes(trainer, lr: float, cfg) -> None:
+def apply_changes(optimizer, scheduler, lr: float, cfg) -> None:
     """After loading a checkpoint with ``--allow-config-change``: the new config's learning rate (``lr``,
     already scaled), momentum (SGD), weight decay and schedule replace the checkpoint's, from its iteration on.
     The weight decay follows the optimizer builder's groups: the first group decays, the others (norms and
-    biases under AdamW, learnable loss weights) do not."""
+    biases under AdamW, learnable loss weights) do not. The schedule changes through its state dict (its
+    ``base_lrs`` and the last learning rates it reports)."""
     o = cfg.optimizer
-    opt, sched = trainer.optimizer, trainer.scheduler
-    for i, group in enumerate(opt.param_groups):
+    for i, group in enumerate(optimizer.param_groups):
         group["initial_lr"] = lr
         group["weight_decay"] = o.weight_decay if i == 0 else 0.0
         if "momentum" in group:
             group["momentum"] = o.momentum
-    sched.base_lrs = [lr] * len(opt.param_groups)
-    for group, factor in zip(opt.param_groups, sched.lr_lambdas):  # the new schedule's factor at this iteration
-        group["lr"] = lr * factor(sched.last_epoch)
-    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    state = scheduler.state_dict()
+    # the new schedule's factor at this iteration
+    now = [lr * factor(state["last_epoch"]) for factor in scheduler.lr_lambdas]
+    for group, value in zip(optimizer.param_groups, now):
+        group["lr"] = value
+    state.update(base_lrs=[lr] * len(optimizer.param_groups), _last_lr=now)
+    scheduler.load_state_dict(state)
 
 
 def _not_applied(key: str, cfg) -> str:
@@ -117,39 +120,20 @@ def _not_applied(key: str, cfg) -> str:
     return ""
 
 
-def restore_rank_state(trainer, state: dict, rank: int, world: int, writer: bool) -> None:
-    """This process's RNG and weighting state from a checkpoint: the saved ones of the same rank when the
-    checkpoint was written by as many processes (exact resume), else rank 0's (a different process count
-    cannot continue the same random streams; said so)."""
-    per_rank = state.get("per_rank")
-    if world == 1 and not per_rank:
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        return
-    if per_rank and len(per_rank) == world:
-        set_rng_state(per_rank[rank]["rng"])
-        trainer.weighting.load_state_dict(per_rank[rank]["weighting"])
-        return
-    saved = len(per_rank) if per_rank else 1
-    if "rng" in state and world == 1:
-        set_rng_state(state["rng"])
-    if writer:
-        print(f"resume: the checkpoint was written by {saved} process(es), this run has {world}: every process "
-              f"continues from rank 0's weighting state with fresh random streams (not an exact resume)", flush=True)
-
-
-def resume(trainer, cfg, last: str, lr: float, rank: int, world: int, writer: bool, allow: bool) -> None:
-    """Load ``last`` into ``trainer`` under the rule of this module (see the module docstring)."""
+def resume(trainer, owner, cfg, last: str, lr: float, classes: Sequence[str], rank: int, world: int,
+           writer: bool, allow: bool) -> None:
+    """Load ``last`` into ``trainer`` through ``owner`` (the run's ``TrainingState``) under the rule of this
+    module (see the module docstring); ``classes``: the training data's class names."""
     state = load_checkpoint(last)
-    changes = check_resume(state, last, cfg, trainer.classes, allow, world)
+    changes = check_resume(state, last, cfg, classes, allow, world)
+    log = (lambda line: print(line, flush=True)) if writer else (lambda line: None)
     try:
-        trainer.load_state_dict(state)
+        owner.restore(trainer, state, rank, world, log)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {last} does not fit this run ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:300]})") from None
-    restore_rank_state(trainer, state, rank, world, writer)
     if changes:
-        apply_changes(trainer, lr, cfg)
+        apply_changes(trainer.optimizer, owner.scheduler, lr, cfg)
     if writer:
         if "config" not in state:
             print(f"resume: {last} holds no config (written by an older version): its settings are not compared")

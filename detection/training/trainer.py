@@ -1,38 +1,32 @@
-"""One training step and a small iteration-based trainer with hooks.
+"""One training step, and a small iteration-based trainer with hooks.
 
-The loop is ``before_train``, then per step ``before_step`` -> forward/weighting/backward ->
-``after_backward`` -> optimizer step -> ``after_step``, then ``after_train``. Hooks read and write the
-trainer's public attributes (``iter``, ``epoch``, ``last``...). Everything stateful exposes
-``state_dict()``; ``Trainer.state_dict()`` collects it for checkpoints.
+The loop is ``before_train``, then per step ``before_step`` -> forward, weighting, backward (``train_step``)
+-> ``after_backward`` -> optimizer step -> ``after_step``, then ``after_train``. The step's result
+(``StepOutput``: raw and weighted losses, the weights, ALWA's completed windows) is ``trainer.last``; hooks
+read it and the trainer's public attributes (``iter``, ``epoch``, ``lr``...), never the weighting. The
+learning-rate schedule is a hook (``hooks.LRSchedule``, stepped first after every step, skipped steps
+included); the non-finite guard is a policy of its own (``guard.NonFiniteGuard``, part of ``StepPolicy``). A
+checkpoint's state is assembled by ``detection.checkpoint.state``, not here.
 
-Non-finite guard (``check_finite``): a step whose raw losses are not all finite is skipped before the
-weighting records them (so ALWA's window stays clean; its gradients are discarded), and a step whose gradients are not finite is skipped
-before the optimizer (fp16 leaves that to its GradScaler). Skipped steps are counted with the offending
-keys (``StepOutput.skipped``); a finite raw loss above ``max_loss`` counts as diverged and is skipped the same
-way. After ``max_bad_steps`` consecutive ones, training stops with ``FloatingPointError`` after the
-``after_train`` hooks ran (the checkpoint hook keeps the last periodic checkpoint and writes the stopping state
-to a file of its own). The guard costs one host read of a few flags per step (two without fp16), all-reduced
-so that every rank takes the same decision.
-
-Ctrl-C or SIGTERM (``detection.signals``) stops after the current step: the hooks run, the checkpoint hook writes
-that iteration, and ``TrainingInterrupted`` names the file (under DDP the flag is shared by one tiny all-reduce
-per step).
+Ctrl-C or SIGTERM (``detection.runtime.signals``) stops after the current step: the hooks run, the checkpoint
+hook writes that iteration, and ``TrainingInterrupted`` names the file (under DDP the flag is shared by one
+tiny all-reduce per step).
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from detection import dist as dist_utils
-from detection.batch import autocast, move_batch
-from detection.signals import StopSignals, TrainingInterrupted
+from detection.runtime import dist as dist_utils
+from detection.runtime.batch import autocast, move_batch
+from detection.runtime.signals import StopSignals, TrainingInterrupted
+from detection.training.guard import NonFiniteGuard
 from losses.weighting import WeightingStrategy
 
 class HookBase:
@@ -62,13 +56,15 @@ class HookBase:
 class StepOutput:
     """Detached results of one step, still on the device (reading them is the logger's job): the raw losses,
     the total that was backpropagated, its terms (each loss times the weight it had in this step, plus any
-    extra term of the weighting; they sum to ``total``) and those weights."""
+    extra term of the weighting; they sum to ``total``), those weights, and the records of the weighting's
+    statistics windows that this step completed (ALWA; plain values)."""
 
     raw: Dict[str, Tensor]
     total: Tensor
     weighted: Dict[str, Tensor] = field(default_factory=dict)
     weights: Dict[str, Union[float, Tensor]] = field(default_factory=dict)
     skipped: Optional[List[str]] = None  # offending loss keys ("gradients") when the step was skipped
+    windows: List[dict] = field(default_factory=list)
 
 
 def _all_finite_flags(values: List[Tensor], max_abs: Optional[float] = None) -> List[bool]:
@@ -140,6 +136,7 @@ def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], w
             return StepOutput(raw, torch.full((), float("nan"), device=total.device),
                               skipped=[k for k, good in zip(raws[0], ok) if not good])
     weighting.observe(raw)
+    windows = weighting.pop_window_records()
     terms = _mean(terms)
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -152,48 +149,59 @@ def train_step(model: nn.Module, batches: Sequence[Tuple[Tensor, List[Dict]]], w
         norm = _grad_norm(params)
     if check_finite and scaler is None and not _all_finite_flags([norm])[0]:
         optimizer.zero_grad(set_to_none=True)
-        return StepOutput(raw, total, terms, weights, skipped=["gradients"])
+        return StepOutput(raw, total, terms, weights, skipped=["gradients"], windows=windows)
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when fp16 gradients overflowed
         scaler.update()
     else:
         optimizer.step()
-    return StepOutput(raw, total, terms, weights)
+    return StepOutput(raw, total, terms, weights, windows=windows)
+
+
+@dataclass
+class StepPolicy:
+    """How the trainer runs: its length and how each optimizer step is taken (``train.*``, ``optimizer.grad_clip``).
+    An optimizer step takes ``accumulate`` batches of the loader; an epoch's leftover batches are not used."""
+
+    max_iters: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: str = "off"
+    grad_clip: Optional[float] = None
+    accumulate: int = 1
+    channels_last: bool = False
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, optimizer, scheduler, weighting: WeightingStrategy, loader, sampler,
-                 max_iters: int, device: torch.device, amp: str = "off", grad_clip: Optional[float] = None,
-                 hooks: Optional[List[HookBase]] = None, check_finite: bool = True, max_bad_steps: int = 5,
-                 channels_last: bool = False, max_loss: Optional[float] = None, accumulate: int = 1):
-        self.model, self.optimizer, self.scheduler, self.weighting = model, optimizer, scheduler, weighting
-        self.loader, self.sampler = loader, sampler
-        self.max_iters, self.device, self.amp, self.grad_clip = max_iters, device, amp, grad_clip
-        # an optimizer step takes `accumulate` batches of the sampler; an epoch's leftover batches are not used
-        self.accumulate = int(accumulate)
-        self.iters_per_epoch = len(sampler) // self.accumulate
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, weighting: WeightingStrategy, loader,
+                 policy: StepPolicy, hooks: Sequence[HookBase] = ()):
+        """``loader``: an iterable of ``(images, targets)`` batches whose ``batch_sampler`` has ``len()`` (batches
+        per epoch) and ``set_epoch(epoch, start_batch)`` (the position a resumed run continues from)."""
+        self.model, self.optimizer, self.weighting, self.loader = model, optimizer, weighting, loader
+        self.policy, self.guard = policy, policy.guard
+        self.sampler = loader.batch_sampler
+        self.iters_per_epoch = len(self.sampler) // policy.accumulate
         if self.iters_per_epoch < 1:
-            raise ValueError(f"the sampler has {len(sampler)} batches per epoch, fewer than one optimizer step of "
-                             f"{self.accumulate} accumulated batches")
-        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+            raise ValueError(f"the sampler has {len(self.sampler)} batches per epoch, fewer than one optimizer step "
+                             f"of {policy.accumulate} accumulated batches")
+        self.scaler = torch.amp.GradScaler(policy.device.type) if policy.amp == "fp16" else None
         self.iter = 0
         self.epoch = 0
         self.last: Optional[StepOutput] = None
         self.data_time = 0.0
-        self.check_finite, self.max_bad_steps, self.channels_last = check_finite, max_bad_steps, channels_last
-        self.max_loss = max_loss  # a finite raw loss above it is skipped as diverged (None: no limit)
         self.last_checkpoint: Optional[str] = None  # set by the checkpoint hook when it writes one
-        self.bad_steps = 0  # skipped steps in total
         # why train() stopped: None (max_iters reached), "non_finite" (the guard stopped it, weights finite),
         # "interrupted" (a stop signal, after a whole step) or "error" (any other exception); set before the
         # after_train hooks run
         self.stop_reason: Optional[str] = None
         self._stop_request: Optional[str] = None  # a hook's request to end after this step (early stopping)
-        self.consecutive_bad = 0
-        self.first_bad = 0  # the iteration of the first step of the current run of skipped steps
         self.hooks: List[HookBase] = []
-        for h in hooks or []:
+        for h in hooks:
             self.register(h)
+
+    @property
+    def max_iters(self) -> int:
+        return self.policy.max_iters
 
     def register(self, hook: HookBase) -> None:
         hook.trainer = self
@@ -219,7 +227,7 @@ class Trainer:
                 self._loop(signals)
                 self.stop_reason = self._stop_request
             except FloatingPointError:
-                if self.check_finite:  # the guard kept the weights finite: they may be checkpointed
+                if self.guard.enabled:  # the guard kept the weights finite: they may be checkpointed
                     self.stop_reason = "non_finite"
                 raise
             except TrainingInterrupted as exc:
@@ -268,19 +276,19 @@ class Trainer:
     def _loop(self, signals: StopSignals) -> None:
         while self.iter < self.max_iters and self._stop_request is None:
             self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
-            self.sampler.set_epoch(self.epoch, start_batch=offset * self.accumulate)
+            self.sampler.set_epoch(self.epoch, start_batch=offset * self.policy.accumulate)
             tic = time.perf_counter()
             group: List = []
             for batch in self._batches(signals):
                 group.append(batch)
-                if len(group) < self.accumulate:
+                if len(group) < self.policy.accumulate:
                     continue
                 self.data_time = time.perf_counter() - tic
                 self.run_step(group)
                 group = []
                 if self.iter >= self.max_iters or self._stop_request is not None:
                     break
-                if any_rank(signals.requested is not None, self.device):  # every rank stops at the same step
+                if any_rank(signals.requested is not None, self.policy.device):  # every rank stops at the same step
                     raise TrainingInterrupted(signals.requested or "a signal to another rank", self.iter)
                 tic = time.perf_counter()
 
@@ -288,55 +296,16 @@ class Trainer:
         """One optimizer step on a list of ``accumulate`` loader batches (one without accumulation). Always a
         list: a pinned-memory loader may hand each batch over as a list itself (``[images, targets]``)."""
         self._call("before_step")
-        micro = [move_batch(b, self.device, self.channels_last) for b in group]
-        self.last = train_step(self.model, micro, self.weighting, self.optimizer, self.scaler, self.amp,
-                               self.grad_clip, after_backward=lambda: self._call("after_backward"),
-                               check_finite=self.check_finite, max_loss=self.max_loss)
-        # a skipped step still advances the schedule: the data position and the LR stay in step with the plan
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when step 1 was skipped
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            self.scheduler.step()
+        p = self.policy
+        micro = [move_batch(b, p.device, p.channels_last) for b in group]
+        self.last = train_step(self.model, micro, self.weighting, self.optimizer, self.scaler, p.amp, p.grad_clip,
+                               after_backward=lambda: self._call("after_backward"), check_finite=self.guard.enabled,
+                               max_loss=self.guard.max_loss)
         self.iter += 1
-        if self.last.skipped:
-            self.bad_steps += 1
-            self.consecutive_bad += 1
-            if self.consecutive_bad == 1:  # it ran on the weights of the iteration before
-                self.first_bad = self.iter
-        else:
-            self.consecutive_bad = 0
-        self._call("after_step")
-        if self.last.skipped and self.consecutive_bad >= self.max_bad_steps:
-            raise FloatingPointError(
-                f"{self.consecutive_bad} consecutive steps with non-finite values (iterations {self.first_bad}-"
-                f"{self.iter}; at the last: {', '.join(self.last.skipped)}: not finite, or above train.max_loss). "
-                f"Lower the learning rate, check the data, or raise train.max_bad_steps")
+        self.guard.count(self.last.skipped, self.iter)
+        self._call("after_step")  # the schedule first (a skipped step advances it too), then log, evaluation, save
+        self.guard.check(self.last.skipped, self.iter)
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
-
-    def state_dict(self) -> dict:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        state = {"iter": self.iter, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "weighting": self.weighting.state_dict(),
-                 "bad_steps": self.bad_steps}
-        hooks = {name: s for name, s in ((type(h).__name__, h.state_dict()) for h in self.hooks) if s}
-        if hooks:
-            state["hooks"] = hooks
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.weighting.load_state_dict(state["weighting"])
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.iter = int(state["iter"])
-        self.bad_steps = int(state.get("bad_steps", 0))
-        for h in self.hooks:
-            if type(h).__name__ in state.get("hooks", {}):
-                h.load_state_dict(state["hooks"][type(h).__name__])

@@ -17,7 +17,7 @@ import torch
 
 import datasets
 from detection import builders
-from detection.schema import Config
+from detection.config.schema import Config
 
 
 def prepare(images: Sequence[np.ndarray], cfg: Config, transform=None):

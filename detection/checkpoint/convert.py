@@ -30,7 +30,7 @@ import datasets
 from detection import builders
 from detection.checkpoint.io import save_checkpoint
 from detection.config.loader import load_config
-from detection.checkpoint.state import checkpoint_extra
+from detection.checkpoint.state import weights_checkpoint
 from detection.checkpoint.init_from import class_row_index
 from detection.config.schema import Config
 from models.faster_rcnn import FasterRCNN
@@ -171,8 +171,7 @@ def convert(arch: str, src: str, dst: str, preset: str, overrides=(), log: Calla
     if missing or unexpected:
         raise ValueError(f"{arch}: the converted weights do not fit the model of {preset}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    extra = checkpoint_extra(cfg, classes, category_ids=COCO_CATEGORY_IDS)
-    save_checkpoint({"model": model.state_dict(), **extra,
-                     "converted_from": {"source": "torchvision", "arch": arch, "file": os.path.basename(src)}}, dst)
+    save_checkpoint(weights_checkpoint(model, cfg, classes, COCO_CATEGORY_IDS, converted_from={
+        "source": "torchvision", "arch": arch, "file": os.path.basename(src)}), dst)
     log(f"{arch}: {len(state)} tensors from {src} -> {dst} (80 COCO classes; config {preset})")
     return cfg

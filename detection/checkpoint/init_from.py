@@ -9,11 +9,11 @@ row always is). A summary says what was loaded, copied by class, re-initialised 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import torch
 
-from detection.checkpoint.io import load_checkpoint
+from detection.checkpoint.state import read_weights
 from detection.config.loader import ConfigError
 
 
@@ -48,8 +48,7 @@ def init_from(model: torch.nn.Module, path: str, classes: Sequence[str], class_m
               log: Callable[[str], None] = print) -> Dict[str, List[str]]:
     """Load ``path``'s matching tensors into ``model`` (trained on ``classes``), in place; returns the report
     ``{"loaded", "by_class", "reinitialised", "ignored"}`` (tensor names)."""
-    state = load_checkpoint(path)
-    src, theirs = state["model"], list(state.get("classes") or [])
+    src, theirs = read_weights(path)
     layout = model.class_layout()
     same_classes = theirs == list(classes)
     if not theirs and class_map is not None:

@@ -12,13 +12,14 @@ A training checkpoint (``checkpoints/last.pth``) is a dict of
 - what makes it self-describing (:func:`checkpoint_extra`): ``config`` (the resolved config), ``classes``,
   ``world_size`` and, for COCO-format data, ``category_ids``.
 
-:class:`TrainingState` writes and reads that layout for the checkpoint hook and ``--resume``;
-:func:`load_model` rebuilds a detector from it; ``init_from`` and ``convert`` read and write its ``model``,
-``classes`` and config entries through the same helpers.
+A weights-only checkpoint (:func:`weights_checkpoint`, what ``convert`` writes) holds ``model`` and the
+self-describing entries. :class:`TrainingState` writes and reads the whole layout for the checkpoint hook and
+``--resume``; :func:`load_model` rebuilds a detector from either kind, :func:`read_weights` gives
+``init_from`` the tensors and class names of either kind.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,6 +37,19 @@ def checkpoint_extra(cfg: Config, classes, world: int = 1, category_ids=None) ->
     if category_ids is not None:
         extra["category_ids"] = [int(c) for c in category_ids]
     return extra
+
+
+def weights_checkpoint(model: torch.nn.Module, cfg: Config, classes, category_ids=None, **entries) -> dict:
+    """A checkpoint of weights only: the model's tensors, :func:`checkpoint_extra` and ``entries`` (e.g.
+    ``converted_from``)."""
+    return {"model": _unwrap(model).state_dict(), **checkpoint_extra(cfg, classes, category_ids=category_ids),
+            **entries}
+
+
+def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """The ``model`` tensors and the class names (empty when it holds none) of a checkpoint."""
+    state = load_checkpoint(path)
+    return state["model"], list(state.get("classes") or [])
 
 
 def checkpoint_config(state: dict, ckpt: str, overrides: Sequence[str] = ()) -> Config:

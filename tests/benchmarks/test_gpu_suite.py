@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
@@ -39,6 +41,7 @@ def test_the_plan_has_every_step_with_its_precision_and_no_time_limit_on_a_cpu(t
         assert all(s.json_path for s in steps if not s.name.startswith("demo"))
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_runs_the_steps_and_writes_the_summary(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="2")

@@ -3,11 +3,11 @@ import copy
 import json
 import os
 
-import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from coco_files import write_coco_set
 from datasets import COCODataset, build_transforms, collate_detection
 
 
@@ -57,15 +57,7 @@ def coco_json():
     }
 
 
-def write_set(root, name, data, images=(("a.jpg", (20, 30)), ("b.jpg", (16, 16)))):
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    os.makedirs(os.path.join(root, name), exist_ok=True)
-    for fname, (h, w) in images:
-        cv2.imwrite(os.path.join(root, name, fname), np.full((h, w, 3), 100, np.uint8))
-    path = os.path.join(root, "annotations", f"instances_{name}.json")
-    with open(path, "w") as f:
-        json.dump(data, f)
-    return path
+write_set = write_coco_set
 
 
 @pytest.fixture

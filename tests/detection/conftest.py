@@ -1,4 +1,6 @@
-"""A tiny RetinaNet config on generated shapes data, shared by the end-to-end engine tests."""
+"""Shared by the tests of tests/detection and its subfolders: a tiny RetinaNet config on generated shapes data
+(and its finished run) for the end-to-end engine tests, a loss poisoner for the non-finite paths, and exact
+equality of two runs' states."""
 import os
 
 import pytest
@@ -64,3 +66,47 @@ def tiny_cfg(finished):
 def trained(finished):
     """The work dir of ``finished``: tests that write into it copy it first."""
     return finished[1]
+
+
+@pytest.fixture
+def poison_from_step():
+    """``poison_from_step(monkeypatch, step, factor)``: every model engine.train builds multiplies its losses by
+    ``factor`` from training forward ``step`` on."""
+    def poison(monkeypatch, step, factor):
+        from detection import builders
+
+        calls = {"n": 0}
+
+        def hook(module, inputs, output):
+            calls["n"] += 1
+            return {k: v * factor for k, v in output.items()} if calls["n"] >= step and module.training else output
+
+        real_build = builders.build_model
+
+        def build(cfg, n):
+            model = real_build(cfg, n)
+            model.register_forward_hook(hook)
+            return model
+
+        monkeypatch.setattr(builders, "build_model", build)
+    return poison
+
+
+def exactly_equal(x, y) -> bool:
+    """Exact equality of nested dicts / lists of tensors and plain values."""
+    import torch
+
+    if torch.is_tensor(x):
+        return torch.is_tensor(y) and x.shape == y.shape and torch.equal(x, y)
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(exactly_equal(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return len(x) == len(y) and all(exactly_equal(a, b) for a, b in zip(x, y))
+    return x == y
+
+
+@pytest.fixture
+def same():
+    """``same(x, y)``: exact equality of nested dicts / lists of tensors and plain values (the states of an
+    interrupted and an uninterrupted run, rank by rank)."""
+    return exactly_equal

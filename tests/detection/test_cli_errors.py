@@ -1,6 +1,8 @@
 """A user's mistake at the command line ends in one ``error:`` line (exit status 1), never a traceback: bad YAML,
 bad overrides, impossible values, a work dir that is a file, a batch size of 0, Ctrl-C while starting or
-during the final checkpoint write; and predict goes on past an image it cannot read."""
+during the final checkpoint write, ``device: cuda`` without CUDA, an error re-raised by a loader worker; every
+script keeps all of several ``--set`` flags; and predict goes on past an image it cannot read."""
+import json
 import os
 import signal
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from detection.config.loader import ConfigError, load_config
 from detection.config.schema import Config
@@ -111,6 +114,7 @@ def test_counts_below_one_are_refused_by_the_argument_parser(script, capsys, nam
     assert "expected a positive integer" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_skips_an_unreadable_image_and_lists_it(finished, script, tmp_path, capsys):
     import glob
     import json
@@ -178,7 +182,7 @@ def test_a_second_signal_during_the_final_checkpoint_write_stops_with_its_messag
     from detection.training.trainer import HookBase
     from losses.weighting import Fixed
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "training"))
     from test_trainer import make_trainer
 
     real_save = hooks.save_checkpoint
@@ -203,3 +207,60 @@ def test_a_second_signal_during_the_final_checkpoint_write_stops_with_its_messag
     assert load_checkpoint(str(tmp_path / "last.pth"))["iter"] == 2
     assert os.listdir(tmp_path) == ["last.pth"]  # no temp file left
     assert signal.getsignal(signal.SIGINT) is before  # restored afterwards
+
+
+@pytest.mark.parametrize("name,target", [("train", "train"), ("eval", "evaluate"), ("check_data", "check_data"),
+                                         ("compare", "run_grid"), ("reproduce", "reproduce")])
+def test_repeated_set_accumulates_in_every_script(name, target, monkeypatch, tiny_cfg, script):
+    """``--set a=1 --set b=2`` kept only b."""
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen["args"] = (args, kwargs)
+        return {} if name != "reproduce" else 0
+
+    module = script(name)
+    args = {"train": ["--cfg", tiny_cfg], "eval": ["--ckpt", "x.pth"], "check_data": ["--cfg", tiny_cfg],
+            "compare": ["--cfg", tiny_cfg], "reproduce": ["--table", "2", "--dry-run"]}[name]
+    if name in ("train", "eval"):
+        monkeypatch.setattr(module.engine, target, fake)
+    elif name == "check_data":
+        def load_and_stop(schema, path, overrides):
+            seen["overrides"] = overrides
+            raise SystemExit(0)
+        monkeypatch.setattr(module, "load_config", load_and_stop)
+    else:
+        monkeypatch.setattr(module.reproduce if name == "reproduce" else module, target, fake)
+    try:
+        module.main(args + ["--set", "seed=1", "--set", "train.max_iters=2", "data.batch_size=2"])
+    except SystemExit:
+        pass
+    flat = json.dumps(seen, default=str)
+    assert "seed=1" in flat and "train.max_iters=2" in flat and "data.batch_size=2" in flat
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_error_line(tiny_cfg, tmp_path, script):
+    with pytest.raises(SystemExit) as exc:
+        script("train").main(["--cfg", tiny_cfg, "--work-dir", str(tmp_path / "w"), "--set", "device=cuda"])
+    assert str(exc.value) == "error: device 'cuda' was requested but CUDA is not available here; set device: cpu or auto"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("weighting.init_weight=-1", r"weighting \(alwa\): ALWA init_weight must be positive, got -1"),
+    ("data.batch_size=64", "fewer than one batch of data.batch_size=64"),
+])
+def test_settings_rejected_while_building_are_one_error_line(tiny_cfg, tmp_path, override, message, script):
+    with pytest.raises(SystemExit) as exc:
+        script("train").main(["--cfg", tiny_cfg, "--work-dir", str(tmp_path / "w"), "--set", override])
+    assert str(exc.value).startswith("error: ") and __import__("re").search(message, str(exc.value))
+
+
+def test_an_error_a_loader_worker_reraised_is_one_line():
+    from datasets import DataError
+    from detection.cli import one_line
+
+    exc = DataError("Caught DataError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+                    '  File "x.py", line 3, in f\ndatasets.report.DataError: image a.jpg: truncated JPEG\n')
+    assert one_line(exc) == "image a.jpg: truncated JPEG"
+    assert one_line(DataError("plain")) == "plain"

@@ -1,7 +1,9 @@
-"""End-to-end: a tiny training run on generated shapes data, its outputs, resume and evaluation."""
+"""End-to-end: a tiny training run on generated shapes data, its outputs, resume and evaluation, the test set
+checked at start-up, and every rank waiting for the record of a diverged run."""
 import glob
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -26,6 +28,7 @@ def trained(tiny_cfg, tmp_path_factory):
     return work, metrics
 
 
+@pytest.mark.slow
 def test_outputs_written(trained, tiny_cfg):
     work, metrics = trained
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_images"] == 6
@@ -49,6 +52,7 @@ def test_outputs_written(trained, tiny_cfg):
     assert not glob.glob(os.path.join(work, "checkpoints", ".tmp_*"))
 
 
+@pytest.mark.slow
 def test_eval_script_matches_eval_json(trained, tiny_cfg, tmp_path):
     work, metrics = trained
     out = tmp_path / "m.json"
@@ -57,6 +61,7 @@ def test_eval_script_matches_eval_json(trained, tiny_cfg, tmp_path):
     assert json.load(open(out))["mAP"] == again["mAP"]
 
 
+@pytest.mark.slow
 def test_checkpoints_describe_themselves_and_evaluate_without_a_config(trained, tmp_path, capsys):
     """The checkpoint carries the resolved config and the class names: scripts/eval.py --ckpt alone gives the
     run's eval.json exactly, and detection.load_model rebuilds the model."""
@@ -103,6 +108,7 @@ def _run_script(name, args):
         sys.path.remove(os.path.dirname(path))
 
 
+@pytest.mark.slow
 def test_metrics_records_carry_the_models_loss_contract(trained):
     work, _ = trained
     records = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
@@ -112,6 +118,7 @@ def test_metrics_records_carry_the_models_loss_contract(trained):
     assert all(set(r["std"]) == {"loss_cls", "loss_bbox"} for r in records)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(trained, tiny_cfg, tmp_path):
     work, _ = trained
     resumed = str(tmp_path / "resumed")
@@ -164,6 +171,7 @@ def test_cudnn_benchmark_follows_config_and_yields_to_deterministic(tiny_cfg):
         torch.backends.cudnn.benchmark = before
 
 
+@pytest.mark.slow
 def test_runs_keep_their_per_image_detections_for_the_bootstrap(trained, capsys):
     """eval.json's run also writes detections.pkl; scripts/significance.py of a run against itself: 0 exactly."""
     work, metrics = trained
@@ -172,3 +180,31 @@ def test_runs_keep_their_per_image_detections_for_the_bootstrap(trained, capsys)
     out = _run_script("significance.py", [work, work, "-n", "50"])
     assert (out["diff"], out["low"], out["high"], out["images"]) == (0.0, 0.0, 0.0, 6)
     assert "mAP B - A = +0.0000, 95% interval [+0.0000, +0.0000] over 50 resamples of 6 test images" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_missing_test_image_is_reported_before_training(trained, tiny_cfg, tmp_path):
+    """The test set used to be built when training ended: hours later."""
+    data = tmp_path / "shapes"
+    shutil.copytree(yaml.safe_load(open(tiny_cfg))["data"]["root"], data)
+    test_ids = open(data / "ImageSets" / "Main" / "test.txt").read().split()
+    os.unlink(data / "JPEGImages" / f"{test_ids[0]}.jpg")
+    work = tmp_path / "w"
+    with pytest.raises(FileNotFoundError, match=f"{test_ids[0]}.jpg"):
+        engine.train(tiny_cfg, str(work), overrides=[f"data.root={data}"])
+    assert not (work / "metrics.jsonl").exists()  # not one step trained
+
+
+@pytest.mark.slow
+def test_every_rank_waits_for_the_diverged_record(tiny_cfg, tmp_path, monkeypatch, poison_from_step):
+    """Ranks other than 0 left at once on the non-finite stop; under torchrun their exit gets rank 0 killed
+    before it has written its checkpoint and diverged.json. Now the last barrier comes after the record."""
+    from detection.runtime import dist as dist_utils
+
+    poison_from_step(monkeypatch, 2, float("nan"))
+    work = str(tmp_path / "w")
+    seen = []
+    monkeypatch.setattr(dist_utils, "barrier", lambda: seen.append(os.path.isfile(os.path.join(work, "diverged.json"))))
+    with pytest.raises(FloatingPointError):
+        engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=1", "train.max_iters=20"])
+    assert seen and seen[-1] is True

@@ -73,6 +73,7 @@ def batch_loss(model, images, targets) -> float:
         return float(sum(model.train()(images, targets).values()))
 
 
+@pytest.mark.slow
 def test_short_run_on_real_tiles_lowers_the_loss(short_run, trees_data, imagenet_mobilenet_v2):
     """On a fixed batch: the step losses of a 16-step run are too noisy to compare (one image pair to the next,
     and the first steps of a focal-loss head), so the trained and a fresh model are scored on the same tiles."""
@@ -89,6 +90,7 @@ def test_short_run_on_real_tiles_lowers_the_loss(short_run, trees_data, imagenet
     assert metrics["num_images"] == 11 and 0.0 <= metrics["mAP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_detections_are_in_each_test_tiles_own_pixels(short_run, trees_data):
     """eval.json's detections (detections.pkl) lie inside each test tile's stored size, and the model maps
     boxes back exactly: its boxes through the pipeline are its boxes on the resized tile divided by the scale."""

@@ -90,6 +90,7 @@ def shapes_root(tmp_path_factory):
     return tmp_path_factory.mktemp("shapes2") / "shapes"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("demo,metric_keys", [
     ("frcnn_shapes_alwa1.yaml", {"mAP"}),
     ("maskrcnn_shapes_coco_alwa1.yaml", {"AP", "AP50", "AP75", "APs", "APm", "APl", "segm_AP", "segm_AP50"}),

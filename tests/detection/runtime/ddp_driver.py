@@ -1,13 +1,13 @@
 """Run under torchrun by test_ddp.py: trains a config for a few steps and saves each rank's final state.
 
-    torchrun --standalone --nproc_per_node=2 tests/detection/ddp_driver.py CFG WORK_DIR [KEY=VALUE ...]
+    torchrun --standalone --nproc_per_node=2 tests/detection/runtime/ddp_driver.py CFG WORK_DIR [KEY=VALUE ...]
 
 DDP_RESUME=1 resumes from WORK_DIR/checkpoints/last.pth; DDP_NAN_AT=N makes rank 1 alone produce a NaN at step N.
 """
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 
 import torch  # noqa: E402
 

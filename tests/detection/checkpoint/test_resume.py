@@ -11,7 +11,7 @@ import torch
 
 from detection.checkpoint.io import load_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 # 16 images / batch 2 = 8 iterations per epoch (16 with data.repeat=2); checkpoints every 5 land mid-epoch,
 # and mid-window for ALWA (interval 3); one loader worker so that augmentation runs outside the main process
 COMMON = ["model.fpn.out_channels=16", "data.shapes.num_train=16", "data.shapes.num_val=2", "data.shapes.num_test=2",
@@ -42,22 +42,12 @@ def command(detector, work, root, resume=False):
     return cmd + (["--resume"] if resume else []) + ["--set", f"data.root={root}"] + COMMON + extra
 
 
-def same(x, y) -> bool:
-    """Exact equality of nested dicts / lists of tensors and plain values."""
-    if torch.is_tensor(x):
-        return torch.is_tensor(y) and x.shape == y.shape and torch.equal(x, y)
-    if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
-    if isinstance(x, (list, tuple)):
-        return len(x) == len(y) and all(same(a, b) for a, b in zip(x, y))
-    return x == y
-
-
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+pytestmark = pytest.mark.slow  # three training processes per test
 
 
 @pytest.mark.parametrize("detector", sorted(DETECTORS))
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(detector, tmp_path):
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(detector, tmp_path, same):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     # the uninterrupted run beside the one to kill (one thread each on two cores); each generates the same
     # shapes data (deterministic from its seed) into a folder of its own

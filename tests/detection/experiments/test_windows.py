@@ -2,10 +2,13 @@
 import json
 import os
 
+import pytest
+
 from detection.checkpoint.io import load_checkpoint
 from detection.experiments.windows import describe, plot_windows, read_windows, summary
 
 
+@pytest.mark.slow
 def test_every_window_is_logged_with_what_the_rule_compared(trained):
     """The tiny run: ALWA_2 with C = 2 over 6 steps, log interval 2: one entry per window, in the record of the
     interval it completed in; its λcls is the checkpoint's at the end."""

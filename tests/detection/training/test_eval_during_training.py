@@ -11,6 +11,7 @@ from detection.config.loader import ConfigError
 from detection.experiments.plots import plot_runs, read_metrics
 
 QUIET = ["train.progress=false", "train.log_interval=1"]
+pytestmark = pytest.mark.slow  # every test here trains
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ DIVERGING = ["model.backbone.name=mobilenet_v3_small", "optimizer.type=sgd", "op
              "train.eval_after=false"]
 
 
+@pytest.mark.slow
 def test_the_advised_command_continues_past_the_divergence(tmp_path, write_tiny_retinanet, script, monkeypatch):
     cfg = write_tiny_retinanet(tmp_path)
     work = tmp_path / "w"
@@ -30,7 +31,7 @@ def test_the_advised_command_continues_past_the_divergence(tmp_path, write_tiny_
     command = shlex.split(message.split("with a lower learning rate: ")[1].split(" The state at the stop")[0])
     assert command[:2] == ["python", "scripts/train.py"] and command[-1] == "optimizer.lr=1"
 
-    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
     script("train").main(command[2:])  # no SystemExit: it trains to the end
     assert load_checkpoint(str(work / "checkpoints" / "last.pth"))["iter"] == 8
     records = [json.loads(line) for line in open(work / "metrics.jsonl")]

@@ -1,5 +1,5 @@
 """Typed config sections: one model section per detector kind, one weighting section per type, renamed keys,
-and a type changed over a base config."""
+and a type changed over a base config; the range checks of the settings."""
 import pytest
 
 from detection import builders, engine
@@ -8,6 +8,12 @@ from detection.config.schema import ALWAConfig, DWAConfig, FasterRCNNConfig, Fix
 
 RETINA = "configs/demo/retinanet_shapes_alwa2.yaml"
 FRCNN = "configs/demo/frcnn_shapes_alwa1.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
+    """The tiny config alone (the shared one trains a run first)."""
+    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
 
 
 def error(path, *overrides):
@@ -124,3 +130,24 @@ def test_retinanet_positive_normaliser_key():
     assert builders.build_model(cfg, 3).loss.norm == "image"
     assert error(RETINA, "model.loss.pos_norm=images") == \
         "key 'model.loss.pos_norm' (from --set) expects one of 'batch', 'image', got str 'images'"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batch_size=0", "data.batch_size must be a positive integer"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("optimizer.lr=0", "optimizer.lr must be > 0"),
+    ("weighting.interval=0", "weighting.interval must be >= 2"),
+    ("data.min_size=0", "data.min_size must be a positive image size"),
+    ("train.max_iters=-1", "train.max_iters must be >= 1"),
+    ("train.checkpoint_interval=-1", "train.checkpoint_interval must be >= 1"),
+    ("data.classes=[circle,circle,triangle]", r"data.classes must be free of duplicates \(repeated: \['circle'\]\)"),
+    ("device=mps", "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+])
+def test_out_of_range_settings_are_config_errors(tiny_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        engine.load(tiny_cfg, [override])
+
+
+def test_dwa_keeps_its_window_of_one_step():
+    cfg = engine.load("configs/demo/retinanet_shapes_alwa2.yaml", ["weighting={_delete_: true, type: dwa, interval: 1}"])
+    assert cfg.weighting.interval == 1

@@ -75,7 +75,7 @@ def test_presets_build_on_a_two_stage_config(tmp_path):
     uses (the RoI head's loss, the RPN's weighting keys)."""
     from detection import builders, engine
 
-    cfg_path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo", "frcnn_shapes_alwa1.yaml")
+    cfg_path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "demo", "frcnn_shapes_alwa1.yaml")
     runs = plan_grid(["fixed", "alwa1", "alwa2_raw", "dwa"], str(tmp_path), variants=["l1", "smoothl1", "giou"],
                      model_type="faster_rcnn")
     assert len(runs) == 4 * 3  # every scheme x variant is checked below
@@ -121,6 +121,7 @@ def test_grid_table_mean_sd_and_paired_differences():
 
 
 
+@pytest.mark.slow
 def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retinanet):
     cfg = write_tiny_retinanet(tmp_path)
     root = str(tmp_path / "grid")
@@ -152,7 +153,7 @@ def test_iou_balanced_preset_is_the_released_voc_r50_config():
     from detection import engine
     from detection.config.loader import config_to_dict
 
-    configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    configs = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs")
     released = engine.load(os.path.join(configs, "retinanet_r50_voc_iou_balanced.yaml"))
     loss = released.model.loss
     assert (loss.reg_loss, loss.smooth_l1_beta, loss.reg_loss_weight, loss.iou_balanced_eta, loss.iou_balanced_lambda,
@@ -162,6 +163,7 @@ def test_iou_balanced_preset_is_the_released_voc_r50_config():
     assert config_to_dict(preset) == config_to_dict(released)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_reported_not_retrained_and_not_a_failure(tmp_path, capsys, write_tiny_retinanet):
     """A run that diverged made the grid raise before writing any report, and rerunning trained it again (the
     same seed diverges the same way); the bootstrap table vanished because the run has no detections."""

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 import torch
-from test_resume import same  # tests/detection is on sys.path (pytest's default import mode)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DRIVER = os.path.join(REPO, "tests", "detection", "ddp_driver.py")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DRIVER = os.path.join(REPO, "tests", "detection", "runtime", "ddp_driver.py")
 
 COMMON = ["model.backbone.name=resnet18", "model.fpn.out_channels=16", "data.shapes.num_train=16",
           "data.shapes.num_val=2", "data.shapes.num_test=4", "data.shapes.image_size=64", "data.min_size=64",
@@ -28,6 +27,7 @@ CASES = {
 
 NO_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"),
                                  reason="torchrun is not available")
+pytestmark = pytest.mark.slow  # every test here trains under torchrun
 
 
 def start_ranks(name, work, root, extra=(), env=None):
@@ -54,7 +54,7 @@ def run_ranks(name, work, root, extra=(), env=None):
 
 
 @NO_TORCHRUN
-def test_resumed_two_rank_run_continues_each_rank_exactly(tmp_path):
+def test_resumed_two_rank_run_continues_each_rank_exactly(tmp_path, same):
     """Faster R-CNN (random RPN / RoI sampling) with the released ALWA statistics (per process, each rank its
     own λ): 3 steps, then a resume to 6, ends where an uninterrupted 6-step run ends, rank by rank."""
     root = tmp_path / "shapes"
@@ -122,7 +122,7 @@ def test_two_ranks_validate_during_training_and_accumulate(tmp_path):
 def test_two_ranks_that_diverge_leave_diverged_json(tmp_path):
     """A diverged two-rank run under torchrun leaves rank 0's record. (That the other ranks wait for it, so
     torchrun does not stop rank 0 first when a large checkpoint is slow to write, is
-    test_silent_failures.test_every_rank_waits_for_the_diverged_record.)"""
+    tests/detection/test_engine.py::test_every_rank_waits_for_the_diverged_record.)"""
     import json
 
     cfg, model_extra = CASES["retinanet"]

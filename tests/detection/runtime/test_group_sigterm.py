@@ -13,7 +13,7 @@ import torch
 from detection.checkpoint.io import load_checkpoint
 from detection.runtime.signals import ignore_stop_signals
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
@@ -54,6 +54,7 @@ def test_workers_ignore_a_sigterm_of_others_but_not_the_loaders_own_shutdown():
     assert all(_gone(p) for p in pids)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_writes_a_checkpoint(tmp_path, write_tiny_retinanet):
     """scripts/train.py with 2 loader workers in a session of its own, SIGTERM to the group after a few steps,
     twice (the race hit 7 of 8 tries before: both tries miss it with probability 1/64)."""

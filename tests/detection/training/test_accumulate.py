@@ -50,6 +50,7 @@ def test_two_micro_batches_equal_one_double_batch(make):
         assert torch.allclose(sa["window"], sb["window"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_trainer_takes_accumulate_batches_per_step_and_scales_the_lr(tmp_path, write_tiny_retinanet, capsys):
     cfg_path = write_tiny_retinanet(tmp_path)
     overrides = ["train.accumulate=3", "train.max_iters=2", "train.eval_after=false", "train.progress=false",

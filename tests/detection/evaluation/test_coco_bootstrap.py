@@ -97,7 +97,7 @@ def test_coco_runs_write_their_boxes_for_the_bootstrap_and_plots_say_voc_only(tm
     from detection.config.loader import config_to_dict
 
     root = tmp_path / "shapes"
-    cfg = engine.load(os.path.join(os.path.dirname(__file__), "..", "..", "configs/demo/maskrcnn_shapes_coco_alwa1.yaml"),
+    cfg = engine.load(os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs/demo/maskrcnn_shapes_coco_alwa1.yaml"),
                       [f"data.root={root}", "data.shapes.num_train=2", "data.shapes.num_val=1", "data.shapes.num_test=3",
                        "data.shapes.image_size=64", "data.min_size=64", "data.max_size=64", "data.num_workers=0",
                        "model.type=faster_rcnn", "model.fpn.out_channels=16", "model.rpn.feat_channels=16",

@@ -1,5 +1,6 @@
 """The shapes-pretrained backbone: crops by hand, a short run that learns, and the file's torchvision layout."""
 import numpy as np
+import pytest
 import torch
 
 from datasets.shapes import render_scene
@@ -26,6 +27,7 @@ def test_crops_hold_every_object_and_background():
     assert ys[:len(first_labels)].tolist() == (first_labels + 1).tolist()
 
 
+@pytest.mark.slow
 def test_short_pretraining_learns_and_loads_as_a_backbone(tmp_path):
     out = str(tmp_path / "r18.pth")
     result = pretrain(out, steps=40, batch_size=32, lr=2e-3, seed=3, train_scenes=120, test_scenes=40, size=32,

@@ -27,6 +27,7 @@ def test_boxes_are_drawn_in_their_class_colour():
     assert wide.shape == (60 + 22, 80 + 8 + 80, 3)
 
 
+@pytest.mark.slow
 def test_predict_writes_pictures_and_coco_results(finished, script, tmp_path, capsys):
     _, work = finished
     ckpt = os.path.join(work, "checkpoints", "last.pth")
@@ -61,6 +62,7 @@ def test_predict_writes_pictures_and_coco_results(finished, script, tmp_path, ca
         script("predict").main(["--ckpt", ckpt, "--input", str(tmp_path / "nothing"), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_browse_data_draws_the_annotation(finished, script, tmp_path, capsys):
     cfg, _ = finished
     out = tmp_path / "browse"
@@ -80,6 +82,7 @@ def test_browse_data_draws_the_annotation(finished, script, tmp_path, capsys):
     assert len(aug) == 2 and cv2.imread(aug[0]).shape[:2] == (448, 448)
 
 
+@pytest.mark.slow
 def test_eval_plots_voc_pr_curves(finished, script, tmp_path):
     pytest.importorskip("matplotlib")
     _, work = finished
@@ -89,6 +92,7 @@ def test_eval_plots_voc_pr_curves(finished, script, tmp_path):
     assert picture is not None and picture.shape[1] > 600  # three class panels side by side
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_scalars_and_pictures(write_tiny_retinanet, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -309,3 +309,20 @@ def test_cli_scale_cuts_schedule_and_data_in_the_printed_commands(tmp_path, caps
     assert exit_.value.code == 0
     cmds = [line for line in capsys.readouterr().out.splitlines() if "$" in line]
     assert len(cmds) == 9 and all("train.epochs=6" in c and "train_fraction" not in c for c in cmds)
+
+
+def test_reproduce_waits_for_its_run_through_ctrl_c(monkeypatch):
+    """subprocess.call killed the child 0.25 s after Ctrl-C, before it could write its checkpoint."""
+    from detection.experiments import reproduce
+
+    class Child:
+        waits = 0
+
+        def wait(self):
+            Child.waits += 1
+            if Child.waits == 1:
+                raise KeyboardInterrupt  # the Ctrl-C reaches the parent while the child saves
+            return 130
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", lambda cmd: Child())
+    assert reproduce.run_child(["train"]) == 130 and Child.waits == 2

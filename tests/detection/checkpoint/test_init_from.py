@@ -113,7 +113,7 @@ def test_voc_fine_tuning_config_pairs_all_twenty_classes_with_coco():
 
     from detection.config.loader import load_config
 
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     cfg = load_config(Config, os.path.join(repo, "configs/torchvision/finetune_voc_retinanet.yaml"))
     pairs = class_pairs(list(datasets.VOC_CLASSES), COCO, cfg.model.init_class_map, "coco")
     assert len(pairs) == 20 and COCO[pairs[datasets.VOC_CLASSES.index("sofa")]] == "couch"

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from detection.checkpoint.state import TrainingState
-from detection.training.guard import NonFiniteGuard
 from detection.training.hooks import LRSchedule, MetricsLogger, keep_records_upto
 from detection.training.trainer import HookBase, StepPolicy, Trainer, train_step
 from losses.weighting import ALWA, Fixed
@@ -428,3 +427,40 @@ def test_a_non_finite_micro_batch_skips_the_whole_accumulated_step():
     assert alwa.state_dict()["count"] == 0  # the weighting observed nothing
     out = train_step(model, [(good, [{}]), (good, [{}])], alwa, opt)
     assert out.skipped is None and alwa.state_dict()["count"] == 1 and model.w.item() < 1.0
+
+
+def test_a_finite_loss_that_explodes_counts_as_diverged(tmp_path):
+    """A loss of 1e7 trained on to exit 0; above train.max_loss it is skipped like a non-finite one."""
+    from detection.training.trainer import train_step
+    from losses.weighting import Fixed
+
+    p = torch.nn.Parameter(torch.ones(()))
+    opt = torch.optim.SGD([p], lr=0.1)
+    model = lambda images, targets: {"loss_cls": p * 1e7, "loss_bbox": p}  # noqa: E731
+    out = train_step(model, [(torch.zeros(1, 3, 8, 8), [{}])], Fixed(), opt, max_loss=1e4)
+    assert out.skipped == ["loss_cls"] and p.item() == 1.0
+    assert train_step(model, [(torch.zeros(1, 3, 8, 8), [{}])], Fixed(), opt).skipped is None
+
+
+def test_a_loader_that_fails_after_a_stop_request_is_the_interruption():
+    """A scheduler's SIGTERM to the whole job also ends the loader workers: the trainer stops as interrupted."""
+    from detection.runtime.signals import StopSignals, TrainingInterrupted
+    from detection.training.trainer import Trainer
+
+    class Dying:
+        def __iter__(self):
+            yield "batch"
+            raise RuntimeError("DataLoader worker (pid 7) exited unexpectedly")
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.loader, trainer.iter = Dying(), 4
+    signals = StopSignals()
+    batches = trainer._batches(signals)
+    assert next(batches) == "batch"
+    signals.requested = "SIGTERM"
+    with pytest.raises(TrainingInterrupted, match="interrupted by SIGTERM at iteration 4"):
+        next(batches)
+    fresh = trainer._batches(StopSignals())
+    next(fresh)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # without a stop request: the error itself
+        next(fresh)

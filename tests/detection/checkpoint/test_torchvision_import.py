@@ -16,7 +16,7 @@ from detection.checkpoint.io import load_checkpoint
 from detection.checkpoint.convert import COCO_CATEGORY_IDS, convert, convert_state_dict
 from detection.tools.inference import predict
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ARCHS = ["retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
          "maskrcnn_resnet50_fpn"]
 SMALL = ["data.min_size=320", "data.max_size=512"]  # both sides get the same smaller resize: a fast CPU test
@@ -192,6 +192,7 @@ def test_retinanet_sgd_steps_equal_torchvisions_for_two_images_of_different_size
         torch.testing.assert_close(ours_params[name].detach(), value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_coco_checkpoint_on_shapes_loads_all_but_the_classifier(tmp_path, capsys):
     from detection import engine
 

@@ -15,7 +15,7 @@ from detection import engine
 from detection.training import hooks
 from detection.checkpoint.io import load_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 # a MobileNet body: checkpoints of a few MB instead of 130
 FAST = ["model.backbone.name=mobilenet_v3_small", "train.max_iters=4", "train.checkpoint_interval=2",
         "train.log_interval=1", "train.eval_after=false"]
@@ -92,6 +92,7 @@ def test_torch_hides_enospc_in_its_own_error(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # the partial temp file is removed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_iters", [4, 5])  # the final save (after training) and a periodic one (in a step)
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_last_pth(tiny_cfg, tmp_path, monkeypatch, capsys, script,
                                                                     max_iters):
@@ -106,6 +107,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_last_pth(tiny_cfg, tm
     assert load_checkpoint(str(last))["iter"] == 2 and os.listdir(last.parent) == ["last.pth"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_metrics_jsonl_is_reported_once(tiny_cfg, tmp_path, monkeypatch, capsys, script):
     """It raised twice: at the record's write, and again when the log was closed (its buffer)."""
     real = hooks.MetricsLogger.before_train
@@ -126,6 +128,7 @@ def test_a_full_disk_at_metrics_jsonl_is_reported_once(tiny_cfg, tmp_path, monke
     assert load_checkpoint(str(last))["iter"] == 2
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_killed_checkpoint_write_are_removed_at_the_next_start(tiny_cfg, tmp_path, capsys):
     from detection.training.workdir import WorkDirError, WorkDirLock
 
@@ -147,6 +150,7 @@ def test_temp_files_of_a_killed_checkpoint_write_are_removed_at_the_next_start(t
     assert sorted(os.listdir(folder)) == [".tmp_notes.txt", "last.pth", "mine.pth", "tmp_k3x_9q0a.pth"]
 
 
+@pytest.mark.slow
 def test_a_truncated_last_pth_offers_the_newest_intact_numbered_checkpoint(tiny_cfg, tmp_path, script, monkeypatch):
     work = tmp_path / "w"
     settings = ["--set", *FAST, "train.keep_checkpoints=2"]

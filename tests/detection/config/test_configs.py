@@ -7,11 +7,12 @@ import pytest
 from detection import builders, engine
 from detection.experiments.tables import GENERATED_MARKER
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
                  if "_base_" not in p and not p.endswith("tables.yaml"))
-# The ~100 table configs generated from configs/tables.yaml are loaded by tests/detection/test_tables.py, which
-# builds one model per (detector, backbone) only; building each here would take minutes.
+# The ~100 table configs generated from configs/tables.yaml are loaded by
+# tests/detection/experiments/test_tables.py, which builds one model per (detector, backbone) only; building each
+# here would take minutes.
 HAND_WRITTEN = [p for p in CONFIGS if GENERATED_MARKER not in open(p, encoding="utf-8").read()]
 
 

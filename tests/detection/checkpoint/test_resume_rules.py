@@ -1,9 +1,11 @@
 """Resume and stop rules: --resume with changed settings or classes (an error, or --allow-config-change), a
-failed resume, corrupt or mismatched checkpoints, and Ctrl-C / SIGTERM checkpoints."""
+failed resume, corrupt or mismatched checkpoints, Ctrl-C / SIGTERM checkpoints, and the checkpoints' file mode.
+Every test here trains, or continues the shared tiny run."""
 import json
 import os
 import shutil
 import signal
+import stat
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from detection import engine
 from detection.checkpoint.io import load_checkpoint
 from detection.config.loader import ConfigError
 from detection.training.trainer import HookBase
+
+pytestmark = pytest.mark.slow
 
 
 
@@ -133,3 +137,34 @@ def test_a_checkpoint_older_than_a_new_key_resumes(trained, tiny_cfg, tmp_path):
     engine.train(tiny_cfg, work, resume=True, overrides=["train.max_iters=7", "train.eval_after=false",
                                                          "train.eval_interval=7", "train.tensorboard=false"])
     assert load_checkpoint(path)["iter"] == 7  # evaluation settings may change on a resume too
+
+
+def test_allow_config_change_applies_a_weight_decay_that_was_zero(trained, tiny_cfg, tmp_path):
+    work = str(shutil.copytree(trained, tmp_path / "w"))
+    state = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-4)
+    engine.train(tiny_cfg, work, resume=True, allow_config_change=True,
+                 overrides=["optimizer.weight_decay=0.05", "train.max_iters=7", "train.eval_after=false"])
+    groups = load_checkpoint(os.path.join(work, "checkpoints", "last.pth"))["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == pytest.approx(0.05) and groups[1]["weight_decay"] == 0.0  # AdamW: norms
+
+
+def test_a_different_process_count_is_a_change_when_the_lr_scales_with_it(trained, tiny_cfg):
+    from detection.checkpoint.resume import check_resume
+
+    state = load_checkpoint(os.path.join(trained, "checkpoints", "last.pth"))
+    cfg = engine.load(os.path.join(trained, "config.yaml"))
+    assert state["world_size"] == 1 and check_resume(state, "x", cfg, state["classes"], allow=False) == []
+    with pytest.raises(ConfigError, match=r"processes \(optimizer.scale_lr scales the lr with them\): 1 in the "
+                                          r"checkpoint, 2 now"):
+        check_resume(state, "x", cfg, state["classes"], allow=False, world=2)
+    fixed_lr = engine.load(os.path.join(trained, "config.yaml"), ["optimizer.scale_lr=false"])
+    state["config"]["optimizer"]["scale_lr"] = False
+    assert check_resume(state, "x", fixed_lr, state["classes"], allow=False, world=2) == []
+
+
+def test_checkpoints_are_readable_like_other_outputs(trained):
+    mode = os.stat(os.path.join(trained, "checkpoints", "last.pth")).st_mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(mode) == 0o666 & ~umask  # a bare temp file would be 0600

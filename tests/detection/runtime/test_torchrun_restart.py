@@ -11,12 +11,11 @@ import time
 
 import pytest
 import torch
-from test_ddp import CASES, COMMON, NO_TORCHRUN
-from test_resume import same
+from test_ddp import CASES, COMMON, NO_TORCHRUN  # runtime/ is on sys.path (pytest's default import mode)
 
 from detection.checkpoint.io import load_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
 SETTINGS = ["model.backbone.name=mobilenet_v3_small", "weighting.sync=false", "train.max_iters=8",
             "train.lr_steps=[6]", "train.checkpoint_interval=2", "train.log_interval=1"]
@@ -43,10 +42,11 @@ def worker(agent: int, rank: int) -> int:
 KNOWN_ABORT = "terminate called without an active exception"
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @NO_TORCHRUN
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker through /proc")
-def test_a_worker_killed_under_torchrun_restarts_and_ends_like_an_uninterrupted_run(tmp_path):
+def test_a_worker_killed_under_torchrun_restarts_and_ends_like_an_uninterrupted_run(tmp_path, same):
     root = tmp_path / "shapes"
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     done = subprocess.run(command(ref, root), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)

@@ -10,6 +10,7 @@ workers) may always change. A different class list is always refused, both lists
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Sequence, Tuple
 
 from detection.checkpoint.io import CheckpointError, load_checkpoint
@@ -95,21 +96,20 @@ def apply_changes(optimizer, scheduler, lr: float, cfg) -> None:
     """After loading a checkpoint with ``--allow-config-change``: the new config's learning rate (``lr``,
     already scaled), momentum (SGD), weight decay and schedule replace the checkpoint's, from its iteration on.
     The weight decay follows the optimizer builder's groups: the first group decays, the others (norms and
-    biases under AdamW, learnable loss weights) do not. The schedule changes through its state dict (its
-    ``base_lrs`` and the last learning rates it reports)."""
+    biases under AdamW, learnable loss weights) do not. The schedule takes the new base rate and is stepped
+    again onto its own iteration, which puts the new schedule's rate there into the groups and into
+    ``get_last_lr()`` (public attributes and ``step()`` only)."""
     o = cfg.optimizer
     for i, group in enumerate(optimizer.param_groups):
         group["initial_lr"] = lr
         group["weight_decay"] = o.weight_decay if i == 0 else 0.0
         if "momentum" in group:
             group["momentum"] = o.momentum
-    state = scheduler.state_dict()
-    # the new schedule's factor at this iteration
-    now = [lr * factor(state["last_epoch"]) for factor in scheduler.lr_lambdas]
-    for group, value in zip(optimizer.param_groups, now):
-        group["lr"] = value
-    state.update(base_lrs=[lr] * len(optimizer.param_groups), _last_lr=now)
-    scheduler.load_state_dict(state)
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    scheduler.last_epoch -= 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no optimizer step is missed
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
 
 
 def _not_applied(key: str, cfg) -> str:

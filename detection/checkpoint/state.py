@@ -3,7 +3,8 @@
 A training checkpoint (``checkpoints/last.pth``) is a dict of
 
 - ``iter``: the iteration it was written at; it is also the loader's position (the sampler restarts epoch
-  ``iter // iters_per_epoch`` at that epoch's batch ``iter % iters_per_epoch``);
+  ``iter // iters_per_epoch`` at that epoch's optimizer step ``iter % iters_per_epoch``, i.e. at its batch
+  ``(iter % iters_per_epoch) * train.accumulate``);
 - ``model`` (unwrapped from DDP), ``optimizer``, ``scheduler`` (``LambdaLR.state_dict()``), ``scaler`` (fp16
   only), ``weighting`` (rank 0's), ``bad_steps`` (the non-finite guard's count) and ``hooks`` (``{hook class
   name: its state}`` for hooks with state, e.g. the evaluation hook's best value);
@@ -88,12 +89,14 @@ class TrainingState:
     def __init__(self, scheduler=None, extra: Optional[dict] = None):
         self.scheduler, self.extra = scheduler, dict(extra or {})
 
-    def capture(self, trainer) -> dict:
+    def capture(self, trainer, writer: bool = True) -> Optional[dict]:
         """The trainer's state now. Under DDP a collective (every rank's RNG and weighting state is gathered):
-        every rank calls it; only rank 0's result is meant to be written."""
+        every rank calls it; the others (``writer`` False) get None."""
         per_rank = None
         if dist_utils.is_dist():
             per_rank = dist_utils.all_gather_objects({"rng": rng_state(), "weighting": trainer.weighting.state_dict()})
+        if not writer:
+            return None
         state = {"iter": trainer.iter, "model": _unwrap(trainer.model).state_dict(),
                  "optimizer": trainer.optimizer.state_dict(), "weighting": trainer.weighting.state_dict(),
                  "bad_steps": trainer.guard.bad_steps}
@@ -111,9 +114,10 @@ class TrainingState:
         return state
 
     def restore(self, trainer, state: dict, rank: int = 0, world: int = 1,
-                log: Callable[[str], None] = print) -> None:
+                log: Callable[[str], None] = lambda line: None) -> None:
         """Everything ``capture`` saved, into ``trainer`` (and this object's scheduler); then this process's RNG
-        and weighting state (:meth:`restore_rank`)."""
+        and weighting state (:meth:`restore_rank`). ``log``: where the one line about a changed process count
+        goes (the writer rank's print; nothing elsewhere)."""
         _unwrap(trainer.model).load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -129,7 +133,8 @@ class TrainingState:
         self.restore_rank(trainer, state, rank, world, log)
 
     @staticmethod
-    def restore_rank(trainer, state: dict, rank: int, world: int, log: Callable[[str], None] = print) -> None:
+    def restore_rank(trainer, state: dict, rank: int, world: int,
+                     log: Callable[[str], None] = lambda line: None) -> None:
         """This process's RNG and weighting state: the saved ones of the same rank when the checkpoint was written
         by as many processes (exact resume), else rank 0's (a different process count cannot continue the same
         random streams; said so)."""

@@ -1,4 +1,5 @@
-"""Evaluation metrics for object detection: PASCAL VOC mAP and COCO AP (pycocotools)."""
+"""Evaluation: the one runner (runner: inference over a test set, metrics, eval.json), PASCAL VOC mAP (voc),
+COCO AP (coco, pycocotools), paired bootstraps (bootstrap, coco_bootstrap) and PR curves (curves)."""
 from .coco import coco_evaluate, detections_to_coco, masks_to_rles
 from .voc import voc_map
 

@@ -88,7 +88,7 @@ def evaluate_voc(model: nn.Module, dataset, cfg: Config, device: torch.device, s
         "metric": cfg.eval.metric,
         "iou_thr": cfg.eval.iou_thr,
         "num_images": len(order),
-        # what a paired bootstrap needs (detection/evaluation/bootstrap.py); the engine writes it to
+        # what a paired bootstrap needs (detection/evaluation/bootstrap.py); write_metrics puts it in
         # detections.pkl and keeps it out of eval.json
         PER_IMAGE: {"format": "voc", "detections": detections, "annotations": annotations, "classes": class_names,
                     "iou_thr": cfg.eval.iou_thr, "metric": cfg.eval.metric, "legacy_coords": cfg.eval.legacy_coords},

@@ -1,1 +1,2 @@
-"""The training loop: the trainer and its step (trainer), its hooks (hooks, eval_hook) and the work dir (workdir)."""
+"""The training loop: the trainer and its step (trainer), the non-finite guard (guard), its hooks (hooks,
+eval_hook) and the work dir (workdir)."""

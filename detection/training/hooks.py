@@ -51,8 +51,9 @@ def keep_records_upto(path: str, last_iter: int) -> int:
 
 class LRSchedule(HookBase):
     """Steps the learning-rate schedule after every step, a skipped one included: the data position and the
-    learning rate stay in step with the plan. Registered first, so that the other hooks see this step's
-    schedule (its state is saved by ``detection.checkpoint.state.TrainingState``)."""
+    learning rate stay in step with the plan. Registered before every hook that reads ``trainer.lr`` or saves
+    (the logger, the evaluation and checkpoint hooks), so that they see this step's schedule; its state is
+    saved by ``detection.checkpoint.state.TrainingState``."""
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
@@ -241,17 +242,16 @@ class CheckpointHook(HookBase):
     re-pointed at it (a hard link, so the data is written once), and only the newest ``keep`` of those
     files are kept."""
 
-    def __init__(self, folder: str, interval: int, state: Optional[TrainingState] = None, writer: bool = True,
-                 keep: int = 1):
+    def __init__(self, folder: str, interval: int, state: TrainingState, writer: bool = True, keep: int = 1):
         if keep < 1:
             raise ValueError(f"keep must be >= 1 checkpoints, got {keep}")
         self.folder, self.interval, self.writer, self.keep = folder, max(1, interval), writer, keep
-        self.state = state or TrainingState()  # what a checkpoint holds, assembled in one place
+        self.state = state  # what a checkpoint holds (the run's scheduler among it), assembled in one place
 
     def save(self, name: Optional[str] = None):
         """Write the trainer's state: ``last.pth`` (and ``iter_NNNNNNN.pth`` with ``keep > 1``), or, with
         ``name``, only that file in the folder (``last.pth`` untouched)."""
-        state = self.state.capture(self.trainer)  # a collective under DDP: every rank, before the writer check
+        state = self.state.capture(self.trainer, self.writer)  # a collective under DDP: every rank takes part
         if not self.writer:
             return
         last = os.path.join(self.folder, "last.pth")

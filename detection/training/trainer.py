@@ -3,7 +3,8 @@
 The loop is ``before_train``, then per step ``before_step`` -> forward, weighting, backward (``train_step``)
 -> ``after_backward`` -> optimizer step -> ``after_step``, then ``after_train``. The step's result
 (``StepOutput``: raw and weighted losses, the weights, ALWA's completed windows) is ``trainer.last``; hooks
-read it and the trainer's public attributes (``iter``, ``epoch``, ``lr``...), never the weighting. The
+read it and the trainer's public attributes (``iter``, ``epoch``, ``lr``...), never the weighting (the
+checkpoint's ``TrainingState`` does: the weighting is part of a run's state). The
 learning-rate schedule is a hook (``hooks.LRSchedule``, stepped first after every step, skipped steps
 included); the non-finite guard is a policy of its own (``guard.NonFiniteGuard``, part of ``StepPolicy``). A
 checkpoint's state is assembled by ``detection.checkpoint.state``, not here.

@@ -18,6 +18,12 @@ from detection.config.schema import Config
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
+    """The tiny config alone: these tests stop before training (the shared one trains a run first)."""
+    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
+
+
 def _train_error(script, argv) -> str:
     """The message scripts/train.py exits with (SystemExit's code: a string for a user error)."""
     with pytest.raises(SystemExit) as info:
@@ -200,8 +206,8 @@ def test_a_second_signal_during_the_final_checkpoint_write_stops_with_its_messag
             monkeypatch.setattr(hooks, "save_checkpoint", save_during_second_signal)
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under a background shell
-    checkpoints = hooks.CheckpointHook(str(tmp_path), interval=1)
-    trainer = make_trainer(10, Fixed({"loss_cls": 1.0, "loss_bbox": 1.0}), hooks=[StopAfterTwo(), checkpoints])
+    trainer = make_trainer(10, Fixed({"loss_cls": 1.0, "loss_bbox": 1.0}), hooks=[StopAfterTwo()])
+    trainer.register(hooks.CheckpointHook(str(tmp_path), 1, trainer.state))  # after: its final save comes last
     with pytest.raises(KeyboardInterrupt, match="second SIGINT: stopped at once"):
         trainer.train()
     assert load_checkpoint(str(tmp_path / "last.pth"))["iter"] == 2

@@ -208,3 +208,17 @@ def test_every_rank_waits_for_the_diverged_record(tiny_cfg, tmp_path, monkeypatc
     with pytest.raises(FloatingPointError):
         engine.train(tiny_cfg, work, overrides=["train.max_bad_steps=1", "train.max_iters=20"])
     assert seen and seen[-1] is True
+
+
+def test_the_schedule_steps_before_the_hooks_that_read_or_save_it(tiny_cfg, tmp_path):
+    """The engine's hook list: LRSchedule before the logger (it writes ``lr``), the evaluation hook and the
+    checkpoint hook (it saves the scheduler), so that they see the state after this step."""
+    from detection.training.eval_hook import EvalHook
+    from detection.training.hooks import CheckpointHook, LRSchedule, MetricsLogger
+
+    cfg = engine.load(tiny_cfg, ["train.eval_interval=2", "train.progress=false"])
+    device, rank, world = engine.setup(cfg)
+    engine.prepare_work_dir(cfg, str(tmp_path), rank)
+    trainer = engine.build_trainer(cfg, str(tmp_path), device, rank, world)
+    kinds = [type(h) for h in trainer.hooks]
+    assert kinds == [LRSchedule, MetricsLogger, EvalHook, CheckpointHook]

@@ -258,9 +258,9 @@ def guarded(max_iters, calls, tmp_path, grads=False, max_bad_steps=5):
 
     from detection.training.hooks import CheckpointHook
 
-    trainer = make_trainer(max_iters, ALWA(interval=2), [
-        MetricsLogger(str(tmp_path / "m.jsonl"), interval=2, progress=False),
-        CheckpointHook(str(tmp_path / "ckpt"), interval=100)])
+    trainer = make_trainer(max_iters, ALWA(interval=2), [MetricsLogger(str(tmp_path / "m.jsonl"), interval=2,
+                                                                        progress=False)])
+    trainer.register(CheckpointHook(str(tmp_path / "ckpt"), 100, trainer.state))
     trainer.model = NaNAt(trainer.model, calls, grads=grads)
     trainer.guard.max_bad_steps = max_bad_steps
     return trainer, os.path.join(str(tmp_path / "ckpt"), "last.pth")
@@ -280,6 +280,22 @@ def test_non_finite_loss_step_is_skipped_and_counted(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
     assert rows[0]["skipped_steps"] == 1 and rows[0]["skipped_keys"] == {"loss_bbox": 1}
     assert "skipped_steps" not in rows[1] and all(v == v for v in rows[0]["weighted"].values())
+
+
+def test_a_skipped_step_advances_the_schedule_before_later_hooks_run(tmp_path):
+    """Step 4 is skipped (NaN loss); the schedule (factor 0.9 from iteration 4 on) still advances, and a hook
+    registered after LRSchedule sees the rate of that iteration on every step."""
+    trainer, _ = guarded(5, {4}, tmp_path)
+    seen = []
+
+    class Rate(HookBase):
+        def after_step(self):
+            seen.append((self.trainer.iter, self.trainer.lr, bool(self.trainer.last.skipped)))
+
+    trainer.register(Rate())
+    trainer.train()
+    assert seen == [(1, 3e-3, False), (2, 3e-3, False), (3, 3e-3, False), (4, pytest.approx(2.7e-3), True),
+                    (5, pytest.approx(2.7e-3), False)]
 
 
 def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path):
@@ -382,14 +398,14 @@ def test_an_error_mid_run_still_closes_the_log_and_leaves_the_last_checkpoint(tm
     from detection.training.hooks import CheckpointHook
 
     logger = MetricsLogger(str(tmp_path / "m.jsonl"), 1, progress=True)
-    ckpt = CheckpointHook(str(tmp_path / "ckpt"), 2)
 
     class Boom(HookBase):
         def before_step(self):
             if self.trainer.iter == 2:
                 raise RuntimeError("data went away")
 
-    trainer = make_trainer(4, Fixed(), hooks=[logger, ckpt, Boom()])
+    trainer = make_trainer(4, Fixed(), hooks=[logger, Boom()])
+    trainer.register(CheckpointHook(str(tmp_path / "ckpt"), 2, trainer.state))
     with pytest.raises(RuntimeError, match="data went away"):
         trainer.train()
     assert trainer.stop_reason == "error"

@@ -10,7 +10,6 @@ workers) may always change. A different class list is always refused, both lists
 """
 from __future__ import annotations
 
-import warnings
 from typing import Dict, List, Sequence, Tuple
 
 from detection.checkpoint.io import CheckpointError, load_checkpoint
@@ -107,9 +106,7 @@ def apply_changes(optimizer, scheduler, lr: float, cfg) -> None:
             group["momentum"] = o.momentum
     scheduler.base_lrs = [lr] * len(optimizer.param_groups)
     scheduler.last_epoch -= 1
-    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no optimizer step is missed
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-        scheduler.step()
+    scheduler.step()  # its step count comes from the checkpoint (> 1): no "step before optimizer.step()" warning
 
 
 def _not_applied(key: str, cfg) -> str:

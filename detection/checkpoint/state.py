@@ -86,7 +86,7 @@ class TrainingState:
     this module's docstring. ``scheduler``: the run's learning-rate schedule (the trainer steps it through the
     ``LRSchedule`` hook); ``extra``: the self-describing entries (:func:`checkpoint_extra`)."""
 
-    def __init__(self, scheduler=None, extra: Optional[dict] = None):
+    def __init__(self, scheduler, extra: Optional[dict] = None):
         self.scheduler, self.extra = scheduler, dict(extra or {})
 
     def capture(self, trainer, writer: bool = True) -> Optional[dict]:
@@ -98,10 +98,8 @@ class TrainingState:
         if not writer:
             return None
         state = {"iter": trainer.iter, "model": _unwrap(trainer.model).state_dict(),
-                 "optimizer": trainer.optimizer.state_dict(), "weighting": trainer.weighting.state_dict(),
-                 "bad_steps": trainer.guard.bad_steps}
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
+                 "optimizer": trainer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "weighting": trainer.weighting.state_dict(), "bad_steps": trainer.guard.bad_steps}
         if trainer.scaler is not None:
             state["scaler"] = trainer.scaler.state_dict()
         hooks = {name: s for name, s in ((type(h).__name__, h.state_dict()) for h in trainer.hooks) if s}
@@ -120,8 +118,7 @@ class TrainingState:
         goes (the writer rank's print; nothing elsewhere)."""
         _unwrap(trainer.model).load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(state["scheduler"])
         trainer.weighting.load_state_dict(state["weighting"])
         if trainer.scaler is not None and "scaler" in state:
             trainer.scaler.load_state_dict(state["scaler"])

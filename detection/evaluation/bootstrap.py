@@ -18,6 +18,8 @@ import torch
 
 from detection.evaluation.voc import _gather, _match_class
 
+DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
+
 Table = Tuple[np.ndarray, np.ndarray]  # (image index [D], TP flag [D]) of one class, in score order
 
 
@@ -125,7 +127,7 @@ def load_run(path: str) -> Dict:
     import os
     import pickle
 
-    file = path if path.endswith(".pkl") else os.path.join(path, "detections.pkl")
+    file = path if path.endswith(".pkl") else os.path.join(path, DETECTIONS_FILE)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no per-image detections at {file}: they are written beside eval.json by training "
                                 f"runs and by scripts/eval.py --out of this version")

@@ -13,6 +13,7 @@ from torch import nn
 
 from detection import builders
 from detection.runtime import dist as dist_utils
+from detection.evaluation.bootstrap import DETECTIONS_FILE  # the file its reader, load_run, opens
 from detection.evaluation.coco import METRIC_NAMES, coco_evaluate, detections_to_coco, masks_to_rles
 from detection.evaluation.voc import voc_map
 from detection.config.schema import Config
@@ -20,7 +21,6 @@ from detection.runtime.batch import autocast, move_batch
 
 
 PER_IMAGE = "per_image"  # metrics key of the per-image detections and annotations (not for eval.json)
-DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
 
 
 def _to_host(v):

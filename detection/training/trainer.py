@@ -30,6 +30,7 @@ from detection.runtime.signals import StopSignals, TrainingInterrupted
 from detection.training.guard import NonFiniteGuard
 from losses.weighting import WeightingStrategy
 
+
 class HookBase:
     """Hooks with state return it from ``state_dict()`` (part of every checkpoint) and take it back in
     ``load_state_dict()``."""
@@ -178,13 +179,12 @@ class Trainer:
                  policy: StepPolicy, hooks: Sequence[HookBase] = ()):
         """``loader``: an iterable of ``(images, targets)`` batches whose ``batch_sampler`` has ``len()`` (batches
         per epoch) and ``set_epoch(epoch, start_batch)`` (the position a resumed run continues from)."""
-        self.model, self.optimizer, self.weighting, self.loader = model, optimizer, weighting, loader
-        self.policy, self.guard = policy, policy.guard
-        self.sampler = loader.batch_sampler
-        self.iters_per_epoch = len(self.sampler) // policy.accumulate
+        self.model, self.optimizer, self.weighting = model, optimizer, weighting
+        self.loader, self.policy = loader, policy
+        self.iters_per_epoch = len(loader.batch_sampler) // policy.accumulate
         if self.iters_per_epoch < 1:
-            raise ValueError(f"the sampler has {len(self.sampler)} batches per epoch, fewer than one optimizer step "
-                             f"of {policy.accumulate} accumulated batches")
+            raise ValueError(f"the sampler has {len(loader.batch_sampler)} batches per epoch, fewer than one "
+                             f"optimizer step of {policy.accumulate} accumulated batches")
         self.scaler = torch.amp.GradScaler(policy.device.type) if policy.amp == "fp16" else None
         self.iter = 0
         self.epoch = 0
@@ -203,6 +203,10 @@ class Trainer:
     @property
     def max_iters(self) -> int:
         return self.policy.max_iters
+
+    @property
+    def guard(self) -> NonFiniteGuard:
+        return self.policy.guard
 
     def register(self, hook: HookBase) -> None:
         hook.trainer = self
@@ -277,7 +281,7 @@ class Trainer:
     def _loop(self, signals: StopSignals) -> None:
         while self.iter < self.max_iters and self._stop_request is None:
             self.epoch, offset = divmod(self.iter, self.iters_per_epoch)
-            self.sampler.set_epoch(self.epoch, start_batch=offset * self.policy.accumulate)
+            self.loader.batch_sampler.set_epoch(self.epoch, start_batch=offset * self.policy.accumulate)
             tic = time.perf_counter()
             group: List = []
             for batch in self._batches(signals):

@@ -56,10 +56,11 @@ def finished(tmp_path_factory, write_tiny_retinanet):
 
 
 
-@pytest.fixture
-def tiny_cfg(finished):
-    """The tiny config of ``finished`` (test modules may define their own)."""
-    return finished[0]
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
+    """The tiny config alone, nothing trained (a test that needs the trained run takes ``finished``, whose
+    config is ``finished[0]``, or ``trained``)."""
+    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

@@ -18,12 +18,6 @@ from detection.config.schema import Config
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
-    """The tiny config alone: these tests stop before training (the shared one trains a run first)."""
-    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
-
-
 def _train_error(script, argv) -> str:
     """The message scripts/train.py exits with (SystemExit's code: a string for a user error)."""
     with pytest.raises(SystemExit) as info:

@@ -17,11 +17,6 @@ from detection.config.loader import ConfigError
 
 
 @pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
-    return write_tiny_retinanet(tmp_path_factory.mktemp("engine"))
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_cfg, tmp_path_factory):
     work = str(tmp_path_factory.mktemp("work"))
     metrics = engine.train(tiny_cfg, work)

@@ -4,14 +4,14 @@
 sections (one per ``model.type``); ``weighting`` the loss-weighting sections (one per ``weighting.type``).
 """
 from detection.config.schema.model import (MODEL_TYPES, AnchorConfig, AssignerConfig, BackboneConfig, CoderConfig,
-                                    DenseLossConfig, DenseTestConfig, FasterRCNNConfig, FPNConfig, HeadConfig,
-                                    HeadLossConfig, MaskHeadConfig, MaskRCNNConfig, ModelConfig, ProposalsConfig,
-                                    RetinaLossConfig, RetinaNetConfig, RoIHeadConfig, RPNConfig, SamplerConfig,
-                                    TestConfig)
+                                           DenseLossConfig, DenseTestConfig, FasterRCNNConfig, FPNConfig, HeadConfig,
+                                           HeadLossConfig, MaskHeadConfig, MaskRCNNConfig, ModelConfig, ProposalsConfig,
+                                           RetinaLossConfig, RetinaNetConfig, RoIHeadConfig, RPNConfig, SamplerConfig,
+                                           TestConfig)
 from detection.config.schema.run import (IMAGENET_MEAN, IMAGENET_STD, Config, DataConfig, EvalConfig, OptimizerConfig,
-                                  ShapesConfig, TrainConfig)
-from detection.config.schema.weighting import (WEIGHTING_TYPES, ALWAConfig, AVWConfig, DWAConfig, FixedConfig, RLOConfig,
-                                        UncertaintyConfig, WeightingConfig, WindowedConfig)
+                                         ShapesConfig, TrainConfig)
+from detection.config.schema.weighting import (WEIGHTING_TYPES, ALWAConfig, AVWConfig, DWAConfig, FixedConfig,
+                                               RLOConfig, UncertaintyConfig, WeightingConfig, WindowedConfig)
 
 __all__ = [
     "ALWAConfig",

@@ -19,12 +19,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 # a MobileNet body: checkpoints of a few MB instead of 130
 FAST = ["model.backbone.name=mobilenet_v3_small", "train.max_iters=4", "train.checkpoint_interval=2",
         "train.log_interval=1", "train.eval_after=false"]
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
-    """The tiny config alone (the shared one trains a run first)."""
-    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
-
-
 FREE = r"\(\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free in "
 
 

@@ -19,6 +19,11 @@ from detection.training.trainer import HookBase
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def tiny_cfg(finished):
+    """The config of the shared trained run: the resumes below continue copies of it."""
+    return finished[0]
+
 
 # ------------------------------------------------------------------------------------------------ resume
 def test_resume_with_a_changed_learning_rate_is_an_error_naming_the_key(trained, tiny_cfg, tmp_path):

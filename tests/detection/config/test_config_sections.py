@@ -10,12 +10,6 @@ RETINA = "configs/demo/retinanet_shapes_alwa2.yaml"
 FRCNN = "configs/demo/frcnn_shapes_alwa1.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
-    """The tiny config alone (the shared one trains a run first)."""
-    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
-
-
 def error(path, *overrides):
     with pytest.raises(ConfigError) as e:
         engine.load(path, list(overrides))

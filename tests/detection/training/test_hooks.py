@@ -10,12 +10,6 @@ from detection.checkpoint.io import load_checkpoint
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
-    """The tiny config alone (the shared one trains a run first)."""
-    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
-
-
 def test_the_non_finite_stop_keeps_the_last_periodic_checkpoint(tiny_cfg, tmp_path, monkeypatch, poison_from_step):
     """The stop used to overwrite the only good checkpoint with the weights that gave the non-finite loss."""
     poison_from_step(monkeypatch, 4, float("inf"))

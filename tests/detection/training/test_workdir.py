@@ -8,12 +8,6 @@ import pytest
 from detection import engine
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory, write_tiny_retinanet):
-    """The tiny config alone (the shared one trains a run first)."""
-    return write_tiny_retinanet(tmp_path_factory.mktemp("tiny"))
-
-
 @pytest.mark.slow
 def test_a_second_run_in_a_locked_work_dir_refuses_and_a_stale_lock_is_taken_over(tiny_cfg, tmp_path, capsys):
     from detection.training.workdir import WorkDirError, WorkDirLock

@@ -8,6 +8,9 @@ A grid, e.g. Table 2's layout with three seeds per cell, two runs at a time with
     python scripts/compare.py --cfg configs/demo/retinanet_shapes_alwa2.yaml --schemes fixed alwa1 alwa2 \\
         --variants l1 smoothl1 ciou --seeds 0 1 2 --jobs 2 --threads 1 --work-root work_dirs/mini_table2
 
+The released layout (4 processes x 2 images, ALWA's window kept per process): add
+`--nproc 4 --threads 1 --set data.batch_size=2 weighting.sync=false`.
+
 Schemes are presets (fixed, alwa1, alwa2, alwa2_raw, avw, rlo, iou_balanced, uncertainty, dwa; ALWA acts on
 RetinaNet's head losses or on the RPN pair of Faster / Mask R-CNN, and a preset that does not apply to the
 config's detector is an error) or NAME:key=value,key=value; variants (rows) are presets (l1, smoothl1, iou,
@@ -35,7 +38,10 @@ def main(argv=None):
                         help=f"rows of a grid: presets {sorted(VARIANT_PRESETS)} or NAME:key=value,...")
     parser.add_argument("--seeds", nargs="*", type=int, default=[], help="one run per seed (sets seed=S)")
     parser.add_argument("--jobs", type=cli.positive_int, default=1, help="runs trained at once (subprocesses when > 1)")
-    parser.add_argument("--threads", type=cli.positive_int, default=None, help="CPU threads per run with --jobs > 1")
+    parser.add_argument("--threads", type=cli.positive_int, default=None,
+                        help="CPU threads per process with --jobs > 1 or --nproc > 1")
+    parser.add_argument("--nproc", type=cli.positive_int, default=1,
+                        help="processes per run under torchrun (gloo on a CPU; data.batch_size is per process)")
     parser.add_argument("--work-root", default="work_dirs/compare", help="one sub-folder per run")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; write compare.md / .csv / plots from the runs finished so far")
@@ -43,7 +49,8 @@ def main(argv=None):
     add_overrides(parser)  # overrides for every run
     args = parser.parse_args(argv)
     table = cli.run(lambda: run_grid(args.cfg, args.schemes, args.work_root, args.variants, args.seeds, args.set,
-                                      args.window, jobs=args.jobs, threads=args.threads, report_only=args.report_only),
+                                      args.window, jobs=args.jobs, threads=args.threads, report_only=args.report_only,
+                                      nproc=args.nproc),
                     also=(ValueError, RuntimeError))
     print(table)
 

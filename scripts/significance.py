@@ -1,10 +1,14 @@
-"""Is run B better than run A by more than the noise of the test set? A paired bootstrap over test images.
+"""Is run B better than run A by more than the noise? A paired bootstrap over test images, and over seeds.
 
     python scripts/significance.py work_dirs/fixed work_dirs/alwa2 [-n 1000] [--seed 0]
+    python scripts/significance.py fixed/seed0 alwa2/seed0 fixed/seed1 alwa2/seed1 fixed/seed2 alwa2/seed2
 
-Both runs must be evaluated on the same test images (their detections.pkl, written beside eval.json): VOC
-runs compare mAP, COCO runs box AP (IoU 0.50:0.95). Prints the difference B - A, its 95% interval over n resamples of the test images (the same resamples for
-both runs), and the fraction of resamples in which B beats A.
+Runs are given as A B pairs (work dirs or their detections.pkl); pairs of the same seed differ only in what
+is compared. All runs must be evaluated on the same test images: VOC runs compare mAP, COCO runs box AP (IoU
+0.50:0.95). Prints the mean difference B - A and its 95% interval over n resamples of the test images (the
+same resamples for every run; test-set noise only) with the fraction of resamples in which B beats A. With
+two pairs or more it also prints the interval of a bootstrap that resamples the seeds as well, and the
+paired t-interval over the seeds; a claim about the method should clear the widest of the three.
 """
 import argparse
 import time
@@ -17,17 +21,26 @@ from detection.evaluation.bootstrap import compare_runs
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_a", help="work dir (or detections.pkl) of the reference run")
-    parser.add_argument("run_b", help="work dir (or detections.pkl) of the run compared with it")
+    parser.add_argument("runs", nargs="+", metavar="A B",
+                        help="pairs of runs, reference first: A B [A B ...] (work dirs or detections.pkl)")
     parser.add_argument("-n", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if len(args.runs) % 2:
+        parser.error(f"runs come in pairs (A B [A B ...]); got {len(args.runs)} paths")
     tic = time.perf_counter()
-    out = cli.run(lambda: compare_runs(args.run_a, args.run_b, args.n, args.seed), also=(ValueError,))
+    out = cli.run(lambda: compare_runs(args.runs[0::2], args.runs[1::2], args.n, args.seed), also=(ValueError,))
     name = "box AP" if out.get("metric") == "coco_box_AP" else "mAP"
-    print(f"{name} B - A = {out['diff']:+.4f}, 95% interval [{out['low']:+.4f}, {out['high']:+.4f}] over {out['n']} "
-          f"resamples of {out['images']} test images; B better in {100 * out['b_better']:.1f}% of them "
-          f"({time.perf_counter() - tic:.1f} s)")
+    over = f"mean over {out['pairs']} pairs, " if out["pairs"] > 1 else ""
+    print(f"{name} B - A = {out['diff']:+.4f} ({over}{time.perf_counter() - tic:.1f} s)")
+    print(f"  test images: 95% interval [{out['low']:+.4f}, {out['high']:+.4f}] over {out['n']} resamples of "
+          f"{out['images']} test images; B better in {100 * out['b_better']:.1f}% of them")
+    if out["pairs"] > 1:
+        print("  per pair: " + ", ".join(f"{d:+.4f}" for d in out["pair_diffs"]))
+        print(f"  seeds and test images: 95% interval [{out['seeds_low']:+.4f}, {out['seeds_high']:+.4f}] "
+              f"(bootstrap over both; narrow with few seeds)")
+        print(f"  seeds: 95% paired t-interval [{out['t_low']:+.4f}, {out['t_high']:+.4f}] "
+              f"({out['pairs'] - 1} degree{'s' if out['pairs'] > 2 else ''} of freedom)")
     return out
 
 

@@ -11,11 +11,12 @@ drawn with the same counts for both runs (paired), from one seeded generator.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from detection.evaluation.intervals import paired_t_interval
 from detection.evaluation.voc import _gather, _match_class
 
 DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
@@ -96,29 +97,45 @@ def paired_bootstrap(run_a: Dict, run_b: Dict, n: int = 1000, seed: int = 0, chu
 
 def paired_bootstrap_mean(pairs: Sequence[Tuple[Dict, Dict]], n: int = 1000, seed: int = 0, chunk: int = 100,
                           metric: str = "11point") -> Dict:
-    """The mean of B - A over several pairs (e.g. one per seed) on the same test images, each resample drawing
-    the same images for every run: the interval covers the test set's noise of that mean."""
+    """The mean of B - A over several pairs (one per seed) on the same test images.
+
+    Returns ``diff`` (observed), ``low`` / ``high``: the 95% interval over resamples of the test images (the
+    same images drawn for every run: test-set noise only), ``b_better``, ``n``, ``images``, ``pairs`` and
+    ``pair_diffs``. With two pairs or more also ``seeds_low`` / ``seeds_high``, a two-level bootstrap that
+    draws the seed pairs with replacement as well as the images (seed and test-set noise together), and
+    ``t_low`` / ``t_high``, the paired t-interval over the seeds' differences (n - 1 degrees of freedom). With
+    few seeds the bootstrap over seeds sees only a few distinct draws and runs narrow; the t-interval is the
+    one to quote for a claim about the method.
+    """
     images = _images(pairs[0][0])
     for a, b in pairs:
         for r in (a, b):
             if not _same_ground_truth(r, pairs[0][0]):
                 raise ValueError("the runs were not evaluated on the same test images (ground truth differs)")
 
-    def mean_diff(counts):
+    def pair_diffs(counts):  # [B, N] -> [B, P]
         return torch.stack([resampled_metric(b, counts, metric) - resampled_metric(a, counts, metric)
-                            for a, b in pairs]).mean(0)
+                            for a, b in pairs], 1)
 
-    observed = float(mean_diff(torch.ones(1, images)))
+    observed = pair_diffs(torch.ones(1, images))[0]
     g = torch.Generator().manual_seed(seed)
-    diffs = []
+    g_seeds = torch.Generator().manual_seed(seed + 1)  # its own stream: the image draws stay those of one pair
+    by_images, by_both = [], []
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
         draws = torch.randint(images, (b, images), generator=g)
-        diffs.append(mean_diff(torch.zeros(b, images).scatter_add_(1, draws, torch.ones(b, images))))
-    d = torch.cat(diffs)
-    lo, hi = torch.quantile(d, torch.tensor([0.025, 0.975], dtype=d.dtype)).tolist()
-    return {"diff": observed, "low": lo, "high": hi, "b_better": float((d > 0).double().mean()), "n": n,
-            "images": images, "pairs": len(pairs)}
+        d = pair_diffs(torch.zeros(b, images).scatter_add_(1, draws, torch.ones(b, images)))
+        by_images.append(d.mean(1))
+        by_both.append(d.gather(1, torch.randint(len(pairs), d.shape, generator=g_seeds)).mean(1))
+    d = torch.cat(by_images)
+    q = torch.tensor([0.025, 0.975], dtype=d.dtype)
+    lo, hi = torch.quantile(d, q).tolist()
+    out = {"diff": float(observed.mean()), "low": lo, "high": hi, "b_better": float((d > 0).double().mean()),
+           "n": n, "images": images, "pairs": len(pairs), "pair_diffs": observed.tolist()}
+    if len(pairs) > 1:
+        out["seeds_low"], out["seeds_high"] = torch.quantile(torch.cat(by_both), q).tolist()
+        _, out["t_low"], out["t_high"] = paired_t_interval(out["pair_diffs"])
+    return out
 
 
 def load_run(path: str) -> Dict:
@@ -148,9 +165,18 @@ def load_run(path: str) -> Dict:
     return {"tables": tables, "npos": npos, "classes": list(data["classes"]), "metric": data["metric"], "file": file}
 
 
-def compare_runs(path_a: str, path_b: str, n: int = 1000, seed: int = 0) -> Dict:
-    a, b = load_run(path_a), load_run(path_b)
-    if (a["classes"], a["metric"]) != (b["classes"], b["metric"]):
-        raise ValueError(f"{a['file']} and {b['file']} differ in classes or metric: {a['classes']} {a['metric']} vs "
-                         f"{b['classes']} {b['metric']}")
-    return dict(paired_bootstrap(a, b, n=n, seed=seed, metric=a["metric"]), metric=a["metric"])
+def compare_runs(path_a: Union[str, Sequence[str]], path_b: Union[str, Sequence[str]], n: int = 1000,
+                 seed: int = 0) -> Dict:
+    """B - A for one pair of runs, or for runs paired by position (one pair per seed): the keys of
+    :func:`paired_bootstrap_mean`, and ``metric``."""
+    paths_a = [path_a] if isinstance(path_a, str) else list(path_a)
+    paths_b = [path_b] if isinstance(path_b, str) else list(path_b)
+    if len(paths_a) != len(paths_b) or not paths_a:
+        raise ValueError(f"runs are compared in pairs: got {len(paths_a)} A run(s) and {len(paths_b)} B run(s)")
+    pairs = [(load_run(a), load_run(b)) for a, b in zip(paths_a, paths_b)]
+    first = pairs[0][0]
+    for run in (r for pair in pairs for r in pair):
+        if (run["classes"], run["metric"]) != (first["classes"], first["metric"]):
+            raise ValueError(f"{first['file']} and {run['file']} differ in classes or metric: {first['classes']} "
+                             f"{first['metric']} vs {run['classes']} {run['metric']}")
+    return dict(paired_bootstrap_mean(pairs, n=n, seed=seed, metric=first["metric"]), metric=first["metric"])

@@ -180,9 +180,21 @@ def _prepare_data(cfg_path: str, runs: Sequence[GridRun]) -> None:
             builders.prepare_data(data)
 
 
-def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Optional[int]) -> List[str]:
-    """Train ``runs`` with at most ``jobs`` subprocesses at a time; returns the labels of failed runs."""
+def run_command(cfg_path: str, run: GridRun, nproc: int = 1) -> List[str]:
+    """``python scripts/train.py ... --resume``, or with ``nproc`` > 1 the same under this interpreter's
+    torchrun (``--standalone``: a free port per run, so several grid jobs can run at once; gloo on a CPU)."""
     from detection.experiments.reproduce import train_command
+
+    cmd = train_command(cfg_path, run.work_dir, 0, list(run.overrides) + ["train.progress=false"])
+    if nproc > 1:
+        cmd = cmd[:1] + ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + cmd[1:]
+    return cmd
+
+
+def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Optional[int],
+                  nproc: int = 1) -> List[str]:
+    """Train ``runs`` with at most ``jobs`` subprocesses at a time (each of ``nproc`` processes); returns the
+    labels of failed runs."""
 
     env = dict(os.environ)
     if threads:
@@ -192,7 +204,7 @@ def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Op
         while pending and len(active) < jobs:
             r = pending.pop(0)
             os.makedirs(r.work_dir, exist_ok=True)
-            cmd = train_command(cfg_path, r.work_dir, 0, list(r.overrides) + ["train.progress=false"])
+            cmd = run_command(cfg_path, r, nproc)
             log = open(os.path.join(r.work_dir, "train.log"), "a")
             print(f"[compare] {r.label}: started ({shlex.join(cmd)}; log in {log.name})", flush=True)
             active.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
@@ -214,12 +226,13 @@ def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Op
 def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Sequence[str] = (),
              seeds: Sequence[int] = (), overrides: Sequence[str] = (), window: int = 100,
              plot_keys: Optional[Sequence[str]] = None, jobs: int = 1,
-             threads: Optional[int] = None, report_only: bool = False) -> str:
+             threads: Optional[int] = None, report_only: bool = False, nproc: int = 1) -> str:
     """Train every unfinished run of the grid, then write ``compare.md`` (per-run table, and with variants or
     seeds the grid of mean ± sd and the paired differences to the first scheme), ``compare.csv`` and the loss
     plots (``losses.png``, or ``losses_<variant>.png``; the first seed's runs; ``plot_keys`` default: every loss
     of the runs' contracts, per-level splits summed). Returns the Markdown.
-    ``report_only``: train nothing and report the runs finished so far (an error when there are none)."""
+    ``report_only``: train nothing and report the runs finished so far (an error when there are none).
+    ``nproc`` > 1: each run is ``nproc`` processes under torchrun (subprocesses, also with ``jobs`` 1)."""
     from detection import engine
 
     model_type = engine.load(cfg_path, list(overrides)).model.type
@@ -233,9 +246,9 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
         return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
     for r in done:
         print(f"[compare] {r.label}: {_diverged_note(r) or 'finished'}, skipped")
-    if jobs > 1 and todo:
+    if (jobs > 1 or nproc > 1) and todo:
         _prepare_data(cfg_path, todo)
-        failed = _run_parallel(cfg_path, todo, jobs, threads)
+        failed = _run_parallel(cfg_path, todo, jobs, threads, nproc)
         if failed:
             raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume")
     else:
@@ -288,33 +301,39 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
 
 
 def bootstrap_markdown(runs: Sequence[GridRun], n: int = 1000) -> str:
-    """VOC grids: per variant and scheme, the mean mAP difference to the first scheme over the seeds both
-    finished, with its 95% interval from a paired bootstrap over test images (the same resamples for every
-    run; test-set noise, not seed noise). Empty when a run lacks its detections.pkl (COCO, or older runs)."""
-    from detection.evaluation.bootstrap import load_run, paired_bootstrap_mean
+    """VOC / COCO grids: per variant and scheme, the mean difference to the first scheme over the seeds both
+    finished, with three 95% intervals: a paired bootstrap over the test images (test-set noise only), a
+    bootstrap over seeds and images together, and the paired t-interval over seeds (the last two need two
+    seeds or more). Empty when a run lacks its detections.pkl (older runs)."""
+    from detection.evaluation.bootstrap import DETECTIONS_FILE, load_run, paired_bootstrap_mean
 
     schemes = list(dict.fromkeys(r.scheme for r in runs))
     paths = {(r.variant, r.scheme, r.seed): r.work_dir for r in runs if read_diverged(r.work_dir) is None}
-    if len(schemes) < 2 or not all(os.path.isfile(os.path.join(p, "detections.pkl")) for p in paths.values()):
+    if len(schemes) < 2 or not all(os.path.isfile(os.path.join(p, DETECTIONS_FILE)) for p in paths.values()):
         return ""
     cache: Dict[str, Dict] = {}
     load = lambda path: cache.setdefault(path, load_run(path))  # noqa: E731
     variants, seeds = list(dict.fromkeys(r.variant for r in runs)), list(dict.fromkeys(r.seed for r in runs))
-    lines = ["| | " + " | ".join(schemes[1:]) + " |", "|---|" + "---|" * (len(schemes) - 1)]
+    interval = lambda lo, hi: f"[{lo:+.4f}, {hi:+.4f}]"  # noqa: E731
+    lines = ["| variant | scheme | pairs | difference | test images | seeds and images | seeds (t) |",
+             "|---|---|---|---|---|---|---|"]
     for v in variants:
-        cells = []
         for sch in schemes[1:]:
             pairs = [(load(paths[(v, schemes[0], k)]), load(paths[(v, sch, k)])) for k in seeds
                      if (v, schemes[0], k) in paths and (v, sch, k) in paths]
             if not pairs:
-                cells.append("-")
+                lines.append(f"| {v or 'all'} | {sch} | 0 | - | - | - | - |")
                 continue
             b = paired_bootstrap_mean(pairs, n=n, metric=pairs[0][0]["metric"])
-            cells.append(f"{b['diff']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]")
-        lines.append(f"| {v or 'all'} | " + " | ".join(cells) + " |")
-    return (f"\nmAP difference to `{schemes[0]}` (mean over the paired seeds) with its 95% interval from a paired "
-            f"bootstrap over the test images ({n} resamples; scripts/significance.py for one pair):\n\n"
-            + "\n".join(lines) + "\n\n")
+            many = b["pairs"] > 1
+            lines.append(f"| {v or 'all'} | {sch} | {b['pairs']} | {b['diff']:+.4f} | {interval(b['low'], b['high'])} | "
+                         + (f"{interval(b['seeds_low'], b['seeds_high'])} | {interval(b['t_low'], b['t_high'])} |"
+                            if many else "- | - |"))
+    return (f"\nDifference to `{schemes[0]}` (mean over the seeds both runs finished) with 95% intervals: over "
+            f"{n} paired resamples of the test images (test-set noise only); over seeds and test images "
+            f"resampled together; and the paired t-interval over seeds (n - 1 degrees of freedom). With few "
+            f"seeds the t-interval is the widest; a claim should clear it. One pair: "
+            f"scripts/significance.py.\n\n" + "\n".join(lines) + "\n\n")
 
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, Optional[float]]:

@@ -174,7 +174,7 @@ def test_runs_keep_their_per_image_detections_for_the_bootstrap(trained, capsys)
     assert "per_image" not in json.load(open(os.path.join(work, "eval.json")))
     out = _run_script("significance.py", [work, work, "-n", "50"])
     assert (out["diff"], out["low"], out["high"], out["images"]) == (0.0, 0.0, 0.0, 6)
-    assert "mAP B - A = +0.0000, 95% interval [+0.0000, +0.0000] over 50 resamples of 6 test images" in capsys.readouterr().out
+    assert "test images: 95% interval [+0.0000, +0.0000] over 50 resamples of 6 test images" in capsys.readouterr().out
 
 
 @pytest.mark.slow

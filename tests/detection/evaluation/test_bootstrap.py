@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from detection.evaluation.bootstrap import match_tables, paired_bootstrap, resampled_map
+from detection.evaluation.bootstrap import match_tables, paired_bootstrap, paired_bootstrap_mean, resampled_map
 from detection.evaluation.voc import voc_map
 
 
@@ -75,20 +75,92 @@ def test_compare_reports_the_interval_of_every_paired_cell(tmp_path):
     rng = np.random.default_rng(3)
     runs = []
     for scheme in ("fixed", "same", "worse"):
+        # both seeds of a scheme give the same detections: no spread between seeds
+        kept = dets if scheme != "worse" else [{k: v[m] for k, v in d.items()} for d in dets
+                                               for m in [rng.random(len(d["scores"])) > 0.4]]
         for seed in (0, 1):
             work = tmp_path / scheme / str(seed)
             os.makedirs(work)
-            kept = dets if scheme != "worse" else [{k: v[m] for k, v in d.items()} for d in dets
-                                                   for m in [rng.random(len(d["scores"])) > 0.4]]
             with open(work / "detections.pkl", "wb") as f:
                 pickle.dump({"format": "voc", "detections": kept, "annotations": anns, "classes": ["a", "b"],
                              "iou_thr": 0.5, "metric": "11point", "legacy_coords": False}, f)
             runs.append(GridRun(None, scheme, seed, str(work), ()))
     text = bootstrap_markdown(runs, n=100)
-    row = [line for line in text.splitlines() if line.startswith("| all |")][0]
-    same, worse = [c.strip() for c in row.split("|")[2:4]]
-    assert same == "+0.0000 [+0.0000, +0.0000]"
-    diff, lo, hi = (float(x) for x in worse.replace("[", "").replace("]", "").replace(",", "").split())
-    assert lo <= diff <= hi < 0
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:8]]
+            for line in text.splitlines() if line.startswith("| all |")}
+    assert sorted(rows) == ["same", "worse"]
+    assert rows["same"] == ["2", "+0.0000", "[+0.0000, +0.0000]", "[+0.0000, +0.0000]", "[+0.0000, +0.0000]"]
+    pairs, diff, *intervals = rows["worse"]
+    assert pairs == "2"
+    for cell in intervals:
+        lo, hi = (float(x) for x in cell.strip("[]").split(","))
+        assert lo <= float(diff) <= hi
+    # no seed spread: the t-interval is a point and drawing seeds changes nothing in the bootstrap
+    assert intervals[2] == f"[{diff}, {diff}]" and intervals[1] == intervals[0]
+    assert float(intervals[0].strip("[]").split(",")[1]) < 0
     os.unlink(tmp_path / "worse" / "1" / "detections.pkl")
     assert bootstrap_markdown(runs, n=10) == ""  # a run without detections: no table
+
+
+def _weakened(dets, drop, seed):
+    rng = np.random.default_rng(seed)
+    return [{k: v[keep] for k, v in d.items()} for d in dets for keep in [rng.random(len(d["scores"])) > drop]]
+
+
+def test_seed_intervals_cover_the_spread_between_seeds_that_the_image_interval_ignores():
+    """Three seed pairs whose differences disagree in sign: the image-only interval of the mean is narrow, the
+    t-interval is the hand formula mean ± t(0.975, 2) sd / sqrt(3) and contains 0, and the two-level bootstrap
+    lies between the smallest and largest pair difference."""
+    import statistics
+
+    dets, anns = scene(n=120)
+    full = dict(zip(("tables", "npos"), match_tables(dets, anns, 2)))
+    weak = [dict(zip(("tables", "npos"), match_tables(_weakened(dets, 0.3, s), anns, 2))) for s in (1, 2)]
+    # seed 0: B is weaker; seed 1: A is weaker; seed 2: B weaker by a different draw
+    pairs = [(full, weak[0]), (weak[1], full), (full, weak[1])]
+    out = paired_bootstrap_mean(pairs, n=300, seed=4)
+    d = out["pair_diffs"]
+    assert len(d) == 3 and d[0] < 0 < d[1] and d[2] < 0
+    assert out["diff"] == pytest.approx(statistics.fmean(d))
+    half = 4.302652729911275 * statistics.stdev(d) / 3 ** 0.5
+    assert (out["t_low"], out["t_high"]) == pytest.approx((out["diff"] - half, out["diff"] + half), abs=1e-9)
+    assert out["t_low"] < 0 < out["t_high"]
+    assert min(d) - 0.05 <= out["seeds_low"] <= out["seeds_high"] <= max(d) + 0.05
+    assert out["seeds_high"] - out["seeds_low"] > out["high"] - out["low"]
+    # one pair: the seed intervals are not defined, and the image interval is that of paired_bootstrap
+    one = paired_bootstrap_mean(pairs[:1], n=300, seed=4)
+    assert "t_low" not in one and "seeds_low" not in one
+    assert (one["low"], one["high"]) == (paired_bootstrap(full, weak[0], n=300, seed=4)["low"],
+                                         paired_bootstrap(full, weak[0], n=300, seed=4)["high"])
+
+
+def test_significance_script_takes_seed_pairs_and_prints_the_seed_intervals(tmp_path, capsys):
+    import importlib.util
+    import os
+    import pickle
+    import sys
+
+    dets, anns = scene(n=60)
+    paths = []
+    for name, kept in (("a0", dets), ("b0", _weakened(dets, 0.3, 1)), ("a1", dets), ("b1", _weakened(dets, 0.3, 2))):
+        paths.append(str(tmp_path / f"{name}.pkl"))
+        with open(paths[-1], "wb") as f:
+            pickle.dump({"format": "voc", "detections": kept, "annotations": anns, "classes": ["a", "b"],
+                         "iou_thr": 0.5, "metric": "area", "legacy_coords": False}, f)
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts", "significance.py")
+    sys.path.insert(0, os.path.dirname(script))
+    try:
+        spec = importlib.util.spec_from_file_location("significance_script", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out = module.main(paths + ["-n", "60"])
+        with pytest.raises(SystemExit) as stop:
+            module.main(paths[:3])
+    finally:
+        sys.path.remove(os.path.dirname(script))
+    assert stop.value.code == 2
+    text = capsys.readouterr()
+    assert "runs come in pairs (A B [A B ...]); got 3 paths" in text.err
+    assert out["pairs"] == 2 and out["diff"] == pytest.approx(sum(out["pair_diffs"]) / 2)
+    assert f"seeds: 95% paired t-interval [{out['t_low']:+.4f}, {out['t_high']:+.4f}] (1 degree of freedom)" in text.out
+    assert "per pair: " + ", ".join(f"{d:+.4f}" for d in out["pair_diffs"]) in text.out

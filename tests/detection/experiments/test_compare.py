@@ -121,6 +121,21 @@ def test_grid_table_mean_sd_and_paired_differences():
 
 
 
+def test_run_command_puts_a_multi_process_run_under_this_interpreters_torchrun():
+    import sys
+
+    from detection.experiments.compare import GridRun, run_command
+
+    run = GridRun("l1", "alwa2", 1, "w/l1/alwa2/seed1", ("data.batch_size=2", "seed=1"))
+    one = run_command("c.yaml", run)
+    assert one[0] == sys.executable and one[1].endswith("train.py")
+    assert one[2:] == ["--cfg", "c.yaml", "--work-dir", "w/l1/alwa2/seed1", "--resume", "--set", "data.batch_size=2",
+                       "seed=1", "train.progress=false"]
+    four = run_command("c.yaml", run, nproc=4)
+    # --standalone: each run rendezvous on a free port, so two grid jobs never share 29500
+    assert four == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"] + one[1:]
+
+
 @pytest.mark.slow
 def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retinanet):
     cfg = write_tiny_retinanet(tmp_path)

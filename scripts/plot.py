@@ -11,7 +11,7 @@ import _path  # noqa: F401  (source-checkout imports)
 
 from detection import cli
 from detection.experiments.plots import plot_alwa_stationary, plot_runs
-from detection.experiments.windows import describe, plot_windows, read_windows
+from detection.experiments.windows import describe, init_weight, plot_windows, read_windows
 
 
 def main(argv=None):
@@ -37,7 +37,7 @@ def main(argv=None):
     try:
         if args.alwa_windows:
             for d, name in zip(args.work_dirs, args.labels or args.work_dirs):
-                print(describe(name, read_windows(d)))
+                print(describe(name, read_windows(d), init_weight(d)))
             path = plot_windows(args.work_dirs, args.out, args.labels)
         else:
             path = plot_runs(args.work_dirs, args.out, args.keys, args.window, args.labels)

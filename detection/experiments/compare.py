@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detection.experiments.plots import markdown_table, metric_columns, plot_runs, summary_rows
+from detection.experiments.windows import windows_markdown
 from detection.training.workdir import read_diverged
 
 ONE_STAGE, TWO_STAGE = "one_stage", "two_stage"  # RetinaNet; Faster / Mask R-CNN
@@ -243,7 +244,7 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
         if not done:
             raise FileNotFoundError(f"no finished run (eval.json or diverged.json) under {work_root}")
         print(f"[compare] report of {len(done)} finished run(s) of {len(runs)}")
-        return write_report(cfg_path, done, work_root, overrides, window, plot_keys)
+        return write_report(cfg_path, done, work_root, overrides, window, plot_keys, pending=todo)
     for r in done:
         print(f"[compare] {r.label}: {_diverged_note(r) or 'finished'}, skipped")
     if (jobs > 1 or nproc > 1) and todo:
@@ -264,9 +265,16 @@ def run_grid(cfg_path: str, schemes: Sequence[str], work_root: str, variants: Se
 
 
 def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrides: Sequence[str] = (),
-                 window: int = 100, plot_keys: Optional[Sequence[str]] = None) -> str:
+                 window: int = 100, plot_keys: Optional[Sequence[str]] = None,
+                 pending: Sequence[GridRun] = ()) -> str:
+    """``runs``: the finished runs; ``pending``: the grid's others, listed at the top of the report (a grid
+    reported part way names what it still lacks instead of leaving it out)."""
     rows = summary_rows([r.work_dir for r in runs], [r.label for r in runs])
     text = f"config: `{cfg_path}`, overrides: `{' '.join(overrides) or '-'}`\n\n"
+    if pending:
+        text += (f"**Pending: {len(pending)} of {len(runs) + len(pending)} runs** not finished "
+                 f"({', '.join(r.label for r in pending)}); the same command without `--report-only` trains "
+                 f"them, resuming each from its last checkpoint.\n\n")
     if any(r.seed is not None or r.variant is not None for r in runs):
         metric = (metric_columns(rows) or ["mAP"])[0]  # every run diverged: no metric to name
         text += f"{metric}, mean ± sample standard deviation over seeds (n runs):\n\n{grid_markdown(runs, rows, metric)}\n\n"
@@ -275,6 +283,7 @@ def write_report(cfg_path: str, runs: Sequence[GridRun], work_root: str, overrid
             text += (f"Difference to `{schemes[0]}` in {metric}, paired by seed (same seed = same initialisation "
                      f"and data order), mean ± sd (n pairs):\n\n{grid_markdown(runs, rows, metric, paired=True)}\n\n")
     text += bootstrap_markdown(runs)  # before the per-run table, not between its heading and it
+    text += windows_markdown([r.work_dir for r in runs], [r.label for r in runs])
     if any(r.seed is not None or r.variant is not None for r in runs):
         text += "Every run:\n\n"
     text += markdown_table(rows) + "\n"

@@ -17,19 +17,51 @@ def read_windows(work_dir: str) -> List[dict]:
     return [by_window[k] for k in sorted(by_window)]
 
 
-def summary(windows: Sequence[dict]) -> Dict:
+def lambdas_in_effect(windows: Sequence[dict], init: float = 1.0) -> List[float]:
+    """λcls in effect during each window: the value before its update (``init`` before the first window, for
+    logs whose entries do not carry ``lambda_before``)."""
+    out, prev = [], init
+    for w in windows:
+        out.append(w.get("lambda_before", prev))
+        prev = w["lambda_cls"]
+    return out
+
+
+def summary(windows: Sequence[dict], init: float = 1.0) -> Dict:
     """Counts for the plain statement: windows, how often the rule fired in the first and in the later ones,
-    and λcls after the first window and at the end."""
+    λcls after the first window and at the end, and ``lambda_mean``, the mean over windows of the λcls in
+    effect (windows are equal in length, so this is where λcls spent the run's steps)."""
     later = [w for w in windows[1:] if w["fired"]]
+    effect = lambdas_in_effect(windows, init)
     return {"windows": len(windows), "first_fired": bool(windows and windows[0]["fired"]),
             "later_fired": len(later), "later_windows": max(len(windows) - 1, 0),
             "lambda_after_first": windows[0]["lambda_cls"] if windows else None,
             "lambda_end": windows[-1]["lambda_cls"] if windows else None,
+            "lambda_mean": sum(effect) / len(effect) if effect else None,
             "later_fired_at": [w["iter"] for w in later]}
 
 
-def describe(name: str, windows: Sequence[dict]) -> str:
-    s = summary(windows)
+def windows_markdown(work_dirs: Sequence[str], labels: Sequence[str]) -> str:
+    """One row per ALWA run that logged windows: how often the rule fired after the first window and where
+    λcls spent the run; empty when no run has windows."""
+    lines = ["| run | windows | first window | later windows that fired | mean λcls in effect | final λcls |",
+             "|---|---|---|---|---|---|"]
+    for d, label in zip(work_dirs, labels):
+        windows = read_windows(d)
+        if not windows:
+            continue
+        s = summary(windows, init_weight(d))
+        first = f"fired, λcls {s['lambda_after_first']:.3f}" if s["first_fired"] else "did not fire"
+        lines.append(f"| {label} | {s['windows']} | {first} | {s['later_fired']} of {s['later_windows']} | "
+                     f"{s['lambda_mean']:.3f} | {s['lambda_end']:.3f} |")
+    if len(lines) == 2:
+        return ""
+    return ("ALWA window by window (rank 0's windows under DDP with `weighting.sync: false`):\n\n"
+            + "\n".join(lines) + "\n\n")
+
+
+def describe(name: str, windows: Sequence[dict], init: float = 1.0) -> str:
+    s = summary(windows, init)
     if not s["windows"]:
         return f"{name}: no ALWA windows logged"
     first = (f"the first window (to iteration {windows[0]['iter']}) {'fired' if s['first_fired'] else 'did not fire'}, "
@@ -37,10 +69,11 @@ def describe(name: str, windows: Sequence[dict]) -> str:
     later = (f"it fired in {s['later_fired']} of the {s['later_windows']} later windows"
              + (f" (iterations {', '.join(map(str, s['later_fired_at'][:8]))}"
                 + (" ..." if len(s["later_fired_at"]) > 8 else "") + ")" if s["later_fired"] else ""))
-    return f"{name}: {s['windows']} windows; {first}; {later}; λcls at the end {s['lambda_end']:.3f}"
+    return (f"{name}: {s['windows']} windows; {first}; {later}; λcls at the end {s['lambda_end']:.3f}, "
+            f"{s['lambda_mean']:.3f} on average over the windows")
 
 
-def _init_weight(work_dir: str) -> float:
+def init_weight(work_dir: str) -> float:
     """λ before the first window, for logs written before the entries carried it: the run's init_weight."""
     import yaml
 
@@ -72,7 +105,7 @@ def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[s
         top.set_yscale("log")
         top.set_title(f"{label}: the window statistics ALWA compared", fontsize=9)
         top.legend(fontsize=7)
-        start = [(0, windows[0].get("lambda_before", _init_weight(work)))] if windows else []
+        start = [(0, windows[0].get("lambda_before", init_weight(work)))] if windows else []
         bottom.step([x for x, _ in start] + it, [y for _, y in start] + [w["lambda_cls"] for w in windows],
                     where="post", color="C2", label="λcls (from each window's end on)")
         bottom.set_ylim(0, 1.05)

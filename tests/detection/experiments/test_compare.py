@@ -158,6 +158,7 @@ def test_parallel_grid_trains_each_cell_once(tmp_path, capsys, write_tiny_retina
     # a grid that is only part done: the report covers the finished runs, nothing is trained
     text = run_grid(str(cfg), ["fixed"], root, variants=["l1", "giou"], seeds=[3, 4], overrides=short, report_only=True)
     assert "report of 2 finished run(s) of 4" in capsys.readouterr().out
+    assert "**Pending: 2 of 4 runs** not finished (l1/fixed/seed4, giou/fixed/seed4)" in text
     assert not os.path.exists(os.path.join(root, "l1", "fixed", "seed4"))
     assert "| l1 | " in text and " (1) |" in text
     with pytest.raises(FileNotFoundError, match="no finished run"):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from detection.checkpoint.io import load_checkpoint
-from detection.experiments.windows import describe, plot_windows, read_windows, summary
+from detection.experiments.windows import describe, plot_windows, read_windows, summary, windows_markdown
 
 
 @pytest.mark.slow
@@ -34,10 +34,30 @@ def test_summary_and_plot(tmp_path):
     s = summary(windows)
     assert (s["windows"], s["first_fired"], s["later_fired"], s["later_windows"], s["later_fired_at"]) == (3, True, 1, 2, [300])
     assert describe("run", windows) == ("run: 3 windows; the first window (to iteration 100) fired, λcls 0.500; it fired "
-                                        "in 1 of the 2 later windows (iterations 300); λcls at the end 0.667")
+                                        "in 1 of the 2 later windows (iterations 300); λcls at the end 0.667, 0.667 on average "
+                                        "over the windows")
     work = tmp_path / "w"
     work.mkdir()
     with open(work / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"iter": 300, "alwa_windows": windows}) + "\n")
     out = plot_windows([str(work)], str(tmp_path / "w.png"))
     assert os.path.getsize(out) > 1000
+
+
+def test_where_lambda_spent_the_run_and_the_table_of_runs(tmp_path):
+    """λcls in effect per window: 1 (the start), then 0.5, 0.5 -> mean 2/3; a log that carries lambda_before
+    uses it (here 0.8 for window 1: init_weight 0.8)."""
+    windows = [{"iter": 100, "window": 1, "fired": True, "cls_stat": 2.0, "reg_stat": 1.0, "lambda_cls": 0.5},
+               {"iter": 200, "window": 2, "fired": False, "cls_stat": 0.5, "reg_stat": 1.0, "lambda_cls": 0.5},
+               {"iter": 300, "window": 3, "fired": True, "cls_stat": 1.5, "reg_stat": 1.0, "lambda_cls": 0.6667}]
+    assert summary(windows)["lambda_mean"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert summary([dict(windows[0], lambda_before=0.8)] + windows[1:])["lambda_mean"] == pytest.approx(1.8 / 3)
+    alwa, fixed = tmp_path / "alwa", tmp_path / "fixed"
+    for work, records in ((alwa, [{"iter": 300, "alwa_windows": windows}]), (fixed, [{"iter": 300, "loss": 1.0}])):
+        work.mkdir()
+        with open(work / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    text = windows_markdown([str(fixed), str(alwa)], ["fixed/seed0", "alwa2/seed0"])
+    rows = [line for line in text.splitlines() if line.startswith("| alwa2") or line.startswith("| fixed")]
+    assert rows == ["| alwa2/seed0 | 3 | fired, λcls 0.500 | 1 of 2 | 0.667 | 0.667 |"]
+    assert windows_markdown([str(fixed)], ["fixed/seed0"]) == ""

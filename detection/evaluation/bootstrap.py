@@ -103,9 +103,9 @@ def paired_bootstrap_mean(pairs: Sequence[Tuple[Dict, Dict]], n: int = 1000, see
     same images drawn for every run: test-set noise only), ``b_better``, ``n``, ``images``, ``pairs`` and
     ``pair_diffs``. With two pairs or more also ``seeds_low`` / ``seeds_high``, a two-level bootstrap that
     draws the seed pairs with replacement as well as the images (seed and test-set noise together), and
-    ``t_low`` / ``t_high``, the paired t-interval over the seeds' differences (n - 1 degrees of freedom). With
-    few seeds the bootstrap over seeds sees only a few distinct draws and runs narrow; the t-interval is the
-    one to quote for a claim about the method.
+    ``t_low`` / ``t_high``, the paired t-interval over the seeds' differences (n - 1 degrees of freedom).
+    With few seeds the bootstrap over seeds sees only a few distinct draws and comes out too narrow; the
+    t-interval is the one to quote for a claim about the method.
     """
     images = _images(pairs[0][0])
     for a, b in pairs:

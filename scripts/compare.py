@@ -8,8 +8,8 @@ A grid, e.g. Table 2's layout with three seeds per cell, two runs at a time with
     python scripts/compare.py --cfg configs/demo/retinanet_shapes_alwa2.yaml --schemes fixed alwa1 alwa2 \\
         --variants l1 smoothl1 ciou --seeds 0 1 2 --jobs 2 --threads 1 --work-root work_dirs/mini_table2
 
-The released layout (4 processes x 2 images, ALWA's window kept per process): add
-`--nproc 4 --threads 1 --set data.batch_size=2 weighting.sync=false`.
+The released layout (4 processes x 2 images): add `--nproc 4 --threads 1 --set data.batch_size=2`, with
+`weighting.sync: false` (ALWA's window kept per process) in the config file, where a fixed scheme drops it.
 
 Schemes are presets (fixed, alwa1, alwa2, alwa2_raw, avw, rlo, iou_balanced, uncertainty, dwa; ALWA acts on
 RetinaNet's head losses or on the RPN pair of Faster / Mask R-CNN, and a preset that does not apply to the

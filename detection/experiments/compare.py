@@ -196,7 +196,6 @@ def _run_parallel(cfg_path: str, runs: Sequence[GridRun], jobs: int, threads: Op
                   nproc: int = 1) -> List[str]:
     """Train ``runs`` with at most ``jobs`` subprocesses at a time (each of ``nproc`` processes); returns the
     labels of failed runs."""
-
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

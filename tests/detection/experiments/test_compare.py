@@ -192,9 +192,11 @@ def test_a_diverged_run_is_reported_not_retrained_and_not_a_failure(tmp_path, ca
     assert "blowup/seed0: diverged at iteration 1" in out and "FAILED" not in out
     assert re.search(r"\| all \| [0-9.]+ \(1\) \| [0-9.]+ \(1\) \| - \(1 diverged\) \|", text)  # mean ± sd
     assert "| all | - | +0.0000 (1) | - (1 diverged) |" in text  # paired differences
-    assert "+0.0000 [+0.0000, +0.0000] | - |" in text  # the bootstrap table keeps the runs that finished
+    # the bootstrap table keeps the runs that finished; one seed pair has no interval over seeds
+    assert "| all | same | 1 | +0.0000 | [+0.0000, +0.0000] | - | - |" in text
+    assert "| all | blowup | 0 | - | - | - | - |" in text
     # the bootstrap table comes before the per-run table's heading, not between the heading and the table
-    assert text.index("bootstrap over the test images") < text.index("Every run:\n\n| run |")
+    assert text.index("paired resamples of the test images") < text.index("Every run:\n\n| run |")
     assert "| blowup/seed0 | diverged at iteration 1 |" in text
     csv_lines = open(os.path.join(root, "compare.csv")).read().splitlines()
     assert csv_lines[0] == "variant,scheme,seed,mAP,train_time_s,diverged_at_iter" and csv_lines[-1].endswith(",1")

@@ -105,7 +105,7 @@ def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[s
         top.set_yscale("log")
         top.set_title(f"{label}: the window statistics ALWA compared", fontsize=9)
         top.legend(fontsize=7)
-        start = [(0, windows[0].get("lambda_before", init_weight(work)))] if windows else []
+        start = [(0, lambdas_in_effect(windows, init_weight(work))[0])] if windows else []
         bottom.step([x for x, _ in start] + it, [y for _, y in start] + [w["lambda_cls"] for w in windows],
                     where="post", color="C2", label="λcls (from each window's end on)")
         bottom.set_ylim(0, 1.05)

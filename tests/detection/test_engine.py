@@ -57,7 +57,7 @@ def test_eval_script_matches_eval_json(trained, tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoints_describe_themselves_and_evaluate_without_a_config(trained, tmp_path, capsys):
+def test_checkpoints_describe_themselves_and_evaluate_without_a_config(trained, tmp_path, capsys, script):
     """The checkpoint carries the resolved config and the class names: scripts/eval.py --ckpt alone gives the
     run's eval.json exactly, and detection.load_model rebuilds the model."""
     import detection
@@ -69,7 +69,7 @@ def test_checkpoints_describe_themselves_and_evaluate_without_a_config(trained, 
     assert state["classes"] == ["circle", "rectangle", "triangle"]
     assert state["config"] == config_to_dict(engine.load(os.path.join(work, "config.yaml")))
     out = tmp_path / "m.json"
-    _run_script("eval.py", ["--ckpt", ckpt, "--out", str(out)])
+    script("eval").main(["--ckpt", ckpt, "--out", str(out)])
     saved = json.load(open(os.path.join(work, "eval.json")))
     again = json.load(open(out))
     assert {k: again[k] for k in ("mAP", "AP", "metric", "iou_thr", "num_images")} == \
@@ -86,21 +86,6 @@ def test_checkpoints_describe_themselves_and_evaluate_without_a_config(trained, 
     torch.save(state, old)
     with pytest.raises(ConfigError, match="holds no config .* --cfg CFG"):
         engine.evaluate(None, str(old))
-
-
-def _run_script(name, args):
-    import importlib.util
-    import sys
-
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", name)
-    sys.path.insert(0, os.path.dirname(path))
-    try:
-        spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main(args)
-    finally:
-        sys.path.remove(os.path.dirname(path))
 
 
 @pytest.mark.slow
@@ -167,12 +152,12 @@ def test_cudnn_benchmark_follows_config_and_yields_to_deterministic(tiny_cfg):
 
 
 @pytest.mark.slow
-def test_runs_keep_their_per_image_detections_for_the_bootstrap(trained, capsys):
+def test_runs_keep_their_per_image_detections_for_the_bootstrap(trained, capsys, script):
     """eval.json's run also writes detections.pkl; scripts/significance.py of a run against itself: 0 exactly."""
     work, metrics = trained
     assert os.path.isfile(os.path.join(work, "detections.pkl")) and "per_image" not in metrics
     assert "per_image" not in json.load(open(os.path.join(work, "eval.json")))
-    out = _run_script("significance.py", [work, work, "-n", "50"])
+    out = script("significance").main([work, work, "-n", "50"])
     assert (out["diff"], out["low"], out["high"], out["images"]) == (0.0, 0.0, 0.0, 6)
     assert "test images: 95% interval [+0.0000, +0.0000] over 50 resamples of 6 test images" in capsys.readouterr().out
 

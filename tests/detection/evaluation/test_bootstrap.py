@@ -134,11 +134,8 @@ def test_seed_intervals_cover_the_spread_between_seeds_that_the_image_interval_i
                                          paired_bootstrap(full, weak[0], n=300, seed=4)["high"])
 
 
-def test_significance_script_takes_seed_pairs_and_prints_the_seed_intervals(tmp_path, capsys):
-    import importlib.util
-    import os
+def test_significance_script_takes_seed_pairs_and_prints_the_seed_intervals(tmp_path, capsys, script):
     import pickle
-    import sys
 
     dets, anns = scene(n=60)
     paths = []
@@ -147,17 +144,10 @@ def test_significance_script_takes_seed_pairs_and_prints_the_seed_intervals(tmp_
         with open(paths[-1], "wb") as f:
             pickle.dump({"format": "voc", "detections": kept, "annotations": anns, "classes": ["a", "b"],
                          "iou_thr": 0.5, "metric": "area", "legacy_coords": False}, f)
-    script = os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts", "significance.py")
-    sys.path.insert(0, os.path.dirname(script))
-    try:
-        spec = importlib.util.spec_from_file_location("significance_script", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        out = module.main(paths + ["-n", "60"])
-        with pytest.raises(SystemExit) as stop:
-            module.main(paths[:3])
-    finally:
-        sys.path.remove(os.path.dirname(script))
+    module = script("significance")
+    out = module.main(paths + ["-n", "60"])
+    with pytest.raises(SystemExit) as stop:
+        module.main(paths[:3])
     assert stop.value.code == 2
     text = capsys.readouterr()
     assert "runs come in pairs (A B [A B ...]); got 3 paths" in text.err

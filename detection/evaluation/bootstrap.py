@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from detection.evaluation.intervals import paired_t_interval
+from detection.evaluation.intervals import paired_t_interval, welch_t_interval
 from detection.evaluation.voc import _gather, _match_class
 
 DETECTIONS_FILE = "detections.pkl"  # beside eval.json: per-image detections and ground truth (VOC, COCO boxes)
@@ -180,3 +180,27 @@ def compare_runs(path_a: Union[str, Sequence[str]], path_b: Union[str, Sequence[
             raise ValueError(f"{first['file']} and {run['file']} differ in classes or metric: {first['classes']} "
                              f"{first['metric']} vs {run['classes']} {run['metric']}")
     return dict(paired_bootstrap_mean(pairs, n=n, seed=seed, metric=first["metric"]), metric=first["metric"])
+
+
+def compare_groups(paths_a: Sequence[str], paths_b: Sequence[str]) -> Dict:
+    """B - A for two groups of runs that are not paired (other seeds, another layout, a run lost on one side):
+    each run's metric on the full test set (``a`` / ``b``), the difference of the group means and its Welch
+    t-interval over runs (``low`` / ``high`` / ``df``, None with fewer than two runs a side), and ``metric``.
+    The runs must be evaluated on the same test images; seed noise is what the interval covers."""
+    if not paths_a or not paths_b:
+        raise ValueError(f"two groups of runs are compared: got {len(paths_a)} A run(s) and {len(paths_b)} B run(s)")
+    runs = [load_run(p) for p in list(paths_a) + list(paths_b)]
+    first = runs[0]
+    for run in runs:
+        if (run["classes"], run["metric"]) != (first["classes"], first["metric"]) or not _same_ground_truth(run, first):
+            raise ValueError(f"{first['file']} and {run['file']} were not evaluated on the same test images, "
+                             f"classes and metric")
+    ones = torch.ones(1, _images(first))
+    values = [float(resampled_metric(r, ones, first["metric"])[0]) for r in runs]
+    a, b = values[:len(paths_a)], values[len(paths_a):]
+    welch = welch_t_interval(a, b)
+    out = {"a": a, "b": b, "diff": sum(b) / len(b) - sum(a) / len(a), "metric": first["metric"],
+           "low": None, "high": None, "df": None}
+    if welch is not None:
+        _, out["low"], out["high"], out["df"] = welch
+    return out

@@ -1,4 +1,4 @@
-"""Seed-level intervals: Student's t quantiles and the paired t-interval over seeds.
+"""Seed-level intervals: Student's t quantiles, the paired t-interval over seeds and Welch's unpaired one.
 
 The bootstrap over test images (``bootstrap.py``) says how much a difference could move with another test
 set of the same kind; it says nothing about another seed. With a handful of seeds per cell, the interval
@@ -12,8 +12,8 @@ import statistics
 from typing import Optional, Sequence, Tuple
 
 
-def t_cdf(x: float, df: int, steps: int = 4000) -> float:
-    """P(T <= x) for Student's t with ``df`` degrees of freedom."""
+def t_cdf(x: float, df: float, steps: int = 4000) -> float:
+    """P(T <= x) for Student's t with ``df`` degrees of freedom (not necessarily an integer: Welch's)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
@@ -23,7 +23,7 @@ def t_cdf(x: float, df: int, steps: int = 4000) -> float:
     return 0.5 + math.copysign(half, x)
 
 
-def t_quantile(p: float, df: int) -> float:
+def t_quantile(p: float, df: float) -> float:
     """The ``p`` quantile of Student's t (0 < p < 1), to about 1e-9."""
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p}")
@@ -46,3 +46,19 @@ def paired_t_interval(diffs: Sequence[float], level: float = 0.95) -> Optional[T
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     half = t_quantile(0.5 + level / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
     return mean, mean - half, mean + half
+
+
+def welch_t_interval(a: Sequence[float], b: Sequence[float],
+                     level: float = 0.95) -> Optional[Tuple[float, float, float, float]]:
+    """Difference of means B - A of two independent groups of runs (e.g. other seeds, or another layout whose
+    runs share no seed with A) and its ``level`` Welch t-interval: ``(diff, low, high, df)`` with the
+    Welch-Satterthwaite degrees of freedom, or None when a group has fewer than two runs."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    if va + vb == 0:
+        return diff, diff, diff, float(len(a) + len(b) - 2)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t_quantile(0.5 + level / 2, df) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half, df

@@ -10,11 +10,25 @@ from typing import Dict, List, Optional, Sequence
 from detection.experiments.plots import read_metrics, save_figure
 
 
-def read_windows(work_dir: str) -> List[dict]:
+def read_windows(work_dir: str, rank: Optional[int] = None) -> List[dict]:
     """ALWA's per-window entries of a run (``{"iter", "window", "step", "cls_stat", "reg_stat", "fired",
-    "skipped", "changed", "lambda_cls", "lambda_reg"}``), in window order (a resumed run's last of each)."""
-    by_window = {w["window"]: w for r in read_metrics(work_dir) for w in r.get("alwa_windows", [])}
+    "skipped", "changed", "lambda_cls", "lambda_reg"}``), in window order (a resumed run's last of each):
+    rank 0's (or a single process's), or with ``rank`` that process's, from the ``alwa_windows_by_rank``
+    entries a multi-process run writes (empty for a run logged without them)."""
+    if rank is None:
+        entries = (w for r in read_metrics(work_dir) for w in r.get("alwa_windows", []))
+    else:
+        entries = (w for r in read_metrics(work_dir) for per in r.get("alwa_windows_by_rank", [])[rank:rank + 1]
+                   for w in per)
+    by_window = {w["window"]: w for w in entries}
     return [by_window[k] for k in sorted(by_window)]
+
+
+def ranks_logged(work_dir: str) -> int:
+    """How many processes' windows the run logged (``alwa_windows_by_rank``); 0 for a single-process run or a
+    log written before the entries existed."""
+    return max((len(r["alwa_windows_by_rank"]) for r in read_metrics(work_dir) if "alwa_windows_by_rank" in r),
+               default=0)
 
 
 def lambdas_in_effect(windows: Sequence[dict], init: float = 1.0) -> List[float]:
@@ -44,20 +58,24 @@ def summary(windows: Sequence[dict], init: float = 1.0) -> Dict:
 def windows_markdown(work_dirs: Sequence[str], labels: Sequence[str]) -> str:
     """One row per ALWA run that logged windows: how often the rule fired after the first window and where
     λcls spent the run; empty when no run has windows."""
-    lines = ["| run | windows | first window | later windows that fired | mean λcls in effect | final λcls |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | windows | first window | later windows that fired | mean λcls in effect | final λcls | "
+             "per process: later fired / mean λcls / final λcls |", "|---|---|---|---|---|---|---|"]
     for d, label in zip(work_dirs, labels):
         windows = read_windows(d)
         if not windows:
             continue
-        s = summary(windows, init_weight(d))
+        init = init_weight(d)
+        s = summary(windows, init)
         first = f"fired, λcls {s['lambda_after_first']:.3f}" if s["first_fired"] else "did not fire"
+        per = [summary(read_windows(d, r), init) for r in range(ranks_logged(d))]
+        ranks = "; ".join(f"{p['later_fired']} / {p['lambda_mean']:.3f} / {p['lambda_end']:.3f}" for p in per
+                          if p["windows"]) or "-"
         lines.append(f"| {label} | {s['windows']} | {first} | {s['later_fired']} of {s['later_windows']} | "
-                     f"{s['lambda_mean']:.3f} | {s['lambda_end']:.3f} |")
+                     f"{s['lambda_mean']:.3f} | {s['lambda_end']:.3f} | {ranks} |")
     if len(lines) == 2:
         return ""
-    return ("ALWA window by window (rank 0's windows under DDP with `weighting.sync: false`):\n\n"
-            + "\n".join(lines) + "\n\n")
+    return ("ALWA window by window (the first columns: rank 0's windows, or the one process's; the last: each "
+            "process's, ranks 0, 1, ..., under DDP with `weighting.sync: false`):\n\n" + "\n".join(lines) + "\n\n")
 
 
 def describe(name: str, windows: Sequence[dict], init: float = 1.0) -> str:

@@ -149,7 +149,11 @@ class MetricsLogger(HookBase):
             return
         keys = list(self._sums)
         stacked = torch.stack([self._sums[k] for k in keys] + [self._squares[k] for k in keys]) / self._count
+        # the last entry: this rank's count of ALWA windows in the interval, so that every rank knows whether
+        # any rank has windows to gather below (one collective decision, no extra round trip)
+        stacked = torch.cat([stacked, stacked.new_tensor([float(len(self._windows))])])
         moments = dist_utils.all_reduce_mean(stacked).tolist()  # one host read per interval
+        any_windows = moments.pop() > 0
         values = dict(zip(keys, moments[: len(keys)]))
         n = self._count * (torch.distributed.get_world_size() if dist_utils.is_dist() else 1)
         stds = {k: math.sqrt(max(sq - values[k] ** 2, 0.0) * n / (n - 1)) if n > 1 else 0.0
@@ -173,6 +177,10 @@ class MetricsLogger(HookBase):
         record["eta_s"] = record["time"] * (t.max_iters - t.iter)
         if self._skipped:
             record["skipped_steps"], record["skipped_keys"] = self._skipped, dict(self._skipped_keys)
+        if any_windows and dist_utils.is_dist():
+            # every rank's windows (with weighting.sync: false each process has its own statistics and λ);
+            # "alwa_windows" stays rank 0's
+            record["alwa_windows_by_rank"] = dist_utils.all_gather_objects(self._windows)
         if self._windows:  # one entry per ALWA window completed in the interval: what it compared, what it did
             record["alwa_windows"], self._windows = self._windows, []
         if self.contract is not None and not self._contract_written:  # once per run: its first record

@@ -154,3 +154,39 @@ def test_significance_script_takes_seed_pairs_and_prints_the_seed_intervals(tmp_
     assert out["pairs"] == 2 and out["diff"] == pytest.approx(sum(out["pair_diffs"]) / 2)
     assert f"seeds: 95% paired t-interval [{out['t_low']:+.4f}, {out['t_high']:+.4f}] (1 degree of freedom)" in text.out
     assert "per pair: " + ", ".join(f"{d:+.4f}" for d in out["pair_diffs"]) in text.out
+
+
+def test_significance_vs_compares_unpaired_groups_with_welch(tmp_path, capsys, script):
+    """--vs: each run's mAP on the full test set (that of the VOC evaluator), Welch's interval from those
+    values, and one line for runs of other classes."""
+    import pickle
+    import statistics
+
+    from detection.evaluation.intervals import welch_t_interval
+
+    dets, anns = scene(n=60)
+    paths, maps = [], []
+    for name, drop, seed in (("a0", 0.0, 0), ("a1", 0.1, 1), ("b0", 0.3, 2), ("b1", 0.4, 3), ("b2", 0.35, 4)):
+        paths.append(str(tmp_path / f"{name}.pkl"))
+        kept = _weakened(dets, drop, seed)
+        maps.append(voc_map(kept, anns, 2, metric="area", legacy_coords=False)["mAP"])
+        with open(paths[-1], "wb") as f:
+            pickle.dump({"format": "voc", "detections": kept, "annotations": anns,
+                         "classes": ["a", "b"], "iou_thr": 0.5, "metric": "area", "legacy_coords": False}, f)
+    module = script("significance")
+    out = module.main(paths[:2] + ["--vs"] + paths[2:])
+    assert len(out["a"]) == 2 and len(out["b"]) == 3
+    assert out["a"] + out["b"] == pytest.approx(maps, abs=1e-9)
+    assert out["diff"] == pytest.approx(statistics.fmean(out["b"]) - statistics.fmean(out["a"]))
+    diff, low, high, df = welch_t_interval(out["a"], out["b"])
+    assert (out["low"], out["high"], out["df"]) == pytest.approx((low, high, df)) and low < diff < high
+    text = capsys.readouterr().out
+    assert f"seeds: 95% Welch t-interval [{low:+.4f}, {high:+.4f}]" in text and out["diff"] < 0
+    one = module.main(paths[:1] + ["--vs"] + paths[2:])  # one run a side: the difference, no interval
+    assert one["low"] is None and "no interval" in capsys.readouterr().out
+    with open(paths[-1], "wb") as f:
+        pickle.dump({"format": "voc", "detections": dets, "annotations": anns, "classes": ["a", "c"],
+                     "iou_thr": 0.5, "metric": "area", "legacy_coords": False}, f)
+    with pytest.raises(SystemExit) as stop:
+        module.main(paths[:2] + ["--vs"] + paths[2:])
+    assert "b2.pkl were not evaluated on the same test images" in str(stop.value.code)  # one line, exit 1

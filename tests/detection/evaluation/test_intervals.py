@@ -1,9 +1,9 @@
-"""Student's t quantiles against printed tables, and the paired t-interval by hand."""
+"""Student's t quantiles against printed tables, and the paired and Welch t-intervals by hand."""
 import math
 
 import pytest
 
-from detection.evaluation.intervals import paired_t_interval, t_cdf, t_quantile
+from detection.evaluation.intervals import paired_t_interval, t_cdf, t_quantile, welch_t_interval
 
 
 @pytest.mark.parametrize("df,want", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622),
@@ -29,3 +29,24 @@ def test_paired_t_interval_by_hand():
     assert (lo, hi) == pytest.approx((-0.02 - 0.0745241, -0.02 + 0.0745241), abs=1e-6)
     assert paired_t_interval([0.3]) is None
     assert paired_t_interval([0.1, 0.1]) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_welch_interval_by_hand():
+    # equal variances and sizes: df = 2 (n - 1) = 4; diff 2, se sqrt(1/3 + 1/3), half 2.7764 * 0.81650 = 2.26693
+    diff, lo, hi, df = welch_t_interval([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert (diff, df) == pytest.approx((2.0, 4.0))
+    assert (lo, hi) == pytest.approx((2.0 - 2.26693, 2.0 + 2.26693), abs=1e-4)
+    # unequal variances: se^2 = 1/3 + 4/3, df = (5/3)^2 / ((1/3)^2 / 2 + (4/3)^2 / 2) = 50/17, between 2 and 3
+    diff, lo, hi, df = welch_t_interval([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert diff == pytest.approx(2.0) and df == pytest.approx(50 / 17)
+    half = hi - diff
+    assert 3.1824 * math.sqrt(5 / 3) < half < 4.3027 * math.sqrt(5 / 3)
+    assert t_cdf(half / math.sqrt(5 / 3), 50 / 17) == pytest.approx(0.975, abs=1e-7)
+    assert diff - lo == pytest.approx(half)
+    assert welch_t_interval([0.5], [0.4, 0.6]) is None
+    assert welch_t_interval([0.5, 0.5], [0.7, 0.7]) == pytest.approx((0.2, 0.2, 0.2, 2.0))
+
+
+def test_t_cdf_of_two_degrees_of_freedom_has_its_closed_form():
+    for x in (-2.0, 0.3, 4.0):
+        assert t_cdf(x, 2) == pytest.approx(0.5 + x / (2 * math.sqrt(2 + x * x)), abs=1e-9)

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from detection.checkpoint.io import load_checkpoint
-from detection.experiments.windows import describe, plot_windows, read_windows, summary, windows_markdown
+from detection.experiments.windows import (describe, plot_windows, ranks_logged, read_windows, summary,
+                                          windows_markdown)
 
 
 @pytest.mark.slow
@@ -59,5 +60,26 @@ def test_where_lambda_spent_the_run_and_the_table_of_runs(tmp_path):
             f.writelines(json.dumps(r) + "\n" for r in records)
     text = windows_markdown([str(fixed), str(alwa)], ["fixed/seed0", "alwa2/seed0"])
     rows = [line for line in text.splitlines() if line.startswith("| alwa2") or line.startswith("| fixed")]
-    assert rows == ["| alwa2/seed0 | 3 | fired, λcls 0.500 | 1 of 2 | 0.667 | 0.667 |"]
+    assert rows == ["| alwa2/seed0 | 3 | fired, λcls 0.500 | 1 of 2 | 0.667 | 0.667 | - |"]
     assert windows_markdown([str(fixed)], ["fixed/seed0"]) == ""
+
+
+def test_every_process_windows_of_a_multi_process_run(tmp_path):
+    """alwa_windows_by_rank, split over two log records: each rank's windows in order, its own summary in the
+    table's last column (rank 1 fired in both later windows, rank 0 in none), and rank 0's in the first ones."""
+    def w(i, fired, lam):
+        return {"iter": 100 * i, "window": i, "fired": fired, "cls_stat": 1.0, "reg_stat": 0.5, "lambda_cls": lam}
+
+    rank0 = [w(1, True, 0.5), w(2, False, 0.5), w(3, False, 0.5)]
+    rank1 = [w(1, True, 0.4), w(2, True, 0.8), w(3, True, 0.6)]
+    records = [{"iter": 200, "alwa_windows": rank0[:2], "alwa_windows_by_rank": [rank0[:2], rank1[:2]]},
+               {"iter": 300, "alwa_windows": rank0[2:], "alwa_windows_by_rank": [rank0[2:], rank1[2:]]}]
+    work = tmp_path / "alwa"
+    work.mkdir()
+    with open(work / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    assert read_windows(str(work), 1) == rank1 and read_windows(str(work)) == read_windows(str(work), 0) == rank0
+    assert read_windows(str(work), 2) == [] and ranks_logged(str(work)) == 2
+    text = windows_markdown([str(work)], ["alwa2/seed0"])
+    # rank 1: λ in effect 1, 0.4, 0.8 -> mean 0.733
+    assert "| alwa2/seed0 | 3 | fired, λcls 0.500 | 0 of 2 | 0.667 | 0.500 | 0 / 0.667 / 0.500; 2 / 0.733 / 0.600 |" in text

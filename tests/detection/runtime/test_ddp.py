@@ -73,6 +73,17 @@ def test_resumed_two_rank_run_continues_each_rank_exactly(tmp_path, same):
     # per-process statistics: the ranks saw different images, so each has its own λ (the checkpoint at
     # step 3 is mid-window: each rank's open window had to be restored for the λ of step 4 to match)
     assert ref[0]["weighting"]["lambda_cls"] != ref[1]["weighting"]["lambda_cls"]
+    # metrics.jsonl logs every rank's windows (rank 0 writes them): 3 windows each, ending at that rank's λ,
+    # in the uninterrupted run and across the resume alike
+    from detection.experiments.windows import ranks_logged, read_windows
+
+    for work in (tmp_path / "ref", tmp_path / "part"):
+        assert ranks_logged(str(work)) == 2
+        for r in (0, 1):
+            windows = read_windows(str(work), r)
+            assert [w["window"] for w in windows] == [1, 2, 3], (work, r)
+            assert windows[-1]["lambda_cls"] == pytest.approx(ref[r]["weighting"]["lambda_cls"])
+        assert read_windows(str(work)) == read_windows(str(work), 0)
 
 
 @NO_TORCHRUN

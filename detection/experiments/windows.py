@@ -104,7 +104,8 @@ def init_weight(work_dir: str) -> float:
 
 def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None) -> str:
     """Two panels per run: CLS and REG of every window (log scale; filled markers where the rule fired), and
-    λcls after each window. Returns the path written."""
+    λcls after each window (rank 0's, and thin lines for the other processes of a multi-process run with
+    per-process windows). Returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,6 +127,11 @@ def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[s
         start = [(0, lambdas_in_effect(windows, init_weight(work))[0])] if windows else []
         bottom.step([x for x, _ in start] + it, [y for _, y in start] + [w["lambda_cls"] for w in windows],
                     where="post", color="C2", label="λcls (from each window's end on)")
+        for rank in range(1, ranks_logged(work)):  # a multi-process run: the other processes' own λcls, thin
+            own = read_windows(work, rank)
+            bottom.step([x for x, _ in start] + [w["iter"] for w in own],
+                        [y for _, y in start] + [w["lambda_cls"] for w in own], where="post", color="C2",
+                        alpha=0.35, linewidth=0.8, label="λcls of ranks 1, 2, ..." if rank == 1 else None)
         bottom.set_ylim(0, 1.05)
         bottom.set_xlabel("iteration (window end)")
         bottom.set_title(describe(label, windows).split(";")[2].strip(), fontsize=8)

@@ -64,7 +64,7 @@ def test_where_lambda_spent_the_run_and_the_table_of_runs(tmp_path):
     assert windows_markdown([str(fixed)], ["fixed/seed0"]) == ""
 
 
-def test_every_process_windows_of_a_multi_process_run(tmp_path):
+def test_every_process_windows_of_a_multi_process_run(tmp_path, monkeypatch):
     """alwa_windows_by_rank, split over two log records: each rank's windows in order, its own summary in the
     table's last column (rank 1 fired in both later windows, rank 0 in none), and rank 0's in the first ones."""
     def w(i, fired, lam):
@@ -83,3 +83,12 @@ def test_every_process_windows_of_a_multi_process_run(tmp_path):
     text = windows_markdown([str(work)], ["alwa2/seed0"])
     # rank 1: λ in effect 1, 0.4, 0.8 -> mean 0.733
     assert "| alwa2/seed0 | 3 | fired, λcls 0.500 | 0 of 2 | 0.667 | 0.500 | 0 / 0.667 / 0.500; 2 / 0.733 / 0.600 |" in text
+    # the figure draws rank 1's λcls beside rank 0's: one more line in the λ panel than a one-process run's
+    import matplotlib.pyplot as plt
+
+    captured = []
+    monkeypatch.setattr("detection.experiments.windows.save_figure", lambda fig, out, dpi: captured.append(fig) or out)
+    plot_windows([str(work)], str(tmp_path / "w.png"))
+    ys = [list(line.get_ydata()) for line in captured[0].axes[1].get_lines()]
+    assert ys == [[1.0, 0.5, 0.5, 0.5], [1.0, 0.4, 0.8, 0.6]]
+    plt.close(captured[0])

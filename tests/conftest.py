@@ -5,6 +5,13 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# under pytest-xdist (-n N) the N workers share the cores: each worker, and every process it starts, gets
+# its share of them, so that N workers do not run N x cores threads that wait on each other
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _share
+    torch.set_num_threads(int(_share))
+
 
 @pytest.fixture
 def host_reads(monkeypatch):

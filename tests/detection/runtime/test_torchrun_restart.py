@@ -50,6 +50,9 @@ def test_a_worker_killed_under_torchrun_restarts_and_ends_like_an_uninterrupted_
     root = tmp_path / "shapes"
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     done = subprocess.run(command(ref, root), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and KNOWN_ABORT in done.stderr:
+        # the same known defect in the run that nobody killed (seen under pytest -n 2): a rank aborts at exit
+        pytest.xfail(f"a rank of the uninterrupted run aborted at exit ('{KNOWN_ABORT}')")
     assert done.returncode == 0, done.stderr[-3000:]
 
     proc = subprocess.Popen(command(killed, root), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
@@ -65,9 +68,10 @@ def test_a_worker_killed_under_torchrun_restarts_and_ends_like_an_uninterrupted_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     if proc.returncode != 0 and KNOWN_ABORT in out:
-        # known defect, open: in about 1 of 4 runs the restarted attempt trains to its last step and then one
-        # rank aborts at exit (exit -6), which torchrun counts as a failure with no restart left. Only that
-        # failure is expected; any other outcome fails the test
+        # known defect, open: in about 1 of 4 runs a rank trains to its last step and then aborts at exit
+        # (exit -6), which torchrun counts as a failure (with no restart left, or, in the uninterrupted run
+        # above, it restarts and the restarted rank aborts again). Only that failure is expected; any other
+        # outcome fails the test
         pytest.xfail(f"a restarted rank aborted at exit ('{KNOWN_ABORT}')")
     assert proc.returncode == 0, out[-4000:]
     assert "taking over the lock of process" in out and "resumed from" in out, out[-4000:]  # it did restart

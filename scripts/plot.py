@@ -11,7 +11,7 @@ import _path  # noqa: F401  (source-checkout imports)
 
 from detection import cli
 from detection.experiments.plots import plot_alwa_stationary, plot_runs
-from detection.experiments.windows import describe, init_weight, plot_windows, ranks_logged, read_windows
+from detection.experiments.windows import describe, init_weight, plot_windows, read_windows, windows_by_rank
 
 
 def main(argv=None):
@@ -38,8 +38,8 @@ def main(argv=None):
         if args.alwa_windows:
             for d, name in zip(args.work_dirs, args.labels or args.work_dirs):
                 print(describe(name, read_windows(d), init_weight(d)))
-                for r in range(1, ranks_logged(d)):  # a multi-process run: the other processes' own windows
-                    print(describe(f"{name} (rank {r})", read_windows(d, r), init_weight(d)))
+                for r, own in enumerate(windows_by_rank(d)[1:], 1):  # the other processes' own windows
+                    print(describe(f"{name} (rank {r})", own, init_weight(d)))
             path = plot_windows(args.work_dirs, args.out, args.labels)
         else:
             path = plot_runs(args.work_dirs, args.out, args.keys, args.window, args.labels)

@@ -173,13 +173,22 @@ def compare_runs(path_a: Union[str, Sequence[str]], path_b: Union[str, Sequence[
     paths_b = [path_b] if isinstance(path_b, str) else list(path_b)
     if len(paths_a) != len(paths_b) or not paths_a:
         raise ValueError(f"runs are compared in pairs: got {len(paths_a)} A run(s) and {len(paths_b)} B run(s)")
-    pairs = [(load_run(a), load_run(b)) for a, b in zip(paths_a, paths_b)]
-    first = pairs[0][0]
-    for run in (r for pair in pairs for r in pair):
+    runs = _load_comparable(paths_a + paths_b)
+    pairs = list(zip(runs[:len(paths_a)], runs[len(paths_a):]))
+    metric = runs[0]["metric"]
+    return dict(paired_bootstrap_mean(pairs, n=n, seed=seed, metric=metric), metric=metric)
+
+
+def _load_comparable(paths: Sequence[str]) -> List[Dict]:
+    """:func:`load_run` of each path, checked to share the first run's classes and metric."""
+    runs = [load_run(p) for p in paths]
+    first = runs[0]
+    for run in runs:
         if (run["classes"], run["metric"]) != (first["classes"], first["metric"]):
-            raise ValueError(f"{first['file']} and {run['file']} differ in classes or metric: {first['classes']} "
-                             f"{first['metric']} vs {run['classes']} {run['metric']}")
-    return dict(paired_bootstrap_mean(pairs, n=n, seed=seed, metric=first["metric"]), metric=first["metric"])
+            raise ValueError(f"{first['file']} and {run['file']} were not evaluated on the same test images, "
+                             f"classes and metric: {first['classes']} {first['metric']} vs {run['classes']} "
+                             f"{run['metric']}")
+    return runs
 
 
 def compare_groups(paths_a: Sequence[str], paths_b: Sequence[str]) -> Dict:
@@ -189,12 +198,11 @@ def compare_groups(paths_a: Sequence[str], paths_b: Sequence[str]) -> Dict:
     The runs must be evaluated on the same test images; seed noise is what the interval covers."""
     if not paths_a or not paths_b:
         raise ValueError(f"two groups of runs are compared: got {len(paths_a)} A run(s) and {len(paths_b)} B run(s)")
-    runs = [load_run(p) for p in list(paths_a) + list(paths_b)]
+    runs = _load_comparable(list(paths_a) + list(paths_b))
     first = runs[0]
     for run in runs:
-        if (run["classes"], run["metric"]) != (first["classes"], first["metric"]) or not _same_ground_truth(run, first):
-            raise ValueError(f"{first['file']} and {run['file']} were not evaluated on the same test images, "
-                             f"classes and metric")
+        if not _same_ground_truth(run, first):
+            raise ValueError(f"{first['file']} and {run['file']} were not evaluated on the same test images")
     ones = torch.ones(1, _images(first))
     values = [float(resampled_metric(r, ones, first["metric"])[0]) for r in runs]
     a, b = values[:len(paths_a)], values[len(paths_a):]

@@ -10,25 +10,34 @@ from typing import Dict, List, Optional, Sequence
 from detection.experiments.plots import read_metrics, save_figure
 
 
+def _in_window_order(entries) -> List[dict]:
+    by_window = {w["window"]: w for w in entries}  # a resumed run logs some windows twice: the last one counts
+    return [by_window[k] for k in sorted(by_window)]
+
+
 def read_windows(work_dir: str, rank: Optional[int] = None) -> List[dict]:
     """ALWA's per-window entries of a run (``{"iter", "window", "step", "cls_stat", "reg_stat", "fired",
     "skipped", "changed", "lambda_cls", "lambda_reg"}``), in window order (a resumed run's last of each):
-    rank 0's (or a single process's), or with ``rank`` that process's, from the ``alwa_windows_by_rank``
-    entries a multi-process run writes (empty for a run logged without them)."""
+    rank 0's (or a single process's), or with ``rank`` that process's (empty for a run logged without
+    ``alwa_windows_by_rank``)."""
     if rank is None:
-        entries = (w for r in read_metrics(work_dir) for w in r.get("alwa_windows", []))
-    else:
-        entries = (w for r in read_metrics(work_dir) for per in r.get("alwa_windows_by_rank", [])[rank:rank + 1]
-                   for w in per)
-    by_window = {w["window"]: w for w in entries}
-    return [by_window[k] for k in sorted(by_window)]
+        return _in_window_order(w for r in read_metrics(work_dir) for w in r.get("alwa_windows", []))
+    every = windows_by_rank(work_dir)
+    return every[rank] if rank < len(every) else []
+
+
+def windows_by_rank(work_dir: str) -> List[List[dict]]:
+    """Every process's windows of a multi-process run, one list per rank (from the ``alwa_windows_by_rank``
+    entries, one read of the log); an empty list for a single-process run or a log written before them."""
+    records = [r["alwa_windows_by_rank"] for r in read_metrics(work_dir) if "alwa_windows_by_rank" in r]
+    ranks = max((len(per) for per in records), default=0)
+    return [_in_window_order(w for per in records if rank < len(per) for w in per[rank]) for rank in range(ranks)]
 
 
 def ranks_logged(work_dir: str) -> int:
     """How many processes' windows the run logged (``alwa_windows_by_rank``); 0 for a single-process run or a
     log written before the entries existed."""
-    return max((len(r["alwa_windows_by_rank"]) for r in read_metrics(work_dir) if "alwa_windows_by_rank" in r),
-               default=0)
+    return len(windows_by_rank(work_dir))
 
 
 def lambdas_in_effect(windows: Sequence[dict], init: float = 1.0) -> List[float]:
@@ -67,7 +76,7 @@ def windows_markdown(work_dirs: Sequence[str], labels: Sequence[str]) -> str:
         init = init_weight(d)
         s = summary(windows, init)
         first = f"fired, λcls {s['lambda_after_first']:.3f}" if s["first_fired"] else "did not fire"
-        per = [summary(read_windows(d, r), init) for r in range(ranks_logged(d))]
+        per = [summary(own, init) for own in windows_by_rank(d)]
         ranks = "; ".join(f"{p['later_fired']} / {p['lambda_mean']:.3f} / {p['lambda_end']:.3f}" for p in per
                           if p["windows"]) or "-"
         lines.append(f"| {label} | {s['windows']} | {first} | {s['later_fired']} of {s['later_windows']} | "
@@ -127,8 +136,7 @@ def plot_windows(work_dirs: Sequence[str], out: str, labels: Optional[Sequence[s
         start = [(0, lambdas_in_effect(windows, init_weight(work))[0])] if windows else []
         bottom.step([x for x, _ in start] + it, [y for _, y in start] + [w["lambda_cls"] for w in windows],
                     where="post", color="C2", label="λcls (from each window's end on)")
-        for rank in range(1, ranks_logged(work)):  # a multi-process run: the other processes' own λcls, thin
-            own = read_windows(work, rank)
+        for rank, own in enumerate(windows_by_rank(work)[1:], 1):  # the other processes' own λcls, thin
             bottom.step([x for x, _ in start] + [w["iter"] for w in own],
                         [y for _, y in start] + [w["lambda_cls"] for w in own], where="post", color="C2",
                         alpha=0.35, linewidth=0.8, label="λcls of ranks 1, 2, ..." if rank == 1 else None)
